@@ -1,0 +1,1 @@
+"""Rassylka: event-driven SMS notifications on Kafka."""

@@ -1,0 +1,110 @@
+"""The topic catalog: every topic, its contract, key, partitions and cleanup policy."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic of the catalog; `schema` names the Avro contract of its values."""
+
+    name: str
+    schema: str
+    key: str
+    compacted: bool = False
+    partitions: int | None = None  # None: the deployment's default partition count
+    doc: str = ""
+
+
+ORDER_STATUS = "events.order_status"
+PAYMENT_DUE = "events.payment_due"
+PROMOTION = "events.promotion"
+SERVICE_NOTICE = "events.service_notice"
+PROFILES = "customers.profiles"
+CONSENT = "customers.consent"
+REQUESTS_TRANSACTIONAL = "sms.requests.transactional"
+REQUESTS_MARKETING = "sms.requests.marketing"
+OUTCOMES = "sms.outcomes"
+RECEIPTS = "sms.receipts"
+INBOUND = "sms.inbound"
+CLICKS = "sms.clicks"
+CONVERSIONS = "sms.conversions"
+DEAD_LETTERS = "deadletter"
+CONFIG = "config.rules"
+
+CATALOG: tuple[TopicSpec, ...] = (
+    TopicSpec(ORDER_STATUS, "order_status_changed", "customer_id", doc="Order status changes"),
+    TopicSpec(PAYMENT_DUE, "payment_due", "customer_id", doc="Payments due"),
+    TopicSpec(PROMOTION, "promotion", "customer_id", doc="Promotions, one per recipient"),
+    TopicSpec(SERVICE_NOTICE, "service_notice", "customer_id", doc="Maintenance and notices"),
+    TopicSpec(PROFILES, "customer_profile", "customer_id", compacted=True, doc="Profile upserts"),
+    TopicSpec(CONSENT, "consent_change", "<e164>|<scope>", compacted=True, doc="Consent"),
+    TopicSpec(REQUESTS_TRANSACTIONAL, "notification_request", "customer_id", doc="Lane 1"),
+    TopicSpec(REQUESTS_MARKETING, "notification_request", "customer_id", doc="Lane 2"),
+    TopicSpec(OUTCOMES, "send_outcome", "request_id", doc="One terminal outcome per request"),
+    TopicSpec(RECEIPTS, "delivery_receipt", "message_id", doc="Correlated receipts"),
+    TopicSpec(INBOUND, "inbound_message", "from_number", doc="Replies (MO)"),
+    TopicSpec(CLICKS, "click", "message_id", doc="Tracked link clicks"),
+    TopicSpec(CONVERSIONS, "conversion", "customer_id", doc="Attributed conversions"),
+    TopicSpec(DEAD_LETTERS, "dead_letter", "original key", doc="Bad input with its reason"),
+    TopicSpec(CONFIG, "yaml bundle", "config file name", compacted=True, partitions=1,
+              doc="Published rules and templates"),
+)
+
+EVENT_TOPICS: dict[str, str] = {
+    ORDER_STATUS: "order_status_changed",
+    PAYMENT_DUE: "payment_due",
+    PROMOTION: "promotion",
+    SERVICE_NOTICE: "service_notice",
+}
+
+BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in CATALOG}
+
+
+def new_topics(settings: Settings) -> list[NewTopic]:
+    """The catalog as admin-client topic definitions for `settings`."""
+    topics = []
+    for spec in CATALOG:
+        config = {"cleanup.policy": "compact" if spec.compacted else "delete"}
+        if spec.compacted:
+            config["min.cleanable.dirty.ratio"] = "0.1"
+        topics.append(
+            NewTopic(
+                settings.topic(spec.name),
+                num_partitions=spec.partitions or settings.partitions,
+                replication_factor=1,
+                config=config,
+            )
+        )
+    return topics
+
+
+def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
+    """Create every catalog topic that does not exist yet; returns name -> 'created'/'exists'.
+
+    Idempotent: running it twice changes nothing. Raises RuntimeError on any other failure.
+    """
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [t for t in new_topics(settings) if t.topic not in existing]
+    result = {t.topic: "exists" for t in new_topics(settings) if t.topic in existing}
+    if wanted:
+        futures = admin.create_topics(wanted, request_timeout=timeout)
+        for name, future in futures.items():
+            try:
+                future.result(timeout=timeout)
+                result[name] = "created"
+            except Exception as exc:  # KafkaException wraps TOPIC_ALREADY_EXISTS races
+                if "TOPIC_ALREADY_EXISTS" in str(exc):
+                    result[name] = "exists"
+                else:
+                    raise RuntimeError(f"could not create topic {name}: {exc}") from exc
+    return result
