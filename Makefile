@@ -1,0 +1,56 @@
+# Rassylka — `make help` lists the targets. Two commands do everything: `make demo`, `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KAFKA := infra/kafka/kafka.sh
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install kafka-up kafka-down kafka-status topics demo test test-unit bench lint fmt clean
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	@echo "[setup] creating the virtualenv in $(VENV) and installing Rassylka with its test tools ..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --disable-pip-version-check -U pip
+	@$(BIN)/pip install -q --disable-pip-version-check -e ".[test,bench]"
+	@touch $@
+	@echo "[setup] installed"
+
+install: $(BIN)/.installed ## create the virtualenv and install everything
+
+kafka-up: ## fetch (once) and start the local Kafka broker on 127.0.0.1:19092, wait until it answers
+	@$(KAFKA) up
+
+kafka-down: ## stop the local Kafka broker cleanly
+	@$(KAFKA) down
+
+kafka-status: ## is the local broker running?
+	@$(KAFKA) status
+
+topics: install kafka-up ## create every topic of the catalog (idempotent)
+	@$(BIN)/rassylka topics create
+
+demo: install kafka-up ## the whole pipeline on sample data, printed as tables
+	@$(BIN)/rassylka demo
+
+test: install kafka-up ## the whole test suite on the real broker
+	@$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install ## unit tests only (no broker)
+	@$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+bench: install kafka-up ## the benchmark: throughput, latency percentiles, ratio to a plain Kafka loop
+	@$(BIN)/rassylka bench
+
+lint: install ## ruff check
+	@$(BIN)/ruff check pipeline connectors tests
+
+fmt: install ## ruff format
+	@$(BIN)/ruff format pipeline connectors tests
+
+clean: kafka-down ## stop the broker and remove the virtualenv, caches and local state
+	rm -rf $(VENV) .run infra/kafka/.cache .pytest_cache

@@ -1,0 +1,322 @@
+"""ClickHouse through clickhouse-connect: embedded chDB by default, a server over HTTP(S).
+
+`connect(url)` is called once per process by whatever writes or reads analytics (the sink,
+the report CLI, tests) and returns the process-wide `Client` for that URL:
+
+- `chdb:///abs/path` — the embedded chDB engine keeping its data under `/abs/path`
+  (created if missing). clickhouse-connect drives it itself:
+  `clickhouse_connect.get_client(dsn="chdb:///abs/path")` returns its `ChdbClient`.
+  chDB hosts one engine per process and refuses a second path, so the client is shared
+  and calls on it are serialised by a lock.
+- `http(s)://user:password@host:port/database` — a ClickHouse server (CLICKHOUSE_URL).
+
+Every driver failure comes out as the project's taxonomy: `RetryableError` when the server
+is unreachable or busy (back off, keep the offsets), `PermanentError` for bad SQL, unknown
+tables or rows that cannot be serialised (retrying gives the same failure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver import exceptions as ch_errors
+from clickhouse_connect.driver.client import Client as DriverClient
+
+from pipeline.errors import PermanentError, RetryableError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "infra" / "clickhouse"
+DEFAULT_DATABASE = "rassylka"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+T = TypeVar("T")
+
+# Server error codes that describe a passing condition rather than a wrong request.
+RETRYABLE_CODES = frozenset(
+    {
+        159,  # TIMEOUT_EXCEEDED
+        160,  # TOO_SLOW
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        203,  # NO_FREE_CONNECTION
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        236,  # ABORTED
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY
+        252,  # TOO_MANY_PARTS
+        285,  # TOO_FEW_LIVE_REPLICAS
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        425,  # SYSTEM_ERROR
+        439,  # CANNOT_SCHEDULE_TASK
+        473,  # DEADLOCK_AVOIDED
+        999,  # KEEPER_EXCEPTION
+    }
+)
+
+
+class ClickHouseUnavailable(RetryableError):
+    """The server cannot be reached or is overloaded right now."""
+
+    reason = "clickhouse_unavailable"
+
+
+class ClickHouseRejected(PermanentError):
+    """ClickHouse refused the statement or the data; the same call fails the same way."""
+
+    reason = "clickhouse_rejected"
+
+
+class Client:
+    """The small surface the pipeline needs: commands, queries, idempotent inserts.
+
+    Thread-safe. Obtained from `connect`; `driver` is the clickhouse-connect client
+    underneath for anything this surface does not cover.
+    """
+
+    def __init__(self, driver: DriverClient, url: str, embedded: bool) -> None:
+        self.driver = driver
+        self.url = url
+        self.embedded = embedded
+        # chDB: one engine handle per process; HTTP clients without a session are
+        # safe to share between threads, so only the embedded engine is serialised.
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if embedded else contextlib.nullcontext()
+        )
+
+    def __repr__(self) -> str:
+        return f"Client({redact(self.url)})"
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        """Run a statement (DDL, ALTER, SET, a one-value SELECT); returns its value."""
+        return self._call(lambda: self.driver.command(sql, parameters=parameters))
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a SELECT; one dict per row, keyed by column name."""
+
+        def run() -> list[dict[str, Any]]:
+            result = self.driver.query(sql, parameters=parameters)
+            names = result.column_names
+            return [dict(zip(names, row, strict=True)) for row in result.result_rows]
+
+        return self._call(run)
+
+    def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a SELECT; plain row tuples in column order."""
+        return self._call(
+            lambda: [tuple(r) for r in self.driver.query(sql, parameters=parameters).result_rows]
+        )
+
+    def insert(
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        *,
+        database: str | None = None,
+        token: str | None = None,
+    ) -> int:
+        """Insert row tuples (in `columns` order); returns rows written.
+
+        With `token`, ClickHouse stores the block once however often the same token is
+        inserted (the table needs `non_replicated_deduplication_window` > 0 on MergeTree).
+        """
+        if not rows:
+            return 0
+        settings = {"insert_deduplication_token": token} if token else None
+
+        def run() -> int:
+            # Column-oriented data skips the driver's own row → column pivot: about twice
+            # as fast for wide rows (bench/clickhouse_insert.py).
+            data = [list(column) for column in zip(*rows, strict=True)]
+            if len(data) != len(columns):
+                raise ValueError(f"rows have {len(data)} values, {table} takes {len(columns)}")
+            summary = self.driver.insert(
+                table,
+                data,
+                column_names=list(columns),
+                database=database,
+                settings=settings,
+                column_oriented=True,
+            )
+            return int(summary.written_rows)
+
+        return self._call(run)
+
+    def close(self) -> None:
+        """Close the driver and forget the shared client (call at process shutdown)."""
+        with _registry_lock:
+            if _registry.get(self.url) is self:
+                del _registry[self.url]
+        with self._lock:
+            self.driver.close()
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        with self._lock, translate_errors():
+            return fn()
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn clickhouse-connect exceptions into `RetryableError` / `PermanentError`."""
+    try:
+        yield
+    except (RetryableError, PermanentError):
+        raise
+    except ch_errors.OperationalError as exc:  # connection refused, timeouts, broken streams
+        if exc.code is not None and exc.code not in RETRYABLE_CODES:
+            raise ClickHouseRejected(str(exc)) from exc
+        raise ClickHouseUnavailable(str(exc)) from exc
+    except ch_errors.Error as exc:
+        if exc.code in RETRYABLE_CODES:
+            raise ClickHouseUnavailable(str(exc)) from exc
+        raise ClickHouseRejected(str(exc)) from exc
+    except (TypeError, ValueError, OverflowError) as exc:  # a row the driver cannot serialise
+        raise ClickHouseRejected(f"cannot serialise rows: {exc}") from exc
+    except OSError as exc:
+        raise ClickHouseUnavailable(str(exc)) from exc
+
+
+_registry: dict[str, Client] = {}
+_registry_lock = threading.Lock()
+
+
+def connect(url: str) -> Client:
+    """The process-wide client for `url` (`chdb:///abs/path` or `http(s)://…`).
+
+    Called at start-up; later calls with the same URL return the same client. Raises
+    `RetryableError` when a server cannot be reached, `PermanentError` for a malformed
+    URL or a second chDB path in one process.
+    """
+    key = _normalise(url)
+    with _registry_lock:
+        client = _registry.get(key)
+        if client is None:
+            client = _open(key)
+            _registry[key] = client
+        return client
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by `***`, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _normalise(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "chdb":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise ClickHouseRejected(f"chDB URL must be chdb:///absolute/path, got {url!r}")
+        return f"chdb://{os.path.realpath(parts.path)}"
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ClickHouseRejected(f"ClickHouse URL has no host: {redact(url)!r}")
+        return url
+    raise ClickHouseRejected(f"unsupported ClickHouse URL scheme {parts.scheme!r}")
+
+
+def _open(url: str) -> Client:
+    embedded = url.startswith("chdb://")
+    if embedded:
+        path = urlsplit(url).path
+        open_paths = [c.url for c in _registry.values() if c.embedded]
+        if open_paths:
+            raise ClickHouseRejected(
+                f"chDB already runs on {open_paths[0]} in this process; "
+                f"one embedded engine per process, cannot open {url}"
+            )
+        Path(path).mkdir(parents=True, exist_ok=True)
+        log.info("opening embedded ClickHouse (chDB) at %s", path)
+        with translate_errors():
+            driver = clickhouse_connect.get_client(dsn=url)
+    else:
+        log.info("connecting to ClickHouse at %s", redact(url))
+        with translate_errors():
+            driver = clickhouse_connect.get_client(
+                dsn=url,
+                # no HTTP session: concurrent queries from several threads are allowed
+                autogenerate_session_id=False,
+                connect_timeout=5,
+                send_receive_timeout=60,
+            )
+    return Client(driver, url, embedded)
+
+
+def migrate(
+    client: Client, database: str = DEFAULT_DATABASE, directory: Path = MIGRATIONS_DIR
+) -> list[str]:
+    """Apply the `NNN_*.sql` files of `directory` not yet applied to `database`, in order.
+
+    Called at start-up by the sink and the report CLI; returns the names applied (empty
+    when the schema is current). Applied versions are recorded in
+    `<database>.schema_migrations`; every statement is `IF NOT EXISTS`, so two processes
+    migrating at once do no harm. A failing statement raises and leaves its migration
+    unrecorded, to be retried on the next start.
+    """
+    if not _IDENTIFIER.match(database):
+        raise ClickHouseRejected(f"invalid database name {database!r}")
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations ("
+        " version String, name String, checksum String,"
+        " applied_at DateTime64(3, 'UTC') DEFAULT now64(3))"
+        " ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    recorded = dict(
+        client.rows(f"SELECT version, checksum FROM {database}.schema_migrations FINAL")
+    )
+    applied: list[str] = []
+    for path in sorted(directory.glob("[0-9][0-9][0-9]_*.sql")):
+        version = path.name.split("_", 1)[0]
+        text = path.read_text(encoding="utf-8")
+        checksum = hashlib.sha256(text.encode()).hexdigest()
+        if version in recorded:
+            if recorded[version] != checksum:
+                log.warning("migration %s changed after it was applied; not re-applied", path.name)
+            continue
+        log.info("applying ClickHouse migration %s to %s", path.name, database)
+        for statement in split_statements(text.replace("{db}", database)):
+            client.command(statement)
+        client.insert(
+            "schema_migrations",
+            [(version, path.stem, checksum)],
+            ["version", "name", "checksum"],
+            database=database,
+        )
+        applied.append(path.stem)
+    return applied
+
+
+def split_statements(sql: str) -> list[str]:
+    """Statements of a migration file: each ends with `;` at the end of a line."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in sql.splitlines():
+        current.append(line)
+        stripped = line.rstrip()
+        if stripped.endswith(";") and not stripped.lstrip().startswith("--"):
+            current[-1] = stripped[:-1]
+            statements.append("\n".join(current))
+            current = []
+    statements.append("\n".join(current))
+    return [s.strip() for s in statements if _has_code(s)]
+
+
+def _has_code(statement: str) -> bool:
+    return any(
+        line.strip() and not line.strip().startswith("--") for line in statement.splitlines()
+    )

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Local single-node Apache Kafka (KRaft) for Rassylka: fetch | up | down | restart | status.
+#
+#   KAFKA_PORT        client port on 127.0.0.1 (default 19092; the controller uses PORT+1)
+#   KAFKA_HOME_DIR    where jars, storage and logs live (default infra/kafka/.cache)
+#   KAFKA_BOOTSTRAP   when set, an existing cluster is used and nothing is fetched or started
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PORT="${KAFKA_PORT:-19092}"
+CONTROLLER_PORT="$((PORT + 1))"
+HOME_DIR="${KAFKA_HOME_DIR:-$HERE/.cache}"
+LIBS="$HOME_DIR/libs"
+DATA="$HOME_DIR/data-$PORT"
+LOGS="$HOME_DIR/logs-$PORT"
+PIDFILE="$HOME_DIR/broker-$PORT.pid"
+CONF="$HOME_DIR/server-$PORT.properties"
+
+say() { printf '[kafka] %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+
+running() { [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+
+fetch() {
+  if [[ -f "$LIBS/.complete" ]]; then return 0; fi
+  command -v mvn >/dev/null || { say "Maven (mvn) is needed to fetch Kafka: apt-get install maven"; exit 1; }
+  command -v java >/dev/null || { say "A JDK (java 17+) is needed to run Kafka: apt-get install openjdk-17-jre-headless"; exit 1; }
+  say "fetching Apache Kafka jars with Maven into $LIBS (once) ..."
+  mkdir -p "$LIBS"
+  mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$LIBS" -DincludeScope=runtime
+  touch "$LIBS/.complete"
+  say "fetched $(ls "$LIBS" | wc -l) jars"
+}
+
+write_config() {
+  mkdir -p "$DATA" "$LOGS"
+  cat > "$CONF" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$DATA
+num.partitions=4
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=8
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+log.retention.hours=24
+log.segment.bytes=67108864
+log.cleaner.backoff.ms=5000
+num.network.threads=2
+num.io.threads=4
+EOF
+  cat > "$HOME_DIR/log4j.properties" <<EOF
+log4j.rootLogger=WARN, file
+log4j.appender.file=org.apache.log4j.RollingFileAppender
+log4j.appender.file.File=\${kafka.logs.dir}/server.log
+log4j.appender.file.MaxFileSize=20MB
+log4j.appender.file.MaxBackupIndex=2
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.server.KafkaRaftServer=INFO
+EOF
+}
+
+java_cmd() {
+  java -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Dkafka.logs.dir="$LOGS" -Dlog4j.configuration="file:$HOME_DIR/log4j.properties" \
+    -cp "$LIBS/*" "$@"
+}
+
+format_storage() {
+  if [[ -f "$DATA/meta.properties" ]]; then return 0; fi
+  say "formatting KRaft storage in $DATA (once)"
+  local cluster_id
+  cluster_id="$(java_cmd kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"
+  java_cmd kafka.tools.StorageTool format -t "$cluster_id" -c "$CONF" >/dev/null
+}
+
+up() {
+  if [[ -n "${KAFKA_BOOTSTRAP:-}" ]]; then
+    say "KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP is set: using that cluster, starting nothing"
+    return 0
+  fi
+  if running && port_open; then
+    say "broker already running on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"))"
+    return 0
+  fi
+  fetch
+  write_config
+  format_storage
+  say "starting broker on 127.0.0.1:$PORT (logs: $LOGS)"
+  rm -f "$LOGS/server.log"
+  nohup java -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Dkafka.logs.dir="$LOGS" -Dlog4j.configuration="file:$HOME_DIR/log4j.properties" \
+    -cp "$LIBS/*" kafka.Kafka "$CONF" >"$LOGS/stdout.log" 2>&1 &
+  echo $! > "$PIDFILE"
+  local waited=0
+  until port_open && grep -q "Kafka Server started" "$LOGS/server.log" 2>/dev/null; do
+    if ! running; then
+      say "broker exited during start-up; last lines of $LOGS/stdout.log and server.log:"
+      tail -n 20 "$LOGS/stdout.log" "$LOGS/server.log" >&2 || true
+      exit 1
+    fi
+    if (( waited >= 120 )); then say "broker did not answer on port $PORT within 60 s; see $LOGS/server.log"; exit 1; fi
+    sleep 0.5; waited=$((waited + 1))
+    if (( waited % 4 == 0 )); then printf '.' >&2; fi
+  done
+  (( waited >= 4 )) && printf '\n' >&2
+  say "broker is up on 127.0.0.1:$PORT"
+}
+
+down() {
+  if [[ -n "${KAFKA_BOOTSTRAP:-}" ]]; then say "KAFKA_BOOTSTRAP is set: nothing to stop"; return 0; fi
+  if ! running; then say "no broker running on port $PORT"; rm -f "$PIDFILE"; return 0; fi
+  local pid; pid="$(cat "$PIDFILE")"
+  say "stopping broker (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$pid" 2>/dev/null; then say "broker did not stop in 30 s: killing"; kill -KILL "$pid" || true; fi
+  rm -f "$PIDFILE"
+  say "stopped"
+}
+
+status() {
+  if [[ -n "${KAFKA_BOOTSTRAP:-}" ]]; then echo "external: $KAFKA_BOOTSTRAP"; return 0; fi
+  if running && port_open; then echo "running: 127.0.0.1:$PORT pid $(cat "$PIDFILE")"; else echo "stopped"; return 1; fi
+}
+
+case "${1:-}" in
+  fetch) fetch ;;
+  up) up ;;
+  down) down ;;
+  restart) down; up ;;
+  status) status ;;
+  wipe) down; rm -rf "$DATA" "$LOGS"; say "wiped $DATA" ;;
+  *) echo "usage: $0 fetch|up|down|restart|status|wipe" >&2; exit 2 ;;
+esac

@@ -1,0 +1,239 @@
+"""Decoded Avro records → row tuples for the ClickHouse fact tables.
+
+Pure functions, called by the analytics sink for every record it consumes. Each
+`*_COLUMNS` constant names the columns of its row tuple, in order; `day` columns are
+left to ClickHouse (`DEFAULT toDate(...)`). Times stay epoch milliseconds: the
+DateTime64(3) columns take them as they are. Absent optional strings become ''.
+Phone numbers are hashed with the deployment's key and masked here, before anything
+leaves the process. A record missing a required field raises `InvalidRecord`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.analytics.privacy import mask, phone_hash, scrub
+from pipeline.errors import PermanentError
+
+Record = Mapping[str, Any]
+Row = tuple[Any, ...]
+
+
+class InvalidRecord(PermanentError):
+    """A record lacks a field its schema requires; dead-letter it."""
+
+    reason = "invalid_record"
+
+
+MESSAGE_COLUMNS = (
+    "request_id",
+    "message_id",
+    "status",
+    "reason",
+    "lane",
+    "rule_id",
+    "template_id",
+    "variant",
+    "campaign_id",
+    "customer_id",
+    "phone_hash",
+    "phone_masked",
+    "region",
+    "operator",
+    "gateway",
+    "segments",
+    "encoding",
+    "cost",
+    "attempts",
+    "event_time",
+    "decided_at",
+)
+
+RECEIPT_COLUMNS = (
+    "message_id",
+    "gateway_message_id",
+    "state",
+    "error_code",
+    "segment",
+    "segments",
+    "gateway",
+    "received_at",
+)
+
+CLICK_COLUMNS = ("click_id", "code", "message_id", "url", "user_agent", "clicked_at")
+
+CONVERSION_COLUMNS = (
+    "conversion_id",
+    "order_id",
+    "customer_id",
+    "message_id",
+    "touch",
+    "touch_at",
+    "revenue_minor",
+    "currency",
+    "rule_id",
+    "campaign_id",
+    "variant",
+    "converted_at",
+)
+
+INBOUND_COLUMNS = (
+    "inbound_id",
+    "sender_hash",
+    "sender_masked",
+    "to_number",
+    "text",
+    "gateway",
+    "received_at",
+)
+
+CONSENT_COLUMNS = (
+    "phone_hash",
+    "phone_masked",
+    "scope",
+    "status",
+    "source",
+    "customer_id",
+    "evidence",
+    "changed_at",
+)
+
+
+def message_row(r: Record, key: str) -> Row:
+    """`send_outcome` → `messages`. A missing or invalid phone leaves hash and mask ''."""
+    phone = r.get("phone")
+    return (
+        r["request_id"],
+        r["message_id"],
+        r["status"],
+        _s(r.get("reason")),
+        r["lane"],
+        r["rule_id"],
+        r["template_id"],
+        r["variant"],
+        _s(r.get("campaign_id")),
+        r["customer_id"],
+        phone_hash(phone, key) if phone else "",
+        mask(phone) if phone else "",
+        _s(r.get("region")),
+        _s(r.get("operator")),
+        _s(r.get("gateway")),
+        int(r.get("segments") or 0),
+        _s(r.get("encoding")),
+        float(r.get("cost") or 0.0),
+        int(r.get("attempts") or 1),
+        int(r.get("event_occurred_at_ms") or 0),
+        int(r["decided_at_ms"]),
+    )
+
+
+def receipt_row(r: Record, key: str = "") -> Row:
+    """`delivery_receipt` → `receipts` (no phone in it; `key` unused)."""
+    return (
+        r["message_id"],
+        r["gateway_message_id"],
+        r["state"],
+        _s(r.get("error_code")),
+        int(r.get("segment") or 1),
+        int(r.get("segments") or 1),
+        _s(r.get("gateway")),
+        int(r["received_at_ms"]),
+    )
+
+
+def click_row(r: Record, key: str = "") -> Row:
+    """`click` → `clicks` (`key` unused)."""
+    return (
+        r["click_id"],
+        r["code"],
+        r["message_id"],
+        r["url"],
+        _s(r.get("user_agent")),
+        int(r["clicked_at_ms"]),
+    )
+
+
+def conversion_row(r: Record, key: str = "") -> Row:
+    """`conversion` → `conversions` (`key` unused)."""
+    return (
+        r["conversion_id"],
+        r["order_id"],
+        r["customer_id"],
+        r["message_id"],
+        r["touch"],
+        int(r["touch_at_ms"]),
+        int(r["revenue_minor"]),
+        r.get("currency") or "RUB",
+        _s(r.get("rule_id")),
+        _s(r.get("campaign_id")),
+        _s(r.get("variant")),
+        int(r["converted_at_ms"]),
+    )
+
+
+def inbound_row(r: Record, key: str) -> Row:
+    """`inbound_message` → `inbound`: sender hashed and masked, its number masked in the text."""
+    sender = r["from_number"]
+    return (
+        r["inbound_id"],
+        phone_hash(sender, key),
+        mask(sender),
+        r["to"],
+        scrub(r["text"], sender),
+        _s(r.get("gateway")),
+        int(r["received_at_ms"]),
+    )
+
+
+def consent_row(r: Record, key: str) -> Row:
+    """`consent_change` → `consent_changes`: number hashed and masked, also in the evidence."""
+    phone = r["phone"]
+    return (
+        phone_hash(phone, key),
+        mask(phone),
+        r["scope"],
+        r["status"],
+        r["source"],
+        _s(r.get("customer_id")),
+        _s(scrub(r.get("evidence"), phone)),
+        int(r["changed_at_ms"]),
+    )
+
+
+@dataclass(frozen=True)
+class TableMapping:
+    """Where records of one schema go: the table, its insert columns, the row function."""
+
+    table: str
+    columns: tuple[str, ...]
+    to_row: Callable[[Record, str], Row]
+
+
+# Keyed by the schema's file name in schemas/ (without .avsc).
+MAPPINGS: dict[str, TableMapping] = {
+    "send_outcome": TableMapping("messages", MESSAGE_COLUMNS, message_row),
+    "delivery_receipt": TableMapping("receipts", RECEIPT_COLUMNS, receipt_row),
+    "click": TableMapping("clicks", CLICK_COLUMNS, click_row),
+    "conversion": TableMapping("conversions", CONVERSION_COLUMNS, conversion_row),
+    "inbound_message": TableMapping("inbound", INBOUND_COLUMNS, inbound_row),
+    "consent_change": TableMapping("consent_changes", CONSENT_COLUMNS, consent_row),
+}
+
+
+def to_row(schema: str, record: Record, key: str) -> tuple[str, Row]:
+    """The table and row for a record of `schema`; `InvalidRecord` when it cannot be mapped."""
+    mapping = MAPPINGS.get(schema)
+    if mapping is None:
+        raise InvalidRecord(f"no analytics table for schema {schema!r}")
+    try:
+        return mapping.table, mapping.to_row(record, key)
+    except KeyError as exc:
+        raise InvalidRecord(f"{schema} record lacks field {exc.args[0]!r}") from exc
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InvalidRecord(f"{schema} record has a bad field: {exc}") from exc
+
+
+def _s(value: Any) -> str:
+    return "" if value is None else str(value)

@@ -1,0 +1,1 @@
+"""The router stage: business events in, rendered notification requests out."""

@@ -1,0 +1,168 @@
+"""Which rules an event triggers for a customer, and which template variant they get.
+
+Pure functions over validated rules: they never raise on odd data; a condition that
+cannot be evaluated (missing field, wrong type) simply does not hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from pipeline.rules.model import Condition, CustomerFilter, Rule, RuleSet, Variant
+
+log = logging.getLogger(__name__)
+
+_MISSING = object()
+
+
+def matching_rules(
+    ruleset: RuleSet, event_type: str, event: Mapping[str, Any], profile: Mapping[str, Any]
+) -> list[Rule]:
+    """Rules of `ruleset` that `event` of `event_type` triggers for `profile`, highest priority first.
+
+    Called by the router once per event. An empty list means no rule applies ("no_rule").
+    """
+    return [
+        rule
+        for rule in ruleset.rules_for(event_type)
+        if event_matches(rule, event) and customer_matches(rule.customer, profile)
+    ]
+
+
+def event_matches(rule: Rule, event: Mapping[str, Any]) -> bool:
+    """True when every `when:` condition of `rule` holds on `event`."""
+    return all(condition_holds(c, event) for c in rule.when)
+
+
+def customer_matches(flt: CustomerFilter, profile: Mapping[str, Any]) -> bool:
+    """True when `profile` passes every part of the rule's `customer:` filter."""
+    segments = set(profile.get("segments") or ())
+    if flt.segments_any and not segments.intersection(flt.segments_any):
+        return False
+    if flt.segments_none and segments.intersection(flt.segments_none):
+        return False
+    if flt.locale_in and profile.get("locale") not in flt.locale_in:
+        return False
+    attributes = profile.get("attributes") or {}
+    return all(condition_holds(c, attributes, attributes_only=True) for c in flt.attributes)
+
+
+def lookup(record: Mapping[str, Any], path: str) -> Any:
+    """The value at `path` ('field' or 'attributes.key') in `record`, or a private MISSING marker."""
+    if path.startswith("attributes."):
+        attributes = record.get("attributes")
+        if not isinstance(attributes, Mapping):
+            return _MISSING
+        return attributes.get(path[len("attributes.") :], _MISSING)
+    return record.get(path, _MISSING)
+
+
+def condition_holds(
+    condition: Condition, record: Mapping[str, Any], *, attributes_only: bool = False
+) -> bool:
+    """Evaluate one condition; `attributes_only` means `record` is itself an attributes map."""
+    actual = (
+        record.get(condition.path, _MISSING) if attributes_only else lookup(record, condition.path)
+    )
+    op, expected = condition.op, condition.value
+    if op == "exists":
+        present = actual is not _MISSING and actual is not None
+        return present is bool(expected)
+    if actual is _MISSING:
+        actual = None
+    try:
+        if op == "eq":
+            return _equal(actual, expected)
+        if op == "ne":
+            return not _equal(actual, expected)
+        if op == "in":
+            return any(_equal(actual, item) for item in expected)
+        if op == "not_in":
+            return not any(_equal(actual, item) for item in expected)
+        if op == "regex":
+            return actual is not None and _regex(expected).search(str(actual)) is not None
+        if op in ("gt", "gte", "lt", "lte"):
+            return _compare(op, actual, expected)
+    except (TypeError, ValueError):
+        return False
+    log.warning("unknown operator %r in condition on %s", op, condition.path)
+    return False
+
+
+def _coerce(actual: Any, expected: Any) -> Any:
+    """Attributes are strings; compare them as the type the rule author wrote."""
+    if not isinstance(actual, str) or isinstance(expected, str) or expected is None:
+        return actual
+    if isinstance(expected, bool):
+        lowered = actual.strip().lower()
+        return True if lowered == "true" else False if lowered == "false" else actual
+    if isinstance(expected, int):
+        try:
+            return int(actual)
+        except ValueError:
+            try:
+                return float(actual)
+            except ValueError:
+                return actual
+    if isinstance(expected, float):
+        try:
+            return float(actual)
+        except ValueError:
+            return actual
+    return actual
+
+
+def _equal(actual: Any, expected: Any) -> bool:
+    actual = _coerce(actual, expected)
+    if isinstance(actual, bool) != isinstance(expected, bool):
+        return False
+    return bool(actual == expected)
+
+
+def _compare(op: str, actual: Any, expected: Any) -> bool:
+    if actual is None or isinstance(actual, bool):
+        return False
+    actual = _coerce(actual, expected)
+    if isinstance(actual, str) != isinstance(expected, str):
+        return False
+    if op == "gt":
+        return bool(actual > expected)
+    if op == "gte":
+        return bool(actual >= expected)
+    if op == "lt":
+        return bool(actual < expected)
+    return bool(actual <= expected)
+
+
+@lru_cache(maxsize=1024)
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def variant_point(rule_id: str, customer_id: str) -> float:
+    """A stable point in [0, 1) for (rule, customer): sha256 of 'rule_id|customer_id'."""
+    digest = hashlib.sha256(f"{rule_id}|{customer_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def pick_variant(rule: Rule, customer_id: str) -> Variant:
+    """The variant `customer_id` sees for `rule`; the same customer always gets the same one.
+
+    Over many customers the variants' shares follow their weights. Called by the router
+    for every matching rule; never fails (validated rules have at least one variant).
+    """
+    if len(rule.variants) == 1:
+        return rule.variants[0]
+    total = sum(v.weight for v in rule.variants)
+    point = variant_point(rule.id, customer_id) * total
+    upto = 0.0
+    for variant in rule.variants:
+        upto += variant.weight
+        if point < upto:
+            return variant
+    return rule.variants[-1]

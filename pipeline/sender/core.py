@@ -1,0 +1,99 @@
+"""The sender's decision chain: one pure function from a request and its state to a decision.
+
+Order of the checks (first failure wins):
+dedup → TTL → schedule → number → consent → content rules → same-text dedup →
+quiet hours → frequency caps. A request that passes them all is a `Send`; the worker
+then throttles it per route and hands it to the gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pipeline.sender.caps import CapState, FrequencyCaps, check_caps
+from pipeline.sender.consent import ConsentState, check_consent
+from pipeline.sender.content import ContentRules, ContentVerdict, check_content
+from pipeline.sender.decision import Reject
+from pipeline.sender.dedup import LedgerEntry, check_content_duplicate, check_duplicate, content_key
+from pipeline.sender.expiry import Hold, check_expiry, check_schedule
+from pipeline.sender.numbers import NumberInfo, normalise
+from pipeline.sender.quiet_hours import QuietHours, check_quiet_hours, resolve_zone
+
+
+@dataclass(frozen=True)
+class SenderPolicy:
+    """Everything from `config/` the decisions need, loaded once per worker."""
+
+    allowed_regions: frozenset[str]
+    content: ContentRules
+    quiet_hours: Mapping[str, QuietHours]
+    caps: Mapping[str, FrequencyCaps]
+    default_time_zone: str = "Europe/Moscow"
+
+
+@dataclass(frozen=True)
+class Send:
+    """Go ahead: send `verdict.text_to_send` to `number`."""
+
+    number: NumberInfo
+    verdict: ContentVerdict
+    content_key: str | None
+
+
+class StateView(Protocol):
+    """Read access to the state the decisions depend on (the worker's stores)."""
+
+    def consent(self, e164: str) -> ConsentState | None: ...
+
+    def ledger(self, request_id: str) -> LedgerEntry | None: ...
+
+    def content_entry(self, key: str) -> LedgerEntry | None: ...
+
+    def cap_state(self, e164: str, lane: str) -> CapState | None: ...
+
+
+Decision = Send | Reject | Hold
+
+
+def decide(request: Mapping[str, Any], policy: SenderPolicy, state: StateView, now_ms: int) -> Decision:
+    """Decide what happens to `request` now. Pure: reads `state`, changes nothing.
+
+    Called for every request taken from a lane and again for every held request when
+    its hold ends. A `Reject` is terminal (it becomes the request's outcome), a `Hold`
+    asks to be called again at `until_ms`, a `Send` goes to the gateway.
+    """
+    request_id = request["request_id"]
+    window_s = request["dedup_window_s"]
+    lane = request["lane"]
+    duplicate = check_duplicate(request_id, now_ms, window_s, state.ledger(request_id))
+    if duplicate is not None:
+        return duplicate
+    decision: Reject | Hold | None = check_expiry(request, now_ms) or check_schedule(request, now_ms)
+    if decision is not None:
+        return decision
+    number = normalise(request["phone"], request["country"] or "RU", policy.allowed_regions)
+    if isinstance(number, Reject):
+        return number
+    no_consent = check_consent(lane, state.consent(number.e164))
+    if no_consent is not None:
+        return no_consent
+    verdict = check_content(request["text"], lane, request["sender_id"], policy.content,
+                            request["allow_transliteration"])
+    if isinstance(verdict, Reject):
+        return verdict
+    key = None
+    if request["dedup_by_content"]:
+        key = content_key(number.e164, verdict.text_to_send)
+        same_text = check_content_duplicate(key, now_ms, window_s, state.content_entry(key))
+        if same_text is not None:
+            return same_text
+    zone = resolve_zone(request.get("time_zone"), number.time_zone, policy.default_time_zone)
+    hold = check_quiet_hours(lane, now_ms, zone, policy.quiet_hours)
+    if hold is not None:
+        return hold
+    capped = check_caps(lane, state.cap_state(number.e164, lane), now_ms, policy.caps)
+    if capped is not None:
+        return capped
+    return Send(number, verdict, key)

@@ -1,0 +1,68 @@
+"""Shared fixtures: one real Kafka broker per test session, a private namespace per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pipeline.settings import ROOT, Settings
+from pipeline.topics import create_topics
+
+
+def _docker_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """The broker for this session: KAFKA_BOOTSTRAP, else the project's own local broker.
+
+    With RASSYLKA_TESTCONTAINERS=1 and a Docker engine that answers, testcontainers'
+    Kafka is used instead.
+    """
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        yield os.environ["KAFKA_BOOTSTRAP"]
+        return
+    if os.environ.get("RASSYLKA_TESTCONTAINERS") == "1" and _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    subprocess.run([str(ROOT / "infra" / "kafka" / "kafka.sh"), "up"], check=True, timeout=300)
+    yield "127.0.0.1:" + os.environ.get("KAFKA_PORT", "19092")
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+    """Settings for one test: its own topic prefix, consumer groups and state folder."""
+    tag = uuid.uuid4().hex[:10]
+    base = Settings.from_env({})
+    return replace(
+        base,
+        kafka_bootstrap=kafka_bootstrap,
+        topic_prefix=f"t{tag}.",
+        app_id=f"t{tag}",
+        partitions=2,
+        state_dir=tmp_path / "state",
+        clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}",
+    )
+
+
+@pytest.fixture
+def ns(settings: Settings) -> Settings:
+    """`settings` with every catalog topic created in the test's namespace."""
+    create_topics(settings)
+    return settings

@@ -1,0 +1,58 @@
+"""Helpers for integration tests: run stage workers against the real broker and wait on topics."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline import kafka_io, topics
+from pipeline.kafka_io import Received
+from pipeline.procs import kill, start_stage, stop
+from pipeline.settings import Settings
+
+
+def changelog(settings: Settings, stage: str, table: str) -> str:
+    """The Faust changelog topic of `table` in `stage` (a full topic name, no prefix added)."""
+    return f"{settings.app_id}-{stage}-{table}-changelog"
+
+
+def read_raw(settings: Settings, full_topic: str, until: Callable[[list[Received]], bool],
+             timeout: float = 45.0) -> list[Received]:
+    """Read a topic by its full name (no catalog prefix)."""
+    from dataclasses import replace
+
+    return kafka_io.read_topic(replace(settings, topic_prefix=""), full_topic, until, timeout)
+
+
+def wait_for(settings: Settings, topic: str, count: int, timeout: float = 45.0) -> list[Received]:
+    """Read catalog topic `topic` until it holds at least `count` messages (bounded)."""
+    got = kafka_io.read_topic(settings, topic, lambda msgs: len(msgs) >= count, timeout)
+    assert len(got) >= count, f"{topic}: expected {count} messages within {timeout}s, got {len(got)}"
+    return got
+
+
+def settle(settings: Settings, topic: str, idle: float = 3.0, timeout: float = 30.0) -> list[Received]:
+    """Read everything on `topic` until nothing new arrives for `idle` seconds."""
+    return kafka_io.read_topic(settings, topic, None, timeout, idle=idle)
+
+
+@contextmanager
+def stage(settings: Settings, args: list[str], log_dir: Path,
+          extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `rassylka <args>` for the duration of the block; its log goes to `log_dir`."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{args[0]}-{int(time.time() * 1000)}.log"
+    proc = start_stage(settings, args, log, extra_env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+        elif proc.returncode not in (0, -9, -15):
+            print(log.read_text(errors="replace")[-4000:])
+
+
+__all__ = ["changelog", "kill", "read_raw", "settle", "stage", "topics", "wait_for"]

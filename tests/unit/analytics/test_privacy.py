@@ -1,0 +1,44 @@
+import pytest
+
+from pipeline.analytics.privacy import mask, phone_hash, scrub
+
+
+def test_hash_is_keyed_stable_hex_16_bytes() -> None:
+    h = phone_hash("+79161234567", "k1")
+    assert h == phone_hash("+79161234567", "k1")
+    assert len(h) == 32 and int(h, 16) >= 0
+    assert h != phone_hash("+79161234567", "k2")
+    assert h != phone_hash("+79161234568", "k1")
+    assert "79161234567" not in h
+
+
+def test_hash_ignores_formatting_and_accepts_long_keys() -> None:
+    assert phone_hash(" +7 916 123-45-67 ", "k") == phone_hash("+79161234567", "k")
+    assert len(phone_hash("+79161234567", "x" * 200)) == 32
+    assert phone_hash("+79161234567", b"k") == phone_hash("+79161234567", "k")
+
+
+def test_hash_needs_a_key() -> None:
+    with pytest.raises(ValueError):
+        phone_hash("+79161234567", "")
+
+
+@pytest.mark.parametrize(
+    ("number", "masked"),
+    [
+        ("+79161234567", "+7916*****67"),
+        ("+447911123456", "+4479******56"),
+        ("+12345", "+***45"),
+        ("+1", "+*"),
+        ("", ""),
+    ],
+)
+def test_mask(number: str, masked: str) -> None:
+    assert mask(number) == masked
+
+
+def test_scrub_masks_the_number_in_free_text() -> None:
+    text = "STOP +79161234567 / 79161234567"
+    assert scrub(text, "+79161234567") == "STOP +7916*****67 / 7916*****67"
+    assert scrub(None, "+79161234567") is None
+    assert scrub("СТОП", "+79161234567") == "СТОП"
