@@ -108,6 +108,7 @@ def read_topic(
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "enable.partition.eof": False,
+            "isolation.level": "read_committed",
         }
     )
     name = settings.topic(topic)

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.errors import PermanentError
+from pipeline.links import link_base, link_secret, shorten
 from pipeline.rules.matching import event_matches, lookup, matching_rules, pick_variant
 from pipeline.rules.model import Rule, RuleSet
 from pipeline.rules.render import RenderError, render
@@ -137,11 +138,14 @@ def build_request(
         rule=rule,
         default_locale=ruleset.settings.default_locale,
     )
+    request_id = idempotency_key(str(event["event_id"]), rule.id, customer_id)
+    # Tracked short links replace the URLs before the sender measures segments.
+    text, links = shorten(rendered.text, request_id, link_secret(), link_base())
     send_at_ms = scheduled_at_ms(rule, event)
     # A scheduled message gets its full time to live from when it is due, not from now.
     starts_ms = max(now_ms, send_at_ms) if send_at_ms is not None else now_ms
     return {
-        "request_id": idempotency_key(str(event["event_id"]), rule.id, customer_id),
+        "request_id": request_id,
         "event_id": str(event["event_id"]),
         "event_type": event_type,
         "event_occurred_at_ms": int(event["occurred_at_ms"]),
@@ -156,7 +160,7 @@ def build_request(
         "lane": rule.lane,
         "priority": rule.priority,
         "sender_id": rule.sender_id,
-        "text": rendered.text,
+        "text": text,
         "created_at_ms": now_ms,
         "expires_at_ms": starts_ms + rule.ttl_s * 1000,
         "send_at_ms": send_at_ms,
@@ -164,7 +168,7 @@ def build_request(
         "dedup_by_content": rule.dedup_by_content,
         "allow_transliteration": rule.allow_transliteration,
         "campaign_id": (event.get("campaign_id") or None) if event_type == "promotion" else None,
-        "links": [],
+        "links": links,
     }
 
 

@@ -17,7 +17,7 @@ from pipeline.sender.consent import ConsentState, check_consent
 from pipeline.sender.content import ContentRules, ContentVerdict, check_content
 from pipeline.sender.decision import Reject
 from pipeline.sender.dedup import LedgerEntry, check_content_duplicate, check_duplicate, content_key
-from pipeline.sender.expiry import Hold, check_expiry, check_schedule
+from pipeline.sender.expiry import Hold, check_expiry, check_hold, check_schedule
 from pipeline.sender.numbers import NumberInfo, normalise
 from pipeline.sender.quiet_hours import QuietHours, check_quiet_hours, resolve_zone
 
@@ -70,9 +70,12 @@ def decide(request: Mapping[str, Any], policy: SenderPolicy, state: StateView, n
     duplicate = check_duplicate(request_id, now_ms, window_s, state.ledger(request_id))
     if duplicate is not None:
         return duplicate
-    decision: Reject | Hold | None = check_expiry(request, now_ms) or check_schedule(request, now_ms)
-    if decision is not None:
-        return decision
+    gone = check_expiry(request, now_ms)
+    if gone is not None:
+        return gone
+    scheduled = check_schedule(request, now_ms)
+    if scheduled is not None:
+        return check_hold(request, scheduled) or scheduled
     number = normalise(request["phone"], request["country"] or "RU", policy.allowed_regions)
     if isinstance(number, Reject):
         return number
@@ -92,7 +95,7 @@ def decide(request: Mapping[str, Any], policy: SenderPolicy, state: StateView, n
     zone = resolve_zone(request.get("time_zone"), number.time_zone, policy.default_time_zone)
     hold = check_quiet_hours(lane, now_ms, zone, policy.quiet_hours)
     if hold is not None:
-        return hold
+        return check_hold(request, hold) or hold
     capped = check_caps(lane, state.cap_state(number.e164, lane), now_ms, policy.caps)
     if capped is not None:
         return capped

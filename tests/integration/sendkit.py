@@ -1,0 +1,195 @@
+"""Sender test kit: the SMSC simulator as a child process, request builders, outcome readers."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stages import stage
+
+from pipeline import kafka_io, topics
+from pipeline.procs import stop
+from pipeline.settings import ROOT, Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Simulator:
+    """A running SMSC simulator child process and how to reach it."""
+
+    port: int
+    control_port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+
+    def submits(self) -> list[dict[str, Any]]:
+        """Every submit_sm the simulator answered so far (from its JSONL log)."""
+        if not self.log_path.exists():
+            return []
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a line being written
+        return out
+
+    def mo(self, source: str, destination: str, text: str) -> None:
+        """Inject a mobile-originated SMS (a customer's reply)."""
+        body = json.dumps({"from": source, "to": destination, "text": text}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.control_port}/mo", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            assert resp.status == 200
+
+    def sessions(self) -> int:
+        url = f"http://127.0.0.1:{self.control_port}/health"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(json.loads(resp.read())["sessions"])
+
+
+@contextmanager
+def simulator(tmp_path: Path, *flags: str, port: int | None = None) -> Iterator[Simulator]:
+    """Run the SMSC simulator with `flags` until the block ends."""
+    port = port or free_port()
+    control = free_port()
+    log_path = tmp_path / f"smsc-{port}.jsonl"
+    out = open(tmp_path / f"smsc-{port}.out", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connectors.smsc_sim", "--port", str(port), "--control-port",
+         str(control), "--log", str(log_path), "--seed", "42", *flags],
+        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    sim = Simulator(port, control, log_path, proc)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            sim.sessions()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("simulator did not start") from None
+            time.sleep(0.1)
+    try:
+        yield sim
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def sender(settings: Settings, sim: Simulator, tmp_path: Path, worker_id: str = "0",
+           **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a sender worker bound to `sim` until the block ends."""
+    extra = {"RASSYLKA_SMPP_PORT": str(sim.port), **env}
+    with stage(settings, ["sender", "--worker-id", worker_id], tmp_path, extra) as proc:
+        yield proc
+
+
+NOW = lambda: int(time.time() * 1000)  # noqa: E731
+
+
+def make_request(**overrides: Any) -> dict[str, Any]:
+    """A valid transactional notification request; override any field."""
+    now = NOW()
+    request = {
+        "request_id": uuid.uuid4().hex,
+        "event_id": uuid.uuid4().hex,
+        "event_type": "payment_due",
+        "event_occurred_at_ms": now,
+        "rule_id": "payment_due_reminder",
+        "template_id": "payment_due_reminder",
+        "variant": "default",
+        "locale": "ru",
+        "customer_id": "cust-" + uuid.uuid4().hex[:8],
+        "phone": "+79161234567",
+        "country": "RU",
+        "time_zone": "Europe/Moscow",
+        "lane": "transactional",
+        "priority": 50,
+        "sender_id": "SHOPRU",
+        "text": "Счёт INV-1 на 1 500 ₽ ждёт оплаты до 01.12.2026",
+        "created_at_ms": now,
+        "expires_at_ms": now + 3_600_000,
+        "send_at_ms": None,
+        "dedup_window_s": 86_400,
+        "dedup_by_content": False,
+        "allow_transliteration": False,
+        "campaign_id": None,
+        "links": [],
+    }
+    request.update(overrides)
+    return request
+
+
+def marketing(**overrides: Any) -> dict[str, Any]:
+    """A valid marketing request (needs an opt-in to be sent)."""
+    base = dict(lane="marketing", rule_id="promotion_discount", template_id="promo_discount_a",
+                variant="a", priority=0, campaign_id="bf",
+                text="Скидка 20% на всё до воскресенья: https://shop.example.ru/sale Отписка: STOP",
+                time_zone="UTC")
+    base.update(overrides)
+    return make_request(**base)
+
+
+def publish_requests(settings: Settings, requests: list[dict[str, Any]]) -> None:
+    lanes = {"transactional": topics.REQUESTS_TRANSACTIONAL, "marketing": topics.REQUESTS_MARKETING}
+    for lane, topic in lanes.items():
+        items = [(r["customer_id"], r) for r in requests if r["lane"] == lane]
+        if items:
+            kafka_io.publish(settings, topic, items, "notification_request")
+
+
+def opt_in(settings: Settings, phones: list[str], scope: str = "marketing") -> None:
+    now = NOW() - 60_000
+    kafka_io.publish(settings, topics.CONSENT, [
+        (f"{p}|{scope}", {"phone": p, "scope": scope, "status": "opt_in", "source": "web_form",
+                          "changed_at_ms": now, "customer_id": None, "evidence": "form-1"})
+        for p in phones], "consent_change")
+
+
+def outcomes(settings: Settings, count: int, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    """Read outcomes until `count` distinct requests have one; request_id -> outcome."""
+    got = kafka_io.read_topic(settings, topics.OUTCOMES,
+                              lambda msgs: len({m.key for m in msgs}) >= count, timeout)
+    by_id: dict[str, dict[str, Any]] = {}
+    for m in got:
+        assert m.record is not None
+        assert m.record["request_id"] not in by_id, f"two outcomes for {m.record['request_id']}"
+        by_id[m.record["request_id"]] = m.record
+    assert len(by_id) >= count, f"expected {count} outcomes within {timeout}s, got {len(by_id)}"
+    return by_id
+
+
+def phone(n: int) -> str:
+    """A distinct valid Russian mobile number per `n`."""
+    return f"+7916{n % 10_000_000:07d}"
+
+
+def config_with(tmp_path: Path, base: Path, **limits: Any) -> Path:
+    """A copy of `base` config with top-level sections of limits.yaml replaced."""
+    import shutil
+
+    import yaml
+
+    dst = tmp_path / f"config-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(base, dst)
+    data = yaml.safe_load((dst / "limits.yaml").read_text(encoding="utf-8"))
+    data.update(limits)
+    (dst / "limits.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return dst
