@@ -210,6 +210,7 @@ class _Bind:
         "task",
         "ever_bound",
         "suspect",
+        "inflight",
     )
 
     def __init__(self, index: int, window: int, rate: float) -> None:
@@ -222,10 +223,7 @@ class _Bind:
         self.task: asyncio.Task[None] | None = None
         self.ever_bound = False
         self.suspect = asyncio.Event()  # set by a failing submit: check liveness now
-
-
-class _InDoubt(Exception):
-    pass
+        self.inflight = 0  # messages being sent on this bind
 
 
 def _address(addr: str) -> tuple[str, int, int]:
@@ -298,8 +296,15 @@ class SmppGateway:
             )
 
     async def close(self) -> None:
-        """Unbind every session, stop the supervisors, end ``events()``."""
+        """Let in-flight submits finish (bounded), unbind every session, end ``events()``.
+
+        ``send`` calls made after ``close`` began return ``not_bound``.
+        """
         self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.route.response_timeout_s
+        while any(b.inflight for b in self._binds) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         for b in self._binds:
             if b.task is not None:
                 b.task.cancel()
@@ -510,6 +515,8 @@ class SmppGateway:
             b.suspect.set()
 
     async def _acquire_bind(self) -> _Bind | None:
+        if self._closing:
+            return None
         b = self._pick()
         if b is None and not self._closing:
             try:
@@ -521,7 +528,6 @@ class SmppGateway:
 
     async def send(self, sms: OutboundSms) -> SubmitResult:
         """Submit every part of ``sms`` on one bind, in order (see ``SubmitResult``)."""
-        r = self.route
         if not sms.parts:
             return SubmitResult(sms.message_id, [], False, ESME_RINVMSGLEN, "no parts", False)
         dest = sms.destination
@@ -529,76 +535,94 @@ class SmppGateway:
             return SubmitResult(
                 sms.message_id, [], False, ESME_RINVDSTADR, f"invalid destination {dest!r}", False
             )
-        source, source_ton, source_npi = _address(sms.source)
         b = await self._acquire_bind()
         if b is None:
             return SubmitResult(sms.message_id, [], False, 0, "not_bound", True)
-        ids: list[str] = []
-        loop = asyncio.get_running_loop()
+        source = _address(sms.source)
         counters = self.counters
-        for part in sms.parts:
-            attempt = 0
-            while True:
-                smsc = b.smsc
-                if smsc is None or not b.up:
-                    if not ids:
-                        # Nothing of this message went out yet: another bind may take it.
-                        b = await self._acquire_bind()
-                        if b is not None:
-                            continue
-                    # Earlier parts were accepted; this one was never sent.
-                    return SubmitResult(sms.message_id, ids, False, 0, "not_bound", True)
-                async with b.window:
-                    wait = b.bucket.reserve(loop.time())
-                    if wait:
-                        await asyncio.sleep(wait)
-                        smsc = b.smsc
-                        if smsc is None or not b.up:
-                            continue  # the bind dropped while we waited; nothing was sent
-                    try:
-                        async with asyncio.timeout(r.response_timeout_s):
-                            resp = await smsc.submit_sm(
-                                dest[1:],
-                                part,
-                                source_addr=source,
-                                source_addr_ton=source_ton,
-                                source_addr_npi=source_npi,
-                                dest_addr_ton=1,
-                                dest_addr_npi=1,
-                                esm_class=sms.esm_class,
-                                priority_flag=sms.priority,
-                                registered_delivery=1,
-                                data_coding=sms.data_coding,
-                            )
-                    except TimeoutError:
+        ids: list[str] = []
+        b.inflight += 1  # lets close() wait for messages under way
+        try:
+            for part in sms.parts:
+                outcome = await self._submit_part(b, sms, part, source)
+                switches = 0
+                while outcome == "not_bound" and not ids and switches < len(self._binds):
+                    # Nothing of this message went out yet: another bind may take it.
+                    nb = await self._acquire_bind()
+                    if nb is None:
+                        break
+                    b.inflight -= 1
+                    nb.inflight += 1
+                    b, switches = nb, switches + 1
+                    outcome = await self._submit_part(b, sms, part, source)
+                if isinstance(outcome, str):
+                    # "not_bound" after accepted parts: this part was never sent.
+                    if outcome == "in_doubt":
                         counters.in_doubt += 1
-                        return SubmitResult(sms.message_id, ids, False, 0, "in_doubt", True)
-                    except smpp34.SmppError:
-                        # The session failed under this part: maybe sent, maybe not.
-                        counters.in_doubt += 1
-                        await self._check_alive(b)
-                        return SubmitResult(sms.message_id, ids, False, 0, "in_doubt", True)
-                status = resp.command_status
-                if status == ESME_ROK:
-                    counters.submitted += 1
-                    ids.append(resp.message_id or "")
-                    break
-                if status in SLOW_DOWN_STATUSES:
-                    counters.throttled += 1
-                    b.bucket.slow_down(loop.time())
-                    if attempt < r.throttle_retries:
-                        attempt += 1
-                        counters.retries += 1
-                        backoff = min(r.throttle_backoff_s * (1 << (attempt - 1)), 1.0)
-                        await asyncio.sleep(backoff * (0.5 + self._rng.random()))
-                        continue
-                counters.rejected += 1
-                return SubmitResult(
-                    sms.message_id,
-                    ids,
-                    False,
-                    status,
-                    status_text(status),
-                    status in r.transient_statuses,
-                )
-        return SubmitResult(sms.message_id, ids, True, 0, None, False)
+                    return SubmitResult(sms.message_id, ids, False, 0, outcome, True)
+                status = outcome.command_status
+                if status != ESME_ROK:
+                    counters.rejected += 1
+                    retryable = status in self.route.transient_statuses
+                    return SubmitResult(
+                        sms.message_id, ids, False, status, status_text(status), retryable
+                    )
+                counters.submitted += 1
+                ids.append(outcome.message_id or "")
+            return SubmitResult(sms.message_id, ids, True, 0, None, False)
+        finally:
+            b.inflight -= 1
+
+    async def _submit_part(
+        self, b: _Bind, sms: OutboundSms, part: bytes, source: tuple[str, int, int]
+    ) -> smpp34.SubmitSmResp | str:
+        """Submit one part on ``b``, resubmitting after slow-down answers (bounded).
+
+        Returns the SMSC's last answer, ``"not_bound"`` when the part was never sent,
+        or ``"in_doubt"`` when it was sent and no answer came.
+        """
+        r = self.route
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            smsc = b.smsc
+            if smsc is None or not b.up:
+                return "not_bound"
+            async with b.window:
+                wait = b.bucket.reserve(loop.time())
+                if wait:
+                    await asyncio.sleep(wait)
+                    smsc = b.smsc
+                    if smsc is None or not b.up:
+                        return "not_bound"
+                try:
+                    async with asyncio.timeout(r.response_timeout_s):
+                        resp = await smsc.submit_sm(
+                            sms.destination[1:],
+                            part,
+                            source_addr=source[0],
+                            source_addr_ton=source[1],
+                            source_addr_npi=source[2],
+                            dest_addr_ton=1,
+                            dest_addr_npi=1,
+                            esm_class=sms.esm_class,
+                            priority_flag=min(max(sms.priority, 0), 3),
+                            registered_delivery=1,
+                            data_coding=sms.data_coding,
+                        )
+                except TimeoutError:
+                    return "in_doubt"
+                except smpp34.SmppError:
+                    # The session failed under this part: maybe sent, maybe not.
+                    await self._check_alive(b)
+                    return "in_doubt"
+            if resp.command_status not in SLOW_DOWN_STATUSES:
+                return resp
+            self.counters.throttled += 1
+            b.bucket.slow_down(loop.time())
+            if attempt >= r.throttle_retries:
+                return resp
+            attempt += 1
+            self.counters.retries += 1
+            backoff = min(r.throttle_backoff_s * (1 << (attempt - 1)), 1.0)
+            await asyncio.sleep(backoff * (0.5 + self._rng.random()))

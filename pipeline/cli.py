@@ -17,7 +17,7 @@ rules_cli = typer.Typer(help="Notification rules and templates under config/.", 
 app.add_typer(topics_cli, name="topics")
 app.add_typer(rules_cli, name="rules")
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _settings() -> Settings:
@@ -112,6 +112,13 @@ def demo() -> None:
     from pipeline.demo import run_demo
 
     sys.exit(run_demo(_settings(), console))
+
+
+from pipeline.analytics.cli import analytics_cli, report_command, sink_command  # noqa: E402
+
+app.add_typer(analytics_cli, name="analytics")
+app.command("report")(report_command)
+app.command("sink")(sink_command)
 
 
 def main() -> None:

@@ -1,11 +1,21 @@
-"""`make demo`: the pipeline on sample data against the real broker, printed as tables."""
+"""`make demo`: the pipeline on sample data against the real broker, printed as tables.
+
+Starts an SMSC simulator (real SMPP), a router and a sender worker in a fresh topic
+namespace, publishes customers, consents, events and a few bad inputs, lets a customer
+reply STOP, and prints what happened to every request.
+"""
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import replace
-from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -13,14 +23,46 @@ from rich.table import Table
 from pipeline import kafka_io, topics
 from pipeline.kafka_io import Received
 from pipeline.procs import start_stage, stop
-from pipeline.samples import demo_samples
+from pipeline.samples import demo_samples, promotion_event
+from pipeline.sender.decision import Reject
+from pipeline.sender.numbers import normalise
 from pipeline.settings import ROOT, Settings
 from pipeline.topics import create_topics
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _wait(settings: Settings, topic: str, count: int, timeout: float, full_name: bool = False) -> list[Received]:
     cfg = replace(settings, topic_prefix="") if full_name else settings
     return kafka_io.read_topic(cfg, topic, lambda msgs: len(msgs) >= count, timeout)
+
+
+def _start_simulator(log_dir: Any, tag: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    port, control = _free_port(), _free_port()
+    out = open(log_dir / f"smsc-{tag}.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connectors.smsc_sim", "--port", str(port), "--control-port",
+         str(control), "--latency-ms", "5-30", "--receipt-delay-ms", "200-1500", "--seed", "7"],
+        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{control}/health", timeout=2).close()
+            return proc, port, control
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the SMSC simulator did not start; see {log_dir}")
+
+
+def _mo(control: int, source: str, text: str) -> None:
+    body = json.dumps({"from": source, "to": "SHOPRU", "text": text}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{control}/mo", data=body,
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=15).close()
 
 
 def run_demo(base: Settings, console: Console) -> int:
@@ -30,23 +72,40 @@ def run_demo(base: Settings, console: Console) -> int:
     log_dir = ROOT / ".run" / "demo"
     log_dir.mkdir(parents=True, exist_ok=True)
     samples = demo_samples()
-    procs = []
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         with console.status("[bold]creating topics ...") as status:
             create_topics(settings)
             console.log(f"topics created with prefix [cyan]{settings.topic_prefix}[/cyan] "
                         f"on {settings.kafka_bootstrap}")
-            status.update("[bold]starting the router worker (Faust) ...")
+            status.update("[bold]starting the SMSC simulator (SMPP) ...")
+            sim, port, control = _start_simulator(log_dir, tag)
+            procs.append(sim)
+            console.log(f"SMSC simulator listening on 127.0.0.1:{port} (SMPP 3.4)")
+            status.update("[bold]starting the router (Faust) and sender workers ...")
             procs.append(start_stage(settings, ["router", "--loglevel", "warn"],
                                      log_dir / f"router-{tag}.log"))
-            status.update(f"[bold]publishing {len(samples.profiles)} customer profiles ...")
+            procs.append(start_stage(settings, ["sender"], log_dir / f"sender-{tag}.log",
+                                     {"RASSYLKA_SMPP_PORT": str(port)}))
+            status.update(f"[bold]publishing {len(samples.profiles)} customer profiles and consents ...")
             kafka_io.publish(settings, topics.PROFILES,
                              ((p["customer_id"], p) for p in samples.profiles), "customer_profile")
+            numbers = {p["customer_id"]: normalise(p["phone"], p["country"], frozenset({"RU"}))
+                       for p in samples.profiles}
+            opted_in = [cid for i, cid in enumerate(numbers) if i % 4 != 3]
+            now = int(time.time() * 1000)
+            kafka_io.publish(settings, topics.CONSENT, [
+                (f"{numbers[cid].e164}|marketing", {
+                    "phone": numbers[cid].e164, "scope": "marketing", "status": "opt_in",
+                    "source": "web_form", "changed_at_ms": now - 86_400_000,
+                    "customer_id": cid, "evidence": "checkout checkbox"})
+                for cid in opted_in if not isinstance(numbers[cid], Reject)], "consent_change")
             changelog = f"{settings.app_id}-router-profiles-changelog"
             loaded = _wait(settings, changelog, len(samples.profiles), 60, full_name=True)
-            console.log(f"router table holds {len(loaded)} profiles (from its changelog)")
+            console.log(f"router table holds {len(loaded)} profiles (from its changelog); "
+                        f"{len(opted_in)} customers opted in to marketing")
             status.update(f"[bold]publishing {len(samples.events)} events and {len(samples.bad)} bad inputs ...")
-            by_topic: dict[str, list] = {}
+            by_topic: dict[str, list[Any]] = {}
             for topic, record in samples.events:
                 by_topic.setdefault(topic, []).append((record["customer_id"], record))
             for topic, items in by_topic.items():
@@ -54,35 +113,91 @@ def run_demo(base: Settings, console: Console) -> int:
             for topic, key, value, _reason in samples.bad:
                 kafka_io.publish(settings, topic, [(key, value)])
             console.log("events published")
-            status.update("[bold]waiting for notification requests and dead letters ...")
+            status.update("[bold]waiting for the router: requests and dead letters ...")
             dead = _wait(settings, topics.DEAD_LETTERS, len(samples.bad), 60)
             requests = (
                 kafka_io.read_topic(settings, topics.REQUESTS_TRANSACTIONAL, None, 30, idle=3.0)
                 + kafka_io.read_topic(settings, topics.REQUESTS_MARKETING, None, 30, idle=1.0)
             )
-        _print_requests(console, requests)
+            console.log(f"router produced {len(requests)} requests")
+            status.update("[bold]waiting for the sender: outcomes and delivery receipts ...")
+            outcomes = kafka_io.read_topic(settings, topics.OUTCOMES, None, 60, idle=4.0)
+            kafka_io.read_topic(settings, topics.RECEIPTS,
+                                lambda m: len(m) >= sum(len(o.record["gateway_message_ids"])
+                                                        for o in outcomes), 20)
+            receipts = kafka_io.read_topic(settings, topics.RECEIPTS, None, 10, idle=1.0)
+            console.log(f"sender decided {len(outcomes)} requests; {len(receipts)} receipts arrived")
+            stop_demo = _stop_reply(settings, console, status, control, numbers, outcomes, requests)
+        _print_requests(console, requests, outcomes, receipts)
         _print_dead_letters(console, dead)
+        if stop_demo:
+            _print_stop(console, *stop_demo)
         expected = {reason for *_, reason in samples.bad}
         got = {m.record["reason"] for m in dead if m.record}
-        if not requests or not expected <= got:
-            console.print(f"[red]demo incomplete: {len(requests)} requests, dead-letter reasons {got}[/red]")
+        submitted = [o for o in outcomes if o.record["status"] == "submitted"]
+        if not requests or not submitted or not expected <= got:
+            console.print(f"[red]demo incomplete: {len(requests)} requests, {len(submitted)} sent, "
+                          f"dead-letter reasons {got}[/red]")
             return 1
-        console.print(f"[green]demo done[/green]: {len(requests)} SMS rendered, "
-                      f"{len(dead)} bad inputs dead-lettered with their reasons. Logs: {log_dir}")
+        console.print(f"[green]demo done[/green]: {len(requests)} SMS rendered, {len(submitted)} "
+                      f"submitted over SMPP, {len(dead)} bad inputs dead-lettered with their reasons. "
+                      f"Logs: {log_dir}")
         return 0
     finally:
-        for proc in procs:
+        for proc in reversed(procs):
             stop(proc)
 
 
-def _print_requests(console: Console, requests: list[Received]) -> None:
-    table = Table(title="Notification requests (router output)", show_lines=True, expand=True)
-    for column, kwargs in (("customer", {}), ("rule / variant", {}), ("lane", {}), ("loc", {}),
-                           ("text", {"ratio": 1})):
+def _stop_reply(settings: Settings, console: Console, status: Any, control: int,
+                numbers: dict[str, Any], outcomes: list[Received],
+                requests: list[Received]) -> tuple[str, str, dict[str, Any], dict[str, Any]] | None:
+    """A customer who got a promotion replies СТОП; their next promotion is suppressed."""
+    promo_customers = {r.record["customer_id"] for r in requests if r.record["lane"] == "marketing"}
+    sent = [o.record for o in outcomes
+            if o.record["status"] == "submitted" and o.record["customer_id"] in promo_customers]
+    if not sent:
+        return None
+    customer = sent[0]["customer_id"]
+    e164 = numbers[customer].e164
+    status.update(f"[bold]customer {customer} replies 'СТОП' ...")
+    _mo(control, e164, "СТОП")
+    change = kafka_io.read_topic(settings, topics.CONSENT, lambda m: any(
+        x.record and x.record["phone"] == e164 and x.record["status"] == "opt_out" for x in m), 30)
+    opt_out = next(x.record for x in change if x.record and x.record["status"] == "opt_out")
+    event = promotion_event(__import__("random").Random(99), customer, int(time.time() * 1000),
+                            "black-friday-2")
+    kafka_io.publish(settings, topics.PROMOTION, [(customer, event)], "promotion")
+    after = kafka_io.read_topic(settings, topics.OUTCOMES, lambda m: any(
+        x.record and x.record["customer_id"] == customer and x.record["campaign_id"] == "black-friday-2"
+        for x in m), 40)
+    outcome = next(x.record for x in after if x.record and x.record["campaign_id"] == "black-friday-2")
+    console.log(f"STOP from {customer}: consent changed, next promotion {outcome['status']} "
+                f"({outcome['reason']})")
+    return customer, e164, opt_out, outcome
+
+
+def _print_requests(console: Console, requests: list[Received], outcomes: list[Received],
+                    receipts: list[Received]) -> None:
+    by_request = {o.record["request_id"]: o.record for o in outcomes}
+    states: dict[str, list[str]] = {}
+    for r in receipts:
+        states.setdefault(r.record["message_id"], []).append(r.record["state"])
+    table = Table(title="Notification requests → outcome → delivery", show_lines=True, expand=True)
+    for column, kwargs in (("customer", {}), ("rule / variant / locale", {}), ("lane", {}),
+                           ("text", {"ratio": 1}), ("outcome", {}), ("delivery", {})):
         table.add_column(column, **kwargs)
     for m in sorted(requests, key=lambda m: (m.record["lane"], m.record["customer_id"])):
         r = m.record
-        table.add_row(r["customer_id"], f"{r['rule_id']}\n{r['variant']}", r["lane"], r["locale"], r["text"])
+        o = by_request.get(r["request_id"])
+        if o is None:
+            outcome = "[yellow]held[/yellow]\nquiet hours or schedule"
+        elif o["status"] == "submitted":
+            outcome = f"[green]submitted[/green]\n{o['segments']}×{o['encoding']}, {o['cost']:.2f} ₽"
+        else:
+            outcome = f"[red]{o['status']}[/red]\n{o['reason']}"
+        delivery = ", ".join(sorted(set(states.get(r["request_id"], [])))) or "-"
+        table.add_row(r["customer_id"], f"{r['rule_id']}\n{r['variant']} / {r['locale']}", r["lane"],
+                      r["text"], outcome, delivery)
     console.print(table)
 
 
@@ -98,4 +213,13 @@ def _print_dead_letters(console: Console, dead: list[Received]) -> None:
     console.print(table)
 
 
-__all__ = ["run_demo", "Path"]
+def _print_stop(console: Console, customer: str, e164: str, change: dict[str, Any],
+                outcome: dict[str, Any]) -> None:
+    table = Table(title="A STOP reply opts the number out", show_lines=True)
+    for column in ("customer", "number", "consent change", "next promotion"):
+        table.add_column(column)
+    masked = e164[:5] + "*" * (len(e164) - 7) + e164[-2:]
+    table.add_row(customer, masked,
+                  f"{change['scope']}: {change['status']} (source {change['source']}, '{change['evidence']}')",
+                  f"{outcome['status']}: {outcome['reason']}")
+    console.print(table)

@@ -10,7 +10,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PORT="${KAFKA_PORT:-19092}"
 CONTROLLER_PORT="$((PORT + 1))"
 HOME_DIR="${KAFKA_HOME_DIR:-$HERE/.cache}"
-LIBS="$HOME_DIR/libs"
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/pom.xml")"
+LIBS="$HOME_DIR/libs-$KAFKA_VERSION"
 DATA="$HOME_DIR/data-$PORT"
 LOGS="$HOME_DIR/logs-$PORT"
 PIDFILE="$HOME_DIR/broker-$PORT.pid"
@@ -26,7 +27,7 @@ fetch() {
   if [[ -f "$LIBS/.complete" ]]; then return 0; fi
   command -v mvn >/dev/null || { say "Maven (mvn) is needed to fetch Kafka: apt-get install maven"; exit 1; }
   command -v java >/dev/null || { say "A JDK (java 17+) is needed to run Kafka: apt-get install openjdk-17-jre-headless"; exit 1; }
-  say "fetching Apache Kafka jars with Maven into $LIBS (once) ..."
+  say "fetching Apache Kafka $KAFKA_VERSION jars with Maven into $LIBS (once) ..."
   mkdir -p "$LIBS"
   mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies \
       -DoutputDirectory="$LIBS" -DincludeScope=runtime
@@ -60,21 +61,29 @@ log.cleaner.backoff.ms=5000
 num.network.threads=2
 num.io.threads=4
 EOF
-  cat > "$HOME_DIR/log4j.properties" <<EOF
-log4j.rootLogger=WARN, file
-log4j.appender.file=org.apache.log4j.RollingFileAppender
-log4j.appender.file.File=\${kafka.logs.dir}/server.log
-log4j.appender.file.MaxFileSize=20MB
-log4j.appender.file.MaxBackupIndex=2
-log4j.appender.file.layout=org.apache.log4j.PatternLayout
-log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
-log4j.logger.kafka.server.KafkaRaftServer=INFO
+  cat > "$HOME_DIR/log4j2.properties" <<EOF
+status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = $LOGS/server.log
+appender.file.filePattern = $LOGS/server.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 20MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 2
+rootLogger.level = warn
+rootLogger.appenderRef.file.ref = file
+logger.raft.name = kafka.server.KafkaRaftServer
+logger.raft.level = info
 EOF
 }
 
 java_cmd() {
   java -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-    -Dkafka.logs.dir="$LOGS" -Dlog4j.configuration="file:$HOME_DIR/log4j.properties" \
+    -Dkafka.logs.dir="$LOGS" -Dlog4j2.configurationFile="$HOME_DIR/log4j2.properties" \
     -cp "$LIBS/*" "$@"
 }
 
@@ -98,10 +107,10 @@ up() {
   fetch
   write_config
   format_storage
-  say "starting broker on 127.0.0.1:$PORT (logs: $LOGS)"
+  say "starting Kafka $KAFKA_VERSION on 127.0.0.1:$PORT (logs: $LOGS)"
   rm -f "$LOGS/server.log"
   nohup java -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-    -Dkafka.logs.dir="$LOGS" -Dlog4j.configuration="file:$HOME_DIR/log4j.properties" \
+    -Dkafka.logs.dir="$LOGS" -Dlog4j2.configurationFile="$HOME_DIR/log4j2.properties" \
     -cp "$LIBS/*" kafka.Kafka "$CONF" >"$LOGS/stdout.log" 2>&1 &
   echo $! > "$PIDFILE"
   local waited=0

@@ -190,6 +190,8 @@ class SenderWorker:
         self.consumer = Consumer({
             "bootstrap.servers": s.kafka_bootstrap,
             "group.id": self.group,
+            # Static membership: a restarted worker takes its old place without a rebalance.
+            "group.instance.id": f"{self.group}-{self.worker_id}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",

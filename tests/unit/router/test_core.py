@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from pipeline.avro import decode, encode
+from pipeline.links import link_base, link_secret, make_code
 from pipeline.router.core import RouteFailure, RouteResult, idempotency_key, route
 from pipeline.rules.loader import load_bundle, load_ruleset
 from pipeline.settings import ROOT
@@ -89,9 +90,10 @@ def test_order_shipped_produces_one_valid_request(ruleset):
         "default",
         "ru",
     )
+    short = f'{link_base()}/c/{make_code(req["request_id"], 0, link_secret())}'
     assert (
         req["text"]
-        == "Анна, заказ №A-1001 передан в доставку. Отследить: https://track.example/A-1001"
+        == f"Анна, заказ №A-1001 передан в доставку. Отследить: {short}"
     )
     assert (req["phone"], req["country"], req["time_zone"]) == (
         "+79161234567",
@@ -101,7 +103,8 @@ def test_order_shipped_produces_one_valid_request(ruleset):
     assert req["lane"] == "transactional" and req["priority"] == rule.priority
     assert req["created_at_ms"] == NOW
     assert req["expires_at_ms"] == NOW + rule.ttl_s * 1000
-    assert req["send_at_ms"] is None and req["campaign_id"] is None and req["links"] == []
+    assert req["send_at_ms"] is None and req["campaign_id"] is None
+    assert req["links"] == ["https://track.example/A-1001"]
     assert req["sender_id"] == "SHOPRU"
 
 
@@ -140,7 +143,8 @@ def test_payment_due_is_urgent_and_transactional(ruleset):
     assert_schema_valid(req)
     assert req["lane"] == "transactional"
     assert req["priority"] > max(r.priority for r in ruleset.rules if r.event != "payment_due")
-    assert "https://pay.example/7" in req["text"] and "9 900 ₽" in req["text"]
+    assert req["links"] == ["https://pay.example/7"] and "9 900 ₽" in req["text"]
+    assert f"{link_base()}/c/" in req["text"]
 
 
 def test_promotion_goes_to_marketing_with_campaign_and_variant(ruleset):
