@@ -1,0 +1,259 @@
+"""The click redirect service: `GET /c/<code>` -> click event on Kafka -> 302 to the original URL.
+
+How a code is resolved (see `pipeline.links` for the code format):
+
+1. The code's HMAC tag is checked first; a malformed or tampered code is a 404.
+2. The code names a message (64-bit key) and a link index. The original URLs live in the
+   notification request's ``links`` array. An *indexer* (consumer group
+   ``<app_id>-redirect-indexer`` over both request lanes) copies ``message_id -> links`` of
+   every request with links into the compacted topic ``<prefix>links`` (created here;
+   key = message_id, value = JSON ``{"message_id", "links"}``), so links outlive the
+   request topics' retention. Every replica tails that whole topic into memory.
+3. The redirect goes only to ``links[index]`` of that message: nothing from the query
+   string or the path is ever used as a target (no open redirect). Unknown codes are a 404.
+
+A click record (schemas/click.avsc, key = message_id) is produced for each GET (HEAD
+requests, as sent by link previewers, redirect without counting a click). Production is
+asynchronous: a crash may lose clicks of the last moments, never redirects twice.
+
+Run with `redirect_command(host, port)`; the secret comes from RASSYLKA_LINK_SECRET
+(default: the dev secret in `pipeline.links`, for local runs only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from pipeline import avro, kafka_io, topics
+from pipeline.links import InvalidCode, LinkRef, link_secret, message_key, parse_code
+from pipeline.settings import Settings
+from pipeline.state.store import ensure_compacted_topic
+
+log = logging.getLogger(__name__)
+
+LINKS_TOPIC = "links"
+REQUEST_TOPICS = (topics.REQUESTS_TRANSACTIONAL, topics.REQUESTS_MARKETING)
+NOT_FOUND = "link not found\n"
+
+
+class LinkIndex:
+    """In-memory map message key -> (message_id, original URLs); safe to share with threads."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+    def add(self, message_id: str, links: list[str]) -> None:
+        self._by_key[message_key(message_id)] = (message_id, tuple(links))
+
+    def resolve(self, ref: LinkRef) -> tuple[str, str] | None:
+        """(message_id, original URL) of a verified code, or None when unknown."""
+        found = self._by_key.get(ref.message_key)
+        if found is None or ref.index >= len(found[1]):
+            return None
+        return found[0], found[1][ref.index]
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+
+def links_value(message_id: str, links: list[str]) -> bytes:
+    """The value of a `links` topic record."""
+    return json.dumps({"message_id": message_id, "links": links}, ensure_ascii=False).encode()
+
+
+class LinkFeed:
+    """Background threads: the indexer (requests -> links topic) and the tail (links topic -> index)."""
+
+    def __init__(self, settings: Settings, index: LinkIndex) -> None:
+        self.settings = settings
+        self.index = index
+        self.links_topic = settings.topic(LINKS_TOPIC)
+        self.stopping = threading.Event()
+        self.loaded = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        ensure_compacted_topic(self.settings.kafka_bootstrap, self.links_topic, self.settings.partitions)
+        for target in (self._tail, self._indexer):
+            thread = threading.Thread(target=target, name=f"redirect-{target.__name__}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(15)
+
+    def _tail(self) -> None:
+        consumer = Consumer({
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "group.id": f"{self.settings.app_id}-redirect-tail-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        })
+        try:
+            meta = consumer.list_topics(self.links_topic, timeout=15).topics[self.links_topic]
+            parts = sorted(meta.partitions)
+            ends = {}
+            for p in parts:
+                low, high = consumer.get_watermark_offsets(TopicPartition(self.links_topic, p), timeout=15)
+                if high > low:
+                    ends[p] = high
+            consumer.assign([TopicPartition(self.links_topic, p, OFFSET_BEGINNING) for p in parts])
+            if not ends:
+                self.loaded.set()
+            while not self.stopping.is_set():
+                for msg in consumer.consume(1000, 0.5):
+                    if msg.error() or msg.value() is None:
+                        continue
+                    try:
+                        entry = json.loads(msg.value())
+                        self.index.add(str(entry["message_id"]), [str(u) for u in entry["links"]])
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.warning("bad links record at %s/%s: %s", msg.partition(), msg.offset(), exc)
+                    if msg.partition() in ends and msg.offset() + 1 >= ends[msg.partition()]:
+                        del ends[msg.partition()]
+                        if not ends:
+                            self.loaded.set()
+                            log.info("link index loaded: %d messages", len(self.index))
+        except Exception:
+            log.exception("link index tail stopped")
+        finally:
+            consumer.close()
+
+    def _indexer(self) -> None:
+        settings = self.settings
+        consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"{settings.app_id}-redirect-indexer",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+        })
+        producer = kafka_io.producer(settings)
+        reg = avro.registry()
+        try:
+            consumer.subscribe([settings.topic(name) for name in REQUEST_TOPICS])
+            while not self.stopping.is_set():
+                batch = consumer.consume(500, 0.5)
+                if not batch:
+                    continue
+                for msg in batch:
+                    if msg.error() or msg.value() is None:
+                        continue
+                    try:
+                        request = avro.decode("notification_request", msg.value(), reg)
+                    except avro.DecodeError as exc:  # the sender dead-letters it; not ours to do
+                        log.warning("skipping undecodable request at %s/%s: %s",
+                                    msg.topic(), msg.partition(), exc)
+                        continue
+                    if not request["links"]:
+                        continue
+                    self.index.add(request["request_id"], request["links"])
+                    producer.produce(self.links_topic, key=request["request_id"].encode(),
+                                     value=links_value(request["request_id"], request["links"]))
+                    producer.poll(0)
+                if producer.flush(30):
+                    raise RuntimeError("links topic did not take the index records")
+                consumer.commit(asynchronous=False)  # only after the links are stored
+        except (KafkaException, RuntimeError):
+            log.exception("link indexer stopped")
+        finally:
+            producer.flush(10)
+            consumer.close()
+
+
+def click_record(code: str, message_id: str, url: str, user_agent: str | None,
+                 now_ms: int) -> dict[str, Any]:
+    """The `click` record for one opened short link."""
+    return {
+        "click_id": uuid.uuid4().hex,
+        "code": code,
+        "message_id": message_id,
+        "url": url,
+        "clicked_at_ms": now_ms,
+        "user_agent": user_agent[:512] if user_agent else None,
+    }
+
+
+def create_redirect_app(
+    settings: Settings,
+    secret: str,
+    index: LinkIndex | None = None,
+    feed: bool = True,
+) -> web.Application:
+    """The aiohttp app. With `feed` it keeps its link index from Kafka in background threads."""
+    index = index if index is not None else LinkIndex()
+    link_feed = LinkFeed(settings, index) if feed else None
+    clicks_topic = settings.topic(topics.CLICKS)
+    state: dict[str, Any] = {}
+
+    async def on_startup(app: web.Application) -> None:
+        state["producer"] = kafka_io.producer(settings)
+        if link_feed is not None:
+            link_feed.start()
+
+    async def on_cleanup(app: web.Application) -> None:
+        if link_feed is not None:
+            link_feed.stop()
+        remaining = state["producer"].flush(15)
+        if remaining:
+            log.error("%d click records were not delivered at shutdown", remaining)
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        if err is not None:
+            log.error("click record not delivered: %s", err)
+
+    async def click(request: web.Request) -> web.StreamResponse:
+        code = request.match_info["code"]
+        try:
+            ref = parse_code(code, secret)
+        except InvalidCode:
+            return web.Response(status=404, text=NOT_FOUND)
+        found = index.resolve(ref)
+        if found is None:
+            return web.Response(status=404, text=NOT_FOUND)
+        message_id, url = found
+        if not url.lower().startswith(("http://", "https://")):
+            return web.Response(status=404, text=NOT_FOUND)
+        if request.method == "GET":
+            record = click_record(code, message_id, url, request.headers.get("User-Agent"),
+                                  int(time.time() * 1000))
+            producer = state["producer"]
+            producer.produce(clicks_topic, key=message_id.encode(),
+                             value=avro.encode("click", record), on_delivery=on_delivery)
+            producer.poll(0)
+        return web.Response(status=302, headers={
+            "Location": url,
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+        })
+
+    async def healthz(request: web.Request) -> web.Response:
+        loaded = link_feed is None or link_feed.loaded.is_set()
+        return web.json_response({"status": "ok" if loaded else "loading", "links": len(index)},
+                                 status=200 if loaded else 503)
+
+    app = web.Application()
+    app.router.add_get("/c/{code}", click)
+    app.router.add_get("/healthz", healthz)
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def redirect_command(host: str = "0.0.0.0", port: int = 8080) -> None:
+    """Run the redirect service until interrupted (mounted as `rassylka redirect`)."""
+    settings = Settings.from_env()
+    web.run_app(create_redirect_app(settings, link_secret()), host=host, port=port,
+                print=lambda *_: None)
