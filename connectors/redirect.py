@@ -81,9 +81,13 @@ class LinkFeed:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        ensure_compacted_topic(self.settings.kafka_bootstrap, self.links_topic, self.settings.partitions)
+        ensure_compacted_topic(
+            self.settings.kafka_bootstrap, self.links_topic, self.settings.partitions
+        )
         for target in (self._tail, self._indexer):
-            thread = threading.Thread(target=target, name=f"redirect-{target.__name__}", daemon=True)
+            thread = threading.Thread(
+                target=target, name=f"redirect-{target.__name__}", daemon=True
+            )
             thread.start()
             self.threads.append(thread)
 
@@ -93,18 +97,22 @@ class LinkFeed:
             thread.join(15)
 
     def _tail(self) -> None:
-        consumer = Consumer({
-            "bootstrap.servers": self.settings.kafka_bootstrap,
-            "group.id": f"{self.settings.app_id}-redirect-tail-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-        })
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": f"{self.settings.app_id}-redirect-tail-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            }
+        )
         try:
             meta = consumer.list_topics(self.links_topic, timeout=15).topics[self.links_topic]
             parts = sorted(meta.partitions)
             ends = {}
             for p in parts:
-                low, high = consumer.get_watermark_offsets(TopicPartition(self.links_topic, p), timeout=15)
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.links_topic, p), timeout=15
+                )
                 if high > low:
                     ends[p] = high
             consumer.assign([TopicPartition(self.links_topic, p, OFFSET_BEGINNING) for p in parts])
@@ -118,7 +126,9 @@ class LinkFeed:
                         entry = json.loads(msg.value())
                         self.index.add(str(entry["message_id"]), [str(u) for u in entry["links"]])
                     except (ValueError, KeyError, TypeError) as exc:
-                        log.warning("bad links record at %s/%s: %s", msg.partition(), msg.offset(), exc)
+                        log.warning(
+                            "bad links record at %s/%s: %s", msg.partition(), msg.offset(), exc
+                        )
                     if msg.partition() in ends and msg.offset() + 1 >= ends[msg.partition()]:
                         del ends[msg.partition()]
                         if not ends:
@@ -131,15 +141,17 @@ class LinkFeed:
 
     def _indexer(self) -> None:
         settings = self.settings
-        consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"{settings.app_id}-redirect-indexer",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 1_000,
-        })
+        consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"{settings.app_id}-redirect-indexer",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 1_000,
+            }
+        )
         producer = kafka_io.producer(settings)
         reg = avro.registry()
         try:
@@ -154,14 +166,21 @@ class LinkFeed:
                     try:
                         request = avro.decode("notification_request", msg.value(), reg)
                     except avro.DecodeError as exc:  # the sender dead-letters it; not ours to do
-                        log.warning("skipping undecodable request at %s/%s: %s",
-                                    msg.topic(), msg.partition(), exc)
+                        log.warning(
+                            "skipping undecodable request at %s/%s: %s",
+                            msg.topic(),
+                            msg.partition(),
+                            exc,
+                        )
                         continue
                     if not request["links"]:
                         continue
                     self.index.add(request["request_id"], request["links"])
-                    producer.produce(self.links_topic, key=request["request_id"].encode(),
-                                     value=links_value(request["request_id"], request["links"]))
+                    producer.produce(
+                        self.links_topic,
+                        key=request["request_id"].encode(),
+                        value=links_value(request["request_id"], request["links"]),
+                    )
                     producer.poll(0)
                 if producer.flush(30):
                     raise RuntimeError("links topic did not take the index records")
@@ -173,8 +192,9 @@ class LinkFeed:
             consumer.close()
 
 
-def click_record(code: str, message_id: str, url: str, user_agent: str | None,
-                 now_ms: int) -> dict[str, Any]:
+def click_record(
+    code: str, message_id: str, url: str, user_agent: str | None, now_ms: int
+) -> dict[str, Any]:
     """The `click` record for one opened short link."""
     return {
         "click_id": uuid.uuid4().hex,
@@ -227,22 +247,32 @@ def create_redirect_app(
         if not url.lower().startswith(("http://", "https://")):
             return web.Response(status=404, text=NOT_FOUND)
         if request.method == "GET":
-            record = click_record(code, message_id, url, request.headers.get("User-Agent"),
-                                  int(time.time() * 1000))
+            record = click_record(
+                code, message_id, url, request.headers.get("User-Agent"), int(time.time() * 1000)
+            )
             producer = state["producer"]
-            producer.produce(clicks_topic, key=message_id.encode(),
-                             value=avro.encode("click", record), on_delivery=on_delivery)
+            producer.produce(
+                clicks_topic,
+                key=message_id.encode(),
+                value=avro.encode("click", record),
+                on_delivery=on_delivery,
+            )
             producer.poll(0)
-        return web.Response(status=302, headers={
-            "Location": url,
-            "Cache-Control": "no-store",
-            "Referrer-Policy": "no-referrer",
-        })
+        return web.Response(
+            status=302,
+            headers={
+                "Location": url,
+                "Cache-Control": "no-store",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
 
     async def healthz(request: web.Request) -> web.Response:
         loaded = link_feed is None or link_feed.loaded.is_set()
-        return web.json_response({"status": "ok" if loaded else "loading", "links": len(index)},
-                                 status=200 if loaded else 503)
+        return web.json_response(
+            {"status": "ok" if loaded else "loading", "links": len(index)},
+            status=200 if loaded else 503,
+        )
 
     app = web.Application()
     app.router.add_get("/c/{code}", click)
@@ -255,5 +285,6 @@ def create_redirect_app(
 def redirect_command(host: str = "0.0.0.0", port: int = 8080) -> None:
     """Run the redirect service until interrupted (mounted as `rassylka redirect`)."""
     settings = Settings.from_env()
-    web.run_app(create_redirect_app(settings, link_secret()), host=host, port=port,
-                print=lambda *_: None)
+    web.run_app(
+        create_redirect_app(settings, link_secret()), host=host, port=port, print=lambda *_: None
+    )

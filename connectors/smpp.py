@@ -12,6 +12,13 @@ Shape:
 * a part whose answer never comes (bind dropped, response timeout) is *in doubt*: the
   SMSC may have taken it, so the result says ``error='in_doubt'``, ``retryable=True``.
 
+Two smpp34 behaviours shape the inbound side. It ACKs every ``deliver_sm`` as it
+arrives and buffers it (``inbound_capacity``) until ``Smsc.next()`` takes it; when that
+buffer overflows the session dies *without* yielding ``Disconnected``. So the reader
+never waits on the consumer (events are buffered here, unbounded), and a watchdog polls
+``Client.is_alive()`` (every ``liveness_check_s``, and at once after a failed submit),
+drains what the dead session still holds, and rebinds.
+
 Nothing here logs per message; counters live in ``SmppCounters``.
 """
 
@@ -94,7 +101,11 @@ def status_text(status: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SmppRoute:
-    """Everything needed to reach one SMSC. Built once by the caller from config + env."""
+    """Everything needed to reach one SMSC. Built once by the caller from config + env.
+
+    Throughput is at most ``binds * rate_per_bind`` submits/s (parts, not messages);
+    ``window`` caps unanswered submits per bind.
+    """
 
     host: str
     port: int

@@ -101,9 +101,26 @@ def sender(
     settings = _settings()
     policy, limits = load_policy(settings.config_dir)
     gateway, rate = build_gateway(settings, limits, route)
-    worker = SenderWorker(settings, policy, gateway, rate, worker_id=worker_id)
+    import os
+
+    worker = SenderWorker(settings, policy, gateway, rate, worker_id=worker_id,
+                          max_in_flight=int(os.environ.get("RASSYLKA_MAX_IN_FLIGHT", "1024")))
     stats = asyncio.run(worker.run())
     console.print(f"sender {worker_id} stopped: {stats}", highlight=False)
+
+
+@app.command()
+def bench(
+    events: int = typer.Option(20_000, help="Events for the throughput run."),
+    rate: int = typer.Option(1_000, help="Offered load (events/s) for the latency run."),
+    seconds: int = typer.Option(5, help="Length of the latency run."),
+    routers: int = typer.Option(1, help="Router worker processes."),
+    senders: int = typer.Option(1, help="Sender worker processes."),
+) -> None:
+    """Benchmark: throughput, latency percentiles and the ratio to a plain Kafka loop."""
+    from pipeline.bench import run_bench
+
+    sys.exit(run_bench(_settings(), console, events, rate, seconds, routers, senders))
 
 
 @app.command()
@@ -119,6 +136,24 @@ from pipeline.analytics.cli import analytics_cli, report_command, sink_command  
 app.add_typer(analytics_cli, name="analytics")
 app.command("report")(report_command)
 app.command("sink")(sink_command)
+
+
+@app.command()
+def redirect(host: str = typer.Option("0.0.0.0", help="Address to listen on."),
+             port: int = typer.Option(8080, help="Port to listen on.")) -> None:
+    """Run the click redirect service: /c/<code> -> the original link, one click event each."""
+    from connectors.redirect import redirect_command
+
+    redirect_command(host, port)
+
+
+@app.command()
+def attribution(loglevel: str = typer.Option("warn", help="crit, error, warn, info or debug."),
+                window_days: float = typer.Option(7.0, help="Last-touch attribution window.")) -> None:
+    """Run the attribution worker (Faust): paid orders -> conversions credited to the last touch."""
+    from pipeline.attribution.agents import attribution_command
+
+    attribution_command(loglevel, window_days)
 
 
 def main() -> None:

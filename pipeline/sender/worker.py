@@ -83,6 +83,8 @@ class SenderStats:
     inbound: int = 0
     resent_in_doubt: int = 0
     cycles: int = 0
+    transactions: int = 0
+    commit_s: float = 0.0
 
     def count(self, key: str) -> None:
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
@@ -145,7 +147,7 @@ class SenderWorker:
     """One sender process: a transactional consume → decide → send loop over both lanes."""
 
     def __init__(self, settings: Settings, policy: SenderPolicy, gateway: Gateway,
-                 route_rate: float, worker_id: str = "0", max_in_flight: int = 256,
+                 route_rate: float, worker_id: str = "0", max_in_flight: int = 1024,
                  cycle_s: float = 0.02) -> None:
         self.settings = settings
         self.policy = policy
@@ -299,12 +301,16 @@ class SenderWorker:
         deadline = time.monotonic() + timeout
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        self._transaction(consume=False, dispatch=False)
+        await asyncio.to_thread(self._transaction, False, False)
 
     async def _cycle(self) -> bool:
-        """One transaction's worth of work; True when anything happened."""
+        """One transaction's worth of work; True when anything happened.
+
+        The transaction runs in a thread: its blocking Kafka calls (commit, offsets) then
+        overlap with the event loop's SMPP traffic instead of stalling it.
+        """
         assert self.consumer is not None
-        dispatch = self._transaction(consume=True, dispatch=True)
+        dispatch = await asyncio.to_thread(self._transaction, True, True)
         for job in dispatch:
             task = asyncio.create_task(self._submit(job))
             self.in_flight.add(task)
@@ -341,7 +347,10 @@ class SenderWorker:
                 producer.send_offsets_to_transaction(
                     [tp for tp in positions if tp.offset >= 0],
                     self.consumer.consumer_group_metadata(), 30)
+            started = time.monotonic()
             producer.commit_transaction(30)
+            self.stats.commit_s += time.monotonic() - started
+            self.stats.transactions += 1
         except KafkaException:
             log.exception("transaction failed; aborting and rewinding to the last commit")
             producer.abort_transaction(30)

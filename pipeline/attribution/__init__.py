@@ -1,0 +1,1 @@
+"""Conversion attribution: order-paid events credited last-touch to a delivered or clicked SMS."""

@@ -1,0 +1,260 @@
+"""`make bench`: end-to-end throughput and latency on the real broker and SMSC simulator.
+
+Three measurements in one run, on one broker:
+
+1. ceiling — a plain confluent-kafka consume → produce loop over the same event payloads;
+2. throughput — N payment-due events published as fast as the broker takes them, timed
+   from the first publish to the last accepted submit_sm at the simulator, through the
+   router (Faust) and the sender with every check on;
+3. latency — events offered at a fixed rate; per event, publish → submit_sm at the
+   simulator (each bench customer has its own number, so the simulator's log tells
+   which event each submit_sm belongs to).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import avro, kafka_io, topics
+from pipeline.procs import start_stage, stop
+from pipeline.settings import ROOT, Settings
+from pipeline.topics import create_topics
+
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass
+class SimLog:
+    """Follows the simulator's JSONL log of submit_sm."""
+
+    path: Path
+    offset: int = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gb": round(mem_gb, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def _profile(i: int) -> dict[str, Any]:
+    return {"customer_id": f"b{i:07d}", "phone": f"+7926{i:07d}", "country": "RU", "locale": "ru",
+            "time_zone": "Europe/Moscow", "first_name": "Анна", "last_name": None,
+            "segments": [], "attributes": {}, "updated_at_ms": 0}
+
+
+def _event(i: int, run: str) -> dict[str, Any]:
+    return {"event_id": f"{run}-{i}", "customer_id": f"b{i:07d}",
+            "occurred_at_ms": int(time.time() * 1000), "source": "bench", "attributes": {},
+            "invoice_id": f"INV-{i}", "order_id": None, "amount_minor": 150_000, "currency": "RUB",
+            "due_date": "2026-12-31", "payment_url": None}
+
+
+def ceiling(settings: Settings, payloads: list[bytes]) -> float:
+    """Messages/s of a plain confluent-kafka consume → produce loop over `payloads`."""
+    src, dst = settings.topic("bench.ceiling.in"), settings.topic("bench.ceiling.out")
+    prod = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    for i, value in enumerate(payloads):
+        while True:
+            try:
+                prod.produce(src, key=str(i).encode(), value=value)
+                break
+            except BufferError:
+                prod.poll(0.01)
+    prod.flush(60)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"ceiling-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": True})
+    consumer.subscribe([src])
+    out = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    done, start = 0, None
+    deadline = time.monotonic() + 120
+    while done < len(payloads) and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, 0.5):
+            if msg.error():
+                continue
+            if start is None:
+                start = time.monotonic()
+            while True:
+                try:
+                    out.produce(dst, key=msg.key(), value=msg.value())
+                    break
+                except BufferError:
+                    out.poll(0.01)
+            done += 1
+        out.poll(0)
+    out.flush(60)
+    elapsed = time.monotonic() - (start or time.monotonic())
+    consumer.close()
+    return done / elapsed if elapsed > 0 else float("nan")
+
+
+def _start_simulator(log_dir: Path, port: int, control: int, log: Path) -> subprocess.Popen[bytes]:
+    out = open(log_dir / "smsc.out", "ab")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "connectors.smsc_sim", "--port", str(port), "--control-port",
+         str(control), "--log", str(log), "--receipt-delay-ms", "100-500", "--seed", "1"],
+        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_submits(log: SimLog, count: int, timeout: float, seen: dict[str, int]) -> None:
+    deadline = time.monotonic() + timeout
+    while len(seen) < count and time.monotonic() < deadline:
+        for s in log.read_new():
+            if s["status"] == 0:
+                seen.setdefault(s["destination"], s["at_ms"])
+        time.sleep(0.05)
+
+
+def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int = 1_000,
+              seconds: int = 5, routers: int = 1, senders: int = 1) -> int:
+    """Run the benchmark; prints a table and writes bench/results/latest.json."""
+    from pipeline.demo import _free_port
+
+    tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
+    settings = replace(base, topic_prefix=f"bench{tag}.", app_id=f"bench{tag}", partitions=4)
+    log_dir = ROOT / ".run" / "bench" / tag
+    log_dir.mkdir(parents=True, exist_ok=True)
+    latency_n = rate * seconds
+    warmup = 200
+    total = warmup + events + latency_n
+    procs: list[subprocess.Popen[bytes]] = []
+    result: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                              "events": events, "offered_rate": rate, "routers": routers,
+                              "senders": senders}
+    try:
+        with console.status("[bold]setting up ...") as status:
+            create_topics(settings)
+            port, control = _free_port(), _free_port()
+            sim_log = SimLog(log_dir / "submits.jsonl")
+            procs.append(_start_simulator(log_dir, port, control, sim_log.path))
+            env = {"RASSYLKA_SMPP_PORT": str(port), "RASSYLKA_RATE_PER_BIND": "100000"}
+            for i in range(routers):
+                procs.append(start_stage(settings, ["router"], log_dir / f"router{i}.log"))
+            for i in range(senders):
+                procs.append(start_stage(settings, ["sender", "--worker-id", str(i)],
+                                         log_dir / f"sender{i}.log", env))
+            status.update(f"[bold]publishing {total} customer profiles ...")
+            kafka_io.publish(settings, topics.PROFILES,
+                             ((f"b{i:07d}", avro.encode("customer_profile", _profile(i)))
+                              for i in range(total)))
+            changelog = replace(settings, topic_prefix="")
+            kafka_io.read_topic(changelog, f"{settings.app_id}-router-profiles-changelog",
+                                lambda m: len(m) >= total, 180)
+            status.update("[bold]warming up ...")
+            seen: dict[str, int] = {}
+            kafka_io.publish(settings, topics.PAYMENT_DUE,
+                             ((f"b{i:07d}", _event(i, tag)) for i in range(warmup)), "payment_due")
+            _wait_submits(sim_log, warmup, 120, seen)
+            if len(seen) < warmup:
+                raise RuntimeError(f"warm-up: only {len(seen)} of {warmup} reached the simulator")
+
+            status.update(f"[bold]throughput: {events} events as fast as the broker takes them ...")
+            payloads = [avro.encode("payment_due", _event(i, tag))
+                        for i in range(warmup, warmup + events)]
+            t0 = time.time()
+            kafka_io.publish(settings, topics.PAYMENT_DUE,
+                             ((f"b{i:07d}", p) for i, p in zip(range(warmup, warmup + events),
+                                                               payloads, strict=True)))
+            publish_s = time.time() - t0
+            _wait_submits(sim_log, warmup + events, 300, seen)
+            reached = len(seen) - warmup
+            last = max(seen.values()) / 1000
+            result["throughput"] = {"events_per_s": reached / (last - t0), "publish_s": publish_s,
+                                    "reached": reached, "elapsed_s": last - t0}
+
+            status.update(f"[bold]latency: {rate} events/s for {seconds} s ...")
+            sent_at: dict[str, float] = {}
+            prod = kafka_io.producer(settings, **{"linger.ms": 1})
+            start = time.monotonic()
+            first = warmup + events
+            for n in range(latency_n):
+                target = start + n / rate
+                delay = target - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                i = first + n
+                event = _event(i, tag)
+                prod.produce(settings.topic(topics.PAYMENT_DUE), key=f"b{i:07d}".encode(),
+                             value=avro.encode("payment_due", event))
+                prod.poll(0)
+                sent_at[f"7926{i:07d}"] = event["occurred_at_ms"]
+            prod.flush(30)
+            offered_s = time.monotonic() - start
+            _wait_submits(sim_log, total, 120, seen)
+            lat = [seen[d] - t for d, t in sent_at.items() if d in seen]
+            result["latency_ms"] = {"p50": percentile(lat, 50), "p95": percentile(lat, 95),
+                                    "p99": percentile(lat, 99), "max": max(lat) if lat else None,
+                                    "mean": statistics.fmean(lat) if lat else None,
+                                    "measured": len(lat), "offered": latency_n,
+                                    "achieved_rate": latency_n / offered_s}
+
+            status.update(f"[bold]ceiling: plain consume → produce loop over {events} payloads ...")
+            result["ceiling_per_s"] = ceiling(settings, payloads)
+        result["ratio_to_ceiling"] = result["throughput"]["events_per_s"] / result["ceiling_per_s"]
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    _print(console, result)
+    return 0
+
+
+def _print(console: Console, r: dict[str, Any]) -> None:
+    m = r["machine"]
+    table = Table(title=f"Rassylka benchmark — {m['cpus']} CPUs, {m['cpu_model']}, {m['memory_gb']} GB")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    t, lat = r["throughput"], r["latency_ms"]
+    table.add_row("end-to-end throughput (events → submit_sm)", f"{t['events_per_s']:,.0f} /s")
+    table.add_row("plain consume→produce ceiling", f"{r['ceiling_per_s']:,.0f} /s")
+    table.add_row("ratio to ceiling", f"{r['ratio_to_ceiling']:.1%}")
+    table.add_row(f"latency p50 at {r['offered_rate']}/s offered", f"{lat['p50']:.0f} ms")
+    table.add_row("latency p95", f"{lat['p95']:.0f} ms")
+    table.add_row("latency p99", f"{lat['p99']:.0f} ms")
+    table.add_row("events measured (throughput / latency)", f"{t['reached']} / {lat['measured']}")
+    table.add_row("workers (router / sender)", f"{r['routers']} / {r['senders']}")
+    console.print(table)
+    console.print(f"results: {RESULTS / 'latest.json'}")
