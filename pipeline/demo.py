@@ -8,6 +8,7 @@ reply STOP, and prints what happened to every request.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pipeline.samples import demo_samples, promotion_event
 from pipeline.sender.decision import Reject
 from pipeline.sender.numbers import normalise
 from pipeline.settings import ROOT, Settings
+from pipeline.simulate import GroundTruth, simulate
 from pipeline.topics import create_topics
 
 
@@ -68,9 +70,13 @@ def _mo(control: int, source: str, text: str) -> None:
 def run_demo(base: Settings, console: Console) -> int:
     """Run the demo in a fresh topic namespace; returns the process exit code."""
     tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
-    settings = replace(base, topic_prefix=f"demo{tag}.", app_id=f"demo{tag}")
     log_dir = ROOT / ".run" / "demo"
     log_dir.mkdir(parents=True, exist_ok=True)
+    clickhouse_dir = log_dir / "clickhouse"
+    if base.clickhouse_url.startswith("chdb://"):
+        shutil.rmtree(clickhouse_dir, ignore_errors=True)
+        base = replace(base, clickhouse_url=f"chdb://{clickhouse_dir}")
+    settings = replace(base, topic_prefix=f"demo{tag}.", app_id=f"demo{tag}")
     samples = demo_samples()
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -87,6 +93,13 @@ def run_demo(base: Settings, console: Console) -> int:
                                      log_dir / f"router-{tag}.log"))
             procs.append(start_stage(settings, ["sender"], log_dir / f"sender-{tag}.log",
                                      {"RASSYLKA_SMPP_PORT": str(port)}))
+            status.update("[bold]starting click redirect, attribution and analytics sink ...")
+            redirect_port = _free_port()
+            procs.append(start_stage(settings, ["redirect", "--host", "127.0.0.1", "--port",
+                                                str(redirect_port)], log_dir / f"redirect-{tag}.log"))
+            procs.append(start_stage(settings, ["attribution"], log_dir / f"attribution-{tag}.log"))
+            sink = start_stage(settings, ["sink"], log_dir / f"sink-{tag}.log")
+            procs.append(sink)
             status.update(f"[bold]publishing {len(samples.profiles)} customer profiles and consents ...")
             kafka_io.publish(settings, topics.PROFILES,
                              ((p["customer_id"], p) for p in samples.profiles), "customer_profile")
@@ -114,7 +127,7 @@ def run_demo(base: Settings, console: Console) -> int:
                 kafka_io.publish(settings, topic, [(key, value)])
             console.log("events published")
             status.update("[bold]waiting for the router: requests and dead letters ...")
-            dead = _wait(settings, topics.DEAD_LETTERS, len(samples.bad), 60)
+            dead = _unique_dead_letters(_wait(settings, topics.DEAD_LETTERS, len(samples.bad), 60))
             requests = (
                 kafka_io.read_topic(settings, topics.REQUESTS_TRANSACTIONAL, None, 30, idle=3.0)
                 + kafka_io.read_topic(settings, topics.REQUESTS_MARKETING, None, 30, idle=1.0)
@@ -128,14 +141,35 @@ def run_demo(base: Settings, console: Console) -> int:
             receipts = kafka_io.read_topic(settings, topics.RECEIPTS, None, 10, idle=1.0)
             console.log(f"sender decided {len(outcomes)} requests; {len(receipts)} receipts arrived")
             stop_demo = _stop_reply(settings, console, status, control, numbers, outcomes, requests)
+            status.update("[bold]customers read their SMS: some click, some pay ...")
+            _wait_redirect_ready(redirect_port)
+            truth = simulate(settings, redirect_port, requests, outcomes, receipts)
+            console.log(f"simulated customers: {len(truth.clicked)} clicked, "
+                        f"{len(truth.paid_orders)} paid an order")
+            conversions = kafka_io.read_topic(settings, topics.CONVERSIONS,
+                                              lambda m: len(m) >= len(truth.paid_orders), 60)
+            console.log(f"attribution credited {len(conversions)} conversions")
+            status.update("[bold]waiting for the pipeline to settle and the sink to store everything ...")
+            final_outcomes = kafka_io.read_topic(settings, topics.OUTCOMES, None, 60, idle=4.0)
+            final_receipts = kafka_io.read_topic(settings, topics.RECEIPTS, None, 30, idle=3.0)
+            settle_truth(truth, final_outcomes, final_receipts)
+            wait_sink_drained(settings, 90)
+            stop(sink)
+            rows = report_rows(settings)
         _print_requests(console, requests, outcomes, receipts)
         _print_dead_letters(console, dead)
         if stop_demo:
             _print_stop(console, *stop_demo)
+        from pipeline.analytics.report import render_table
+
+        console.print(render_table(rows["by_variant"], title="Funnel by rule and variant (ClickHouse)"))
+        matches = _print_truth(console, truth, rows["total"][0] if rows["total"] else {})
+        console.print(f"Query it yourself: CLICKHOUSE_URL=chdb://{clickhouse_dir} "
+                      f".venv/bin/rassylka report --by rule_id --by variant")
         expected = {reason for *_, reason in samples.bad}
         got = {m.record["reason"] for m in dead if m.record}
         submitted = [o for o in outcomes if o.record["status"] == "submitted"]
-        if not requests or not submitted or not expected <= got:
+        if not requests or not submitted or not expected <= got or not matches:
             console.print(f"[red]demo incomplete: {len(requests)} requests, {len(submitted)} sent, "
                           f"dead-letter reasons {got}[/red]")
             return 1
@@ -223,3 +257,95 @@ def _print_stop(console: Console, customer: str, e164: str, change: dict[str, An
                   f"{change['scope']}: {change['status']} (source {change['source']}, '{change['evidence']}')",
                   f"{outcome['status']}: {outcome['reason']}")
     console.print(table)
+
+
+def _wait_redirect_ready(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("the redirect service did not become ready")
+
+
+def settle_truth(truth: GroundTruth, outcomes: list[Received], receipts: list[Received]) -> None:
+    """Sent, delivered and cost as the gateway saw them once the pipeline is quiet."""
+    submitted = [o.record for o in outcomes if o.record and o.record["status"] == "submitted"]
+    truth.sent = len(submitted)
+    truth.cost = sum(o["cost"] for o in submitted)
+    sent_ids = {o["message_id"] for o in submitted}
+    truth.delivered = len({r.record["message_id"] for r in receipts
+                           if r.record and r.record["state"] == "DELIVRD"
+                           and r.record["message_id"] in sent_ids})
+
+
+def wait_sink_drained(settings: Settings, timeout: float) -> None:
+    """Until the sink's group has committed past the last record of every analytics topic.
+
+    Transactional topics end with commit markers, which a consumer never commits past
+    when nothing follows them, so the target is the last *record* of each partition.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    names = (topics.OUTCOMES, topics.RECEIPTS, topics.CLICKS, topics.CONVERSIONS, topics.INBOUND,
+             topics.CONSENT)
+    target: dict[tuple[str, int], int] = {}
+    for name in names:
+        for m in kafka_io.read_topic(settings, name, None, 30, idle=1.0):
+            key = (m.topic, m.partition)
+            target[key] = max(target.get(key, 0), m.offset + 1)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"{settings.app_id}-sink", "enable.auto.commit": False})
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            committed = consumer.committed([TopicPartition(t, p) for t, p in target], timeout=10)
+            if all(tp.offset >= target[(tp.topic, tp.partition)] for tp in committed):
+                return
+            time.sleep(0.5)
+    finally:
+        consumer.close()
+    raise RuntimeError("the analytics sink did not catch up in time")
+
+
+def report_rows(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """The funnel from ClickHouse: in total and by rule and variant."""
+    from connectors.clickhouse import connect
+    from pipeline.analytics.report import funnel
+
+    client = connect(settings.clickhouse_url)
+    return {"total": funnel(client), "by_variant": funnel(client, ["rule_id", "variant"])}
+
+
+def _print_truth(console: Console, truth: GroundTruth, total: dict[str, Any]) -> bool:
+    """Ground truth next to the report; True when every figure matches."""
+    pairs = [
+        ("sent", truth.sent, total.get("sent")),
+        ("delivered", truth.delivered, total.get("delivered")),
+        ("clicked", len(truth.clicked), total.get("clicked")),
+        ("converted", len(truth.paid_orders), total.get("converted")),
+        ("revenue, ₽", round(truth.revenue_minor / 100, 2), round(float(total.get("revenue", 0)), 2)),
+        ("cost, ₽", round(truth.cost, 2), round(float(total.get("cost", 0)), 2)),
+    ]
+    table = Table(title="Ground truth of the simulation vs the ClickHouse report")
+    for column in ("figure", "simulation", "report", ""):
+        table.add_column(column)
+    ok = True
+    for name, want, got in pairs:
+        same = want == got
+        ok &= same
+        table.add_row(name, str(want), str(got), "[green]✓[/green]" if same else "[red]✗[/red]")
+    console.print(table)
+    return ok
+
+
+def _unique_dead_letters(dead: list[Received]) -> list[Received]:
+    """One row per failed input: the router is at-least-once, so a replay after a rebalance
+    can dead-letter the same input twice; (topic, partition, offset) identifies it."""
+    seen: dict[tuple[str, int, int], Received] = {}
+    for m in dead:
+        r = m.record
+        seen.setdefault((r["source_topic"], r["source_partition"], r["source_offset"]), m)
+    return list(seen.values())

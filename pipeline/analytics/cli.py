@@ -139,6 +139,9 @@ def sink_command(
     batch_rows: int = typer.Option(5_000, help="Flush after this many rows..."),
     batch_age: float = typer.Option(1.0, help="...or this many seconds after the first one."),
     stats_interval: float = typer.Option(10.0, help="Seconds between progress log lines."),
+    session_timeout: float = typer.Option(
+        10.0, help="Seconds after which a crashed worker's partitions go to the others (≥ 6)."
+    ),
     fault_file: Path = typer.Option(
         None, envvar="RASSYLKA_CH_FAULT_FILE",
         help="Testing: ClickHouse writes fail while this file exists.",
@@ -153,6 +156,7 @@ def sink_command(
         max_rows=batch_rows,
         max_age_s=batch_age,
         stats_interval_s=stats_interval,
+        session_timeout_s=session_timeout,
         fault_file=fault_file,
     )
     stats = run_sink(Settings.from_env(), config)

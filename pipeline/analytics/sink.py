@@ -90,6 +90,7 @@ class SinkConfig:
     max_backoff_s: float = 5.0  # cap of the doubling wait
     inner_retry_s: float = 0.3  # quick in-place retries of one write before pausing
     stats_interval_s: float = 10.0  # INFO log of `SinkStats` this often
+    session_timeout_s: float = 10.0  # a crashed worker's partitions move on after this
     fault_file: Path | None = None  # see the module docstring
 
 
@@ -244,6 +245,8 @@ class Sink:
                 # eager: a rebalance revokes every partition, so the whole buffer goes
                 "partition.assignment.strategy": "range,roundrobin",
                 "enable.partition.eof": False,
+                "session.timeout.ms": int(config.session_timeout_s * 1000),
+                "heartbeat.interval.ms": max(500, int(config.session_timeout_s * 1000) // 4),
             }
         )
         producer = Producer(
@@ -270,10 +273,11 @@ class Sink:
         )
         log.info("sink consuming %s as group %s-sink", ", ".join(self.expected),
                  self.settings.app_id)
+        # never more than max_rows at once, so a batch stays below 2 × max_rows
+        read_at_most = max(1, min(self.config.consume_batch, self.config.max_rows))
         try:
             while not self._stopping.is_set():
-                messages = self.consumer.consume(self.config.consume_batch,
-                                                 self.config.poll_timeout_s)
+                messages = self.consumer.consume(read_at_most, self.config.poll_timeout_s)
                 if messages:
                     self.process(messages)
                 self.step()

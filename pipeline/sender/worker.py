@@ -71,6 +71,7 @@ class Job:
     send: Send
     attempts: int = 1
     not_before_ms: int = 0
+    epoch: int = 0  # the partition's ownership epoch when the job went on the wire
 
 
 @dataclass
@@ -173,6 +174,9 @@ class SenderWorker:
         self.pending_receipts: deque[tuple[int, GatewayReceipt]] = deque()
         self.in_flight: set[asyncio.Task[None]] = set()
         self.owned: set[int] = set()
+        # Bumped whenever a partition is given up: a submit that was on the wire before
+        # then is the next owner's (in doubt) and its late result must not be recorded.
+        self.epochs: dict[int, int] = {}
         self.stopping = False
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
@@ -220,7 +224,10 @@ class SenderWorker:
         if not gone & self.owned:
             return
         self.owned -= gone
+        for p in gone:
+            self.epochs[p] = self.epochs.get(p, 0) + 1
         self.store.drop(gone)
+        self._pending_in_doubt = [x for x in self._pending_in_doubt if x[0] not in gone]
         self.queue = _filtered(self.queue, lambda job: job.partition not in gone)
         self.holds = [h for h in self.holds if h[1] not in gone]
         heapq.heapify(self.holds)
@@ -329,10 +336,15 @@ class SenderWorker:
                 or self._pending_in_doubt or (self.holds and self.holds[0][0] <= now)
                 or (dispatch and self.queue)):
             return []
+        # Receipts and replies this transaction publishes: put back if it aborts.
+        taken: list[GatewayReceipt | GatewayInbound] = []
+        while self.events:
+            taken.append(self.events.popleft())
+        waiting_before = deque(self.pending_receipts)
         producer.begin_transaction()
         try:
             self._record_results(producer, now)
-            self._handle_events(producer, now)
+            self._handle_events(producer, now, taken)
             for p, request in self._pending_in_doubt:
                 self._finish(producer, p, request, Reject("failed", "in_doubt_not_resent",
                              "on the wire when a worker stopped; marketing is not resent"), None, now)
@@ -353,6 +365,8 @@ class SenderWorker:
             self.stats.transactions += 1
         except KafkaException:
             log.exception("transaction failed; aborting and rewinding to the last commit")
+            self.events.extendleft(reversed(taken))
+            self.pending_receipts = waiting_before
             producer.abort_transaction(30)
             self._rewind()
             return []
@@ -443,6 +457,7 @@ class SenderWorker:
             rid = job.request["request_id"].encode()
             self.store.delete(producer, job.partition, QUEUED + rid)
             self.store.put(producer, job.partition, WIRE + rid, job.raw)
+            job.epoch = self.epochs.get(job.partition, 0)
             out.append(job)
             budget -= 1
         for job in deferred:
@@ -473,8 +488,8 @@ class SenderWorker:
         while self.finished:
             job, result = self.finished.popleft()
             p, request = job.partition, job.request
-            if job.partition not in self.owned:
-                continue  # the partition moved: its new owner handles the in-doubt send
+            if p not in self.owned or job.epoch != self.epochs.get(p, 0):
+                continue  # the partition moved (maybe back): its owner treats the send as in doubt
             rid = request["request_id"].encode()
             if result.ok:
                 self.store.delete(producer, p, WIRE + rid)
@@ -546,9 +561,9 @@ class SenderWorker:
                          value=avro.encode("send_outcome", outcome))
         self.stats.count(status if reason is None else f"{status}:{reason}")
 
-    def _handle_events(self, producer: Producer, now: int) -> None:
-        while self.events:
-            event = self.events.popleft()
+    def _handle_events(self, producer: Producer, now: int,
+                       taken: list[GatewayReceipt | GatewayInbound]) -> None:
+        for event in taken:
             if isinstance(event, GatewayReceipt):
                 self.pending_receipts.append((now, event))
             else:

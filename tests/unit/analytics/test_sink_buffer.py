@@ -33,11 +33,27 @@ from pipeline.analytics.writer import (
 )
 from pipeline.settings import Settings
 
-from .test_rows import SAMPLES
-
 SETTINGS = Settings(topic_prefix="u.", app_id="u", phone_hash_key="unit-key")
 OUTCOMES = SETTINGS.topic(topics.OUTCOMES)
 CLICKS = SETTINGS.topic(topics.CLICKS)
+SAMPLES: dict[str, dict[str, Any]] = {
+    "send_outcome": {
+        "request_id": "r1", "message_id": "r1", "status": "submitted", "reason": None,
+        "detail": None, "lane": "marketing", "rule_id": "promo", "template_id": "t",
+        "variant": "b", "campaign_id": None, "customer_id": "c1", "phone": "+79161234567",
+        "region": "RU", "operator": "MTS", "gateway": "smpp", "gateway_message_ids": ["g1"],
+        "segments": 1, "encoding": "UCS2", "cost": 2.5, "event_occurred_at_ms": 1,
+        "decided_at_ms": 2, "attempts": 1,
+    },
+    "click": {
+        "click_id": "k1", "code": "abc", "message_id": "r1", "url": "https://x",
+        "clicked_at_ms": 6, "user_agent": None,
+    },
+    "consent_change": {
+        "phone": "+79161234567", "scope": "marketing", "status": "opt_out",
+        "source": "sms_reply", "changed_at_ms": 9, "customer_id": None, "evidence": "STOP",
+    },
+}
 
 
 class Store:
@@ -238,6 +254,7 @@ def test_decode_registry_decodes_like_the_project_registry() -> None:
         data = avro.encode(schema, record)
         assert avro.decode_any(data, registry) == avro.decode_any(data)
     assert set(MAPPINGS) <= set(registry.current)
+    assert len(registry.by_fingerprint) == len(avro.registry().by_fingerprint)
 
 
 # -- the sink loop on fakes -------------------------------------------------------------

@@ -1,0 +1,120 @@
+"""A rebalance mid-run: a second sender joins, then leaves; nothing lost, nothing sent twice."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sendkit import (
+    config_with,
+    make_request,
+    marketing,
+    opt_in,
+    outcomes,
+    phone,
+    publish_requests,
+    sender,
+    simulator,
+)
+from sendkit import Simulator
+from stages import kill
+
+from pipeline.settings import Settings
+
+
+def check_stream(requests: list[dict[str, Any]], got: dict[str, dict[str, Any]],
+                 submits: list[dict[str, Any]]) -> Counter[str]:
+    """The fault-test contract over one stream; returns accepted copies per number.
+
+    One outcome per request (`outcomes()` already asserted it), no number got the same
+    part twice unless a transactional in-doubt resend says so (attempts > 1), every
+    transactional request was sent, and a marketing one at most once.
+    """
+    accepted = [s for s in submits if s["status"] == 0]
+    copies = Counter((s["destination"], s["short_message"]) for s in accepted)
+    per_number = Counter(s["destination"] for s in accepted)
+    assert len(got) == len(requests), f"{len(got)} outcomes for {len(requests)} requests"
+    for request in requests:
+        outcome = got[request["request_id"]]
+        number = request["phone"][1:]
+        twice = [k for k, n in copies.items() if k[0] == number and n > 1]
+        if request["lane"] == "transactional":
+            assert outcome["status"] == "submitted", outcome
+            assert per_number[number] >= 1, f"transactional {number} never reached the SMSC"
+            if twice:
+                assert outcome["attempts"] > 1, ("resent without saying so", outcome)
+        else:
+            assert not twice, f"marketing SMS to {number} went twice"
+            assert (outcome["status"], outcome["reason"]) in {
+                ("submitted", None), ("failed", "in_doubt_not_resent")}, outcome
+            if outcome["status"] == "submitted":
+                assert per_number[number] == 1
+    return per_number
+
+
+def wait_for_sessions(sim: Simulator, count: int, timeout: float) -> bool:
+    """Wait (bounded) until submits came over `count` distinct SMPP sessions."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len({s["session_id"] for s in sim.submits()}) >= count:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_second_worker_joins_and_leaves_mid_run(ns: Settings, tmp_path: Path) -> None:
+    cfg = replace(ns, config_dir=config_with(tmp_path, ns.config_dir, quiet_hours={},
+                                             frequency_caps={}))
+    payments = [make_request(phone=phone(30_000 + i), text=f"Оплатите счёт {i}") for i in range(300)]
+    promos = [marketing(phone=phone(40_000 + i), text=f"Акция {i}. Отписка: STOP")
+              for i in range(100)]
+    requests = payments + promos
+    opt_in(cfg, [r["phone"] for r in promos])
+    rate = {"RASSYLKA_RATE_PER_BIND": "30"}  # 60/s per worker: the stream lasts ~7 s
+    with simulator(tmp_path, "--latency-ms", "2-20") as sim:
+        publish_requests(cfg, requests)
+        with sender(cfg, sim, tmp_path, worker_id="0", **rate):
+            deadline = time.monotonic() + 30
+            while len(sim.submits()) < 40 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with sender(cfg, sim, tmp_path, worker_id="1", **rate) as second:
+                joined = wait_for_sessions(sim, 4, timeout=30)  # its two binds are sending
+                time.sleep(1.0)
+                assert second.poll() is None
+                sent_when_leaving = len(sim.submits())
+            # It leaves cleanly; with static membership its partitions come back after the
+            # session timeout (10 s), and the first worker finishes the stream.
+            got = outcomes(cfg, len(requests), timeout=60)
+        submits = sim.submits()
+    assert joined, "the second worker must have sent part of the stream"
+    assert sent_when_leaving < len(requests), "the second worker must leave mid-stream"
+    check_stream(requests, got, submits)
+
+
+def test_second_worker_killed_after_taking_partitions(ns: Settings, tmp_path: Path) -> None:
+    """The joiner dies instead of leaving: its partitions move back, in-doubt policy applies."""
+    cfg = replace(ns, config_dir=config_with(tmp_path, ns.config_dir, quiet_hours={},
+                                             frequency_caps={}))
+    payments = [make_request(phone=phone(50_000 + i), text=f"Счёт {i} ждёт оплаты") for i in range(200)]
+    promos = [marketing(phone=phone(60_000 + i), text=f"Распродажа {i}. Отписка: STOP")
+              for i in range(100)]
+    requests = payments + promos
+    opt_in(cfg, [r["phone"] for r in promos])
+    rate = {"RASSYLKA_RATE_PER_BIND": "30"}
+    with simulator(tmp_path, "--latency-ms", "5-30") as sim:
+        publish_requests(cfg, requests)
+        with sender(cfg, sim, tmp_path, worker_id="0", **rate):
+            deadline = time.monotonic() + 30
+            while len(sim.submits()) < 30 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with sender(cfg, sim, tmp_path, worker_id="1", **rate) as second:
+                joined = wait_for_sessions(sim, 4, timeout=30)
+                time.sleep(0.7)
+                kill(second)
+            got = outcomes(cfg, len(requests), timeout=60)
+        submits = sim.submits()
+    assert joined, "the second worker must have sent part of the stream before it died"
+    check_stream(requests, got, submits)
