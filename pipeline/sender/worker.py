@@ -154,7 +154,13 @@ class SenderWorker:
         self.policy = policy
         self.gateway = gateway
         self.worker_id = worker_id
-        self.max_in_flight = max_in_flight
+        # Priority is decided in `queue`; whatever is on the wire waits in the gateway's
+        # FIFO window. Put more there than the gateway can have unanswered and a slow SMSC
+        # makes a payment reminder wait behind a marketing backlog: so keep the wire to
+        # twice the gateway's window (enough to keep the window full between cycles).
+        route = getattr(gateway, "route", None)
+        window = int(getattr(route, "binds", 0) or 0) * int(getattr(route, "window", 0) or 0)
+        self.max_in_flight = min(max_in_flight, 2 * window) if window > 0 else max_in_flight
         self.cycle_s = cycle_s
         self.stats = SenderStats()
         self.lane_topics = {
