@@ -48,7 +48,7 @@ class Contract:
 
 
 def _contract(name: str, raw: dict[str, Any]) -> Contract:
-    parsed = parse_schema(raw, _write_hint=False, _force=True)
+    parsed = parse_schema(raw)
     canonical = to_parsing_canonical_form(parsed)
     fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
     # fastavro prints the fingerprint big-endian; the spec puts it little-endian on the wire.

@@ -147,8 +147,100 @@ def _wait_submits(log: SimLog, count: int, timeout: float, seen: dict[str, int])
         time.sleep(0.05)
 
 
+STATE_PROBE = """
+import json, resource, sys, time
+from pipeline.settings import Settings
+from pipeline.sender.worker import ConsentView
+from pipeline.state.store import PartitionedStore
+from dataclasses import replace
+s = replace(Settings.from_env(), topic_prefix=sys.argv[1])
+def rss():
+    return int(open('/proc/self/statm').read().split()[1]) * 4096
+base = rss()
+t = time.monotonic()
+view = ConsentView(s)
+n_consent = view.load()
+store = PartitionedStore(s.kafka_bootstrap, sys.argv[2], s.partitions)
+n_ledger = store.restore(range(s.partitions))
+elapsed = time.monotonic() - t
+print(json.dumps({"consent": n_consent, "ledger": n_ledger, "restore_s": elapsed,
+                  "rss_mb": (rss() - base) / 2**20, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def state_footprint(settings: Settings, numbers: int, console: Console) -> dict[str, Any]:
+    """Consent and dedup state for `numbers` numbers: restore time and resident memory.
+
+    Publishes one consent record per number and one dedup-ledger entry per number to a
+    changelog, then a fresh process restores both exactly as a starting sender does.
+    """
+    from pipeline.sender.consent import ConsentState, apply_change  # noqa: F401
+    from pipeline.sender.dedup import record
+    from pipeline.state.store import ensure_compacted_topic
+
+    now = int(time.time() * 1000)
+    prod = kafka_io.producer(settings, **{"linger.ms": 20, "batch.num.messages": 10_000,
+                                          "enable.idempotence": False})
+    consent_topic = settings.topic(topics.CONSENT)
+    ledger_topic = f"{settings.app_id}-bench-state-changelog"
+    ensure_compacted_topic(settings.kafka_bootstrap, ledger_topic, settings.partitions)
+    entry = record("sent", now, 86_400).to_bytes()
+    for i in range(numbers):
+        phone = f"+7903{i:07d}"
+        change = avro.encode("consent_change", {
+            "phone": phone, "scope": "marketing", "status": "opt_in", "source": "import",
+            "changed_at_ms": now, "customer_id": None, "evidence": None})
+        for topic, key, value, part in ((consent_topic, f"{phone}|marketing".encode(), change, None),
+                                        (ledger_topic, b"L" + uuid.UUID(int=i).hex.encode(), entry,
+                                         i % settings.partitions)):
+            while True:
+                try:
+                    if part is None:
+                        prod.produce(topic, key=key, value=value)
+                    else:
+                        prod.produce(topic, key=key, value=value, partition=part)
+                    break
+                except BufferError:
+                    prod.poll(0.05)
+        if i % 100_000 == 0:
+            prod.poll(0)
+    prod.flush(120)
+    from pipeline.procs import settings_env
+
+    probe = subprocess.run([sys.executable, "-c", STATE_PROBE, settings.topic_prefix, ledger_topic],
+                           cwd=ROOT, env=settings_env(settings), capture_output=True, text=True,
+                           timeout=600)
+    if probe.returncode != 0:
+        raise RuntimeError(f"state probe failed: {probe.stderr[-2000:]}")
+    return json.loads(probe.stdout.strip().splitlines()[-1])
+
+
+def restart_time(settings: Settings, sim_log: SimLog, env: dict[str, str], log_dir: Path,
+                 seen: dict[str, int], first: int, count: int) -> float:
+    """SIGKILL the sender, start a new one, and time until it delivers again (s)."""
+    victims = [p for p in _children("sender")]
+    for pid in victims:
+        os.kill(pid, 9)
+    start = time.time()
+    proc = start_stage(settings, ["sender", "--worker-id", "0"], log_dir / "sender-restarted.log", env)
+    kafka_io.publish(settings, topics.PAYMENT_DUE,
+                     ((f"b{i:07d}", _event(i, "restart")) for i in range(first, first + count)),
+                     "payment_due")
+    before = len(seen)
+    _wait_submits(sim_log, before + count, 120, seen)
+    ready = min((t for d, t in seen.items() if t / 1000 >= start), default=None)
+    stop(proc)
+    return (ready / 1000 - start) if ready else float("nan")
+
+
+def _children(stage: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"pipeline.cli {stage}"], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
 def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int = 1_000,
-              seconds: int = 5, routers: int = 1, senders: int = 1) -> int:
+              seconds: int = 5, routers: int = 1, senders: int = 1,
+              state_numbers: int = 1_000_000) -> int:
     """Run the benchmark; prints a table and writes bench/results/latest.json."""
     from pipeline.demo import _free_port
 
@@ -158,7 +250,8 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
     log_dir.mkdir(parents=True, exist_ok=True)
     latency_n = rate * seconds
     warmup = 200
-    total = warmup + events + latency_n
+    restart_n = 100
+    total = warmup + events + latency_n + restart_n
     procs: list[subprocess.Popen[bytes]] = []
     result: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                               "events": events, "offered_rate": rate, "routers": routers,
@@ -230,6 +323,13 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
                                     "measured": len(lat), "offered": latency_n,
                                     "achieved_rate": latency_n / offered_s}
 
+            if senders == 1:
+                status.update("[bold]restart: SIGKILL the sender, time until it sends again ...")
+                result["sender_restart_s"] = restart_time(settings, sim_log, env, log_dir, seen,
+                                                          warmup + events + latency_n, restart_n)
+            if state_numbers:
+                status.update(f"[bold]state: consent + dedup for {state_numbers:,} numbers ...")
+                result["state"] = state_footprint(settings, state_numbers, console)
             status.update(f"[bold]ceiling: plain consume → produce loop over {events} payloads ...")
             result["ceiling_per_s"] = ceiling(settings, payloads)
         result["ratio_to_ceiling"] = result["throughput"]["events_per_s"] / result["ceiling_per_s"]
@@ -256,5 +356,11 @@ def _print(console: Console, r: dict[str, Any]) -> None:
     table.add_row("latency p99", f"{lat['p99']:.0f} ms")
     table.add_row("events measured (throughput / latency)", f"{t['reached']} / {lat['measured']}")
     table.add_row("workers (router / sender)", f"{r['routers']} / {r['senders']}")
+    if "sender_restart_s" in r:
+        table.add_row("SIGKILLed sender sending again after", f"{r['sender_restart_s']:.1f} s")
+    if "state" in r:
+        st = r["state"]
+        table.add_row(f"state for {st['consent']:,} consents + {st['ledger']:,} ledger entries",
+                      f"{st['rss_mb']:.0f} MB, restored in {st['restore_s']:.1f} s")
     console.print(table)
     console.print(f"results: {RESULTS / 'latest.json'}")

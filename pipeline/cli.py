@@ -116,11 +116,12 @@ def bench(
     seconds: int = typer.Option(5, help="Length of the latency run."),
     routers: int = typer.Option(1, help="Router worker processes."),
     senders: int = typer.Option(1, help="Sender worker processes."),
+    state_numbers: int = typer.Option(1_000_000, help="Numbers for the state-size measurement (0: skip)."),
 ) -> None:
     """Benchmark: throughput, latency percentiles and the ratio to a plain Kafka loop."""
     from pipeline.bench import run_bench
 
-    sys.exit(run_bench(_settings(), console, events, rate, seconds, routers, senders))
+    sys.exit(run_bench(_settings(), console, events, rate, seconds, routers, senders, state_numbers))
 
 
 @app.command()

@@ -14,6 +14,7 @@ import datetime as dt
 import decimal
 import json
 import logging
+import sys
 import uuid
 from enum import StrEnum
 from pathlib import Path
@@ -27,7 +28,7 @@ from pipeline.settings import Settings
 analytics_cli = typer.Typer(
     help="Analytics in ClickHouse: schema migrations and ad-hoc SQL.", no_args_is_help=True
 )
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 

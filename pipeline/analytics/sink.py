@@ -8,8 +8,8 @@ consumer group `<app_id>-sink`. The loop:
    map it to a row (`rows.to_row`, phone numbers hashed). Tombstones are skipped; records
    that cannot be decoded or mapped go to the dead-letter topic with their reason. Both
    still advance the offsets.
-2. When the `SinkBuffer` is due (5,000 rows or 1 s), drain it into a `Batch` and store
-   it: `write_with_retry` inserts every table's rows under the batch's dedup token, the
+2. When the `SinkBuffer` is due (5,000 rows or 1 s; a consume never reads more than
+   `max_rows`, so a batch stays under twice that), drain it into a `Batch` and store it: `write_with_retry` inserts every table's rows under the batch's dedup token, the
    dead letters of the batch are flushed to Kafka, and only then are exactly the batch's
    offsets committed, synchronously. A crash between insert and commit re-reads the same
    records; when they form the same batch (same offsets, same token) ClickHouse drops the
@@ -502,16 +502,31 @@ class Sink:
 
 
 def run_sink(settings: Settings, config: SinkConfig | None = None) -> SinkStats:
-    """Build a sink for `settings` and run it until SIGTERM / SIGINT (the CLI's `sink`)."""
-    sink = Sink.build(settings, config)
+    """Build a sink for `settings` and run it until SIGTERM / SIGINT (the CLI's `sink`).
+
+    A ClickHouse server that cannot be reached at start-up is waited for (backing off up
+    to `max_backoff_s`), so a sink may start before its database.
+    """
+    config = config or SinkConfig()
+    delay = config.first_backoff_s
+    while True:
+        try:
+            sink = Sink.build(settings, config)
+            break
+        except RetryableError as exc:
+            log.warning("ClickHouse not available at start-up (%s); retrying in %.1fs",
+                        exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, config.max_backoff_s)
     return sink.run()
 
 
 def progress(settings: Settings, timeout: float = 10.0) -> tuple[int, int]:
-    """(records committed by the sink group, records on its topics) summed over partitions.
+    """(committed offsets of the sink group, end offsets), each summed over the partitions
+    of the sink's topics.
 
-    For monitoring, tests and the benchmark: when the two are equal (on topics without
-    transaction markers) every record there is stored. Never joins the group.
+    For monitoring, tests and the benchmark: on topics without transaction markers, when
+    the two are equal every record there is stored. Never joins the group.
     """
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
                          "group.id": f"{settings.app_id}-sink", "enable.auto.commit": False})

@@ -366,14 +366,14 @@ class SenderWorker:
                     [tp for tp in positions if tp.offset >= 0],
                     self.consumer.consumer_group_metadata(), 30)
             started = time.monotonic()
-            producer.commit_transaction(30)
+            _commit(producer)
             self.stats.commit_s += time.monotonic() - started
             self.stats.transactions += 1
         except KafkaException:
             log.exception("transaction failed; aborting and rewinding to the last commit")
             self.events.extendleft(reversed(taken))
             self.pending_receipts = waiting_before
-            producer.abort_transaction(30)
+            _abort(producer)
             self._rewind()
             return []
         return out
@@ -396,13 +396,20 @@ class SenderWorker:
         try:
             request = avro.decode("notification_request", raw or b"")
         except avro.DecodeError as exc:
-            record_ = dead_letter("sender", exc.reason, str(exc), msg.topic(), p, msg.offset(),
-                                  msg.key(), raw)
-            producer.produce(self.settings.topic(topics.DEAD_LETTERS), key=msg.key(),
-                             value=avro.encode("dead_letter", record_))
-            self.stats.count("dead_letter")
+            self._dead_letter(producer, msg, exc.reason, str(exc))
+            return
+        problem = invalid_request(request)
+        if problem:
+            self._dead_letter(producer, msg, "invalid_request", problem)
             return
         self._decide(producer, p, request, raw, now)
+
+    def _dead_letter(self, producer: Producer, msg: Any, reason: str, error: str) -> None:
+        record_ = dead_letter("sender", reason, error, msg.topic(), msg.partition(), msg.offset(),
+                              msg.key(), msg.value())
+        producer.produce(self.settings.topic(topics.DEAD_LETTERS), key=msg.key(),
+                         value=avro.encode("dead_letter", record_))
+        self.stats.count(f"dead_letter:{reason}")
 
     def _decide(self, producer: Producer, p: int, request: dict[str, Any], raw: bytes, now: int) -> None:
         decision = decide(request, self.policy, _View(self, p), now)
@@ -626,6 +633,18 @@ class SenderWorker:
             self.stats.count("opt_out:sms_reply")
 
 
+def invalid_request(request: dict[str, Any]) -> str | None:
+    """Why a decoded notification request cannot be decided at all, or None when it can.
+
+    Such a request gets no outcome (it has no usable id or lane): it is dead-lettered.
+    """
+    if not request["request_id"]:
+        return "request_id is empty"
+    if request["lane"] not in ("transactional", "marketing"):
+        return f"unknown lane {request['lane'][:40]!r}"
+    return None
+
+
 class _View:
     """The decision chain's read access to one partition's state."""
 
@@ -648,6 +667,34 @@ class _View:
     def cap_state(self, e164: str, lane: str) -> CapState | None:
         value = self.worker.store.get(self.p, CAPS + lane[:1].encode() + e164.encode())
         return CapState.from_bytes(value) if value else None
+
+
+def _commit(producer: Producer, attempts: int = 3) -> None:
+    """Commit the open transaction, retrying what librdkafka says may be retried
+    (a broker that restarts makes a commit time out; committing again is safe)."""
+    for attempt in range(attempts):
+        try:
+            producer.commit_transaction(30)
+            return
+        except KafkaException as exc:
+            err = exc.args[0]
+            if attempt + 1 == attempts or not err.retriable() or err.txn_requires_abort():
+                raise
+
+
+def _abort(producer: Producer, attempts: int = 10) -> None:
+    """Abort the open transaction; retriable failures (broker away) are retried, a fatal
+    one (fenced by a newer instance) is raised: this worker must then stop."""
+    for attempt in range(attempts):
+        try:
+            producer.abort_transaction(30)
+            return
+        except KafkaException as exc:
+            err = exc.args[0]
+            if attempt + 1 == attempts or err.fatal() or not err.retriable():
+                raise
+            log.warning("abort failed (%s); retrying", err)
+            time.sleep(1.0)
 
 
 def _filtered(queue: PriorityGate[Job], keep: Any) -> PriorityGate[Job]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sendkit import (
+    Simulator,
     config_with,
     make_request,
     marketing,
@@ -19,7 +20,6 @@ from sendkit import (
     sender,
     simulator,
 )
-from sendkit import Simulator
 from stages import kill
 
 from pipeline.settings import Settings
