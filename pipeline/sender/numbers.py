@@ -64,6 +64,10 @@ def normalise(
 
 @lru_cache(maxsize=CACHE_SIZE)
 def _parse(phone: str, region: str) -> NumberInfo | Reject:
+    # phonenumbers reads letters as keypad digits (vanity numbers: 'ABC' -> 222), which
+    # would turn a typo or garbage into a stranger's number. An SMS recipient is digits.
+    if any(ch.isalpha() for ch in phone):
+        return rejected("invalid_number", "letters in a phone number (not dialled as keypad digits)")
     try:
         number = phonenumbers.parse(phone, region or None)
     except NumberParseException as exc:

@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from connectors.gateway import Gateway, GatewayInbound, GatewayReceipt, OutboundSms, SubmitResult
 from pipeline import avro, topics
@@ -187,6 +187,7 @@ class SenderWorker:
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self._pending_in_doubt: list[tuple[int, dict[str, Any]]] = []
+        self._consumer_failed: KafkaError | None = None
 
     # ---------------------------------------------------------------- set-up
     def _connect(self) -> None:
@@ -199,7 +200,11 @@ class SenderWorker:
             "transaction.timeout.ms": 60_000,
         })
         self.producer.init_transactions(30)
-        self.consumer = Consumer({
+        self.consumer = self._new_consumer()
+
+    def _new_consumer(self) -> Consumer:
+        s = self.settings
+        consumer = Consumer({
             "bootstrap.servers": s.kafka_bootstrap,
             "group.id": self.group,
             # Static membership: a restarted worker takes its old place without a rebalance.
@@ -212,9 +217,28 @@ class SenderWorker:
             "heartbeat.interval.ms": 1_000,
             "max.poll.interval.ms": 120_000,
             "fetch.wait.max.ms": 10,
+            "error_cb": self._on_consumer_error,
         })
-        self.consumer.subscribe(list(self.lane_topics), on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        consumer.subscribe(list(self.lane_topics), on_assign=self._on_assign,
+                           on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        return consumer
+
+    def _on_consumer_error(self, error: KafkaError) -> None:
+        if error.fatal() or error.code() == KafkaError._FATAL:
+            self._consumer_failed = error
+
+    def _rejoin(self, error: Any) -> None:
+        """Replace a consumer that failed fatally (e.g. a static member fenced after its
+        session timed out while the broker was away): give up its partitions, as a
+        rebalance would, and join the group again with a new consumer."""
+        assert self.consumer is not None
+        log.error("consumer failed fatally (%s); joining the group again", error)
+        self._on_revoke(self.consumer, [TopicPartition("", p) for p in set(self.owned)])
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError):
+            pass
+        self.consumer = self._new_consumer()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         new = {tp.partition for tp in partitions} - self.owned
@@ -336,6 +360,13 @@ class SenderWorker:
         assert self.producer is not None and self.consumer is not None
         producer = self.producer
         msgs = self.consumer.consume(1000, 0) if consume else []
+        fatal = self._consumer_failed or next(
+            (m.error() for m in msgs if m.error() is not None
+             and (m.error().fatal() or m.error().code() == KafkaError._FATAL)), None)
+        if fatal is not None:
+            self._consumer_failed = None
+            self._rejoin(fatal)
+            return []
         self.consent.poll()
         now = now_ms()
         if not (msgs or self.finished or self.events or self.pending_receipts

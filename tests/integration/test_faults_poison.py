@@ -204,8 +204,6 @@ def test_poison_into_the_sender(ns: Settings, tmp_path: Path) -> None:
     assert len(per_number) == sum(1 for o in got.values() if o["status"] == "submitted")
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/sender/numbers.py dials letters as keypad digits "
-                   "(phonenumbers' vanity-number rule): 'ABC' becomes 222, a stranger's number")
 def test_letters_in_a_number_are_not_dialled_as_keypad_digits() -> None:
     from pipeline.sender.numbers import normalise
 
