@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sendkit import NOW, make_request, outcomes, phone, sender, simulator
 from stages import changelog, read_raw, settle, stage, wait_for
 
