@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -193,3 +194,39 @@ def config_with(tmp_path: Path, base: Path, **limits: Any) -> Path:
     data.update(limits)
     (dst / "limits.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return dst
+
+
+def check_stream(requests: list[dict[str, Any]], got: dict[str, dict[str, Any]],
+                 submits: list[dict[str, Any]],
+                 expirable: frozenset[str] = frozenset()) -> Counter[str]:
+    """The fault-test contract over one stream; returns accepted copies per number.
+
+    One outcome per request (`outcomes()` already asserted it), no number got the same
+    part twice unless a transactional in-doubt resend says so (attempts > 1), every
+    transactional request was sent — or, when its id is in `expirable`, recorded as
+    expired — and a marketing one went at most once.
+    """
+    accepted = [s for s in submits if s["status"] == 0]
+    copies = Counter((s["destination"], s["short_message"]) for s in accepted)
+    per_number = Counter(s["destination"] for s in accepted)
+    assert len(got) == len(requests), f"{len(got)} outcomes for {len(requests)} requests"
+    for request in requests:
+        outcome = got[request["request_id"]]
+        number = request["phone"][1:]
+        twice = [k for k, n in copies.items() if k[0] == number and n > 1]
+        if request["lane"] == "transactional":
+            if outcome["status"] == "expired" and request["request_id"] in expirable:
+                assert outcome["reason"] == "ttl_expired", outcome
+                assert NOW() > request["expires_at_ms"]
+                continue
+            assert outcome["status"] == "submitted", outcome
+            assert per_number[number] >= 1, f"transactional {number} never reached the SMSC"
+            if twice:
+                assert outcome["attempts"] > 1, ("resent without saying so", outcome)
+        else:
+            assert not twice, f"marketing SMS to {number} went twice"
+            assert (outcome["status"], outcome["reason"]) in {
+                ("submitted", None), ("failed", "in_doubt_not_resent")}, outcome
+            if outcome["status"] == "submitted":
+                assert per_number[number] == 1
+    return per_number

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from sendkit import (
     Simulator,
+    check_stream,
     config_with,
     make_request,
     marketing,
@@ -23,36 +22,6 @@ from sendkit import (
 from stages import kill
 
 from pipeline.settings import Settings
-
-
-def check_stream(requests: list[dict[str, Any]], got: dict[str, dict[str, Any]],
-                 submits: list[dict[str, Any]]) -> Counter[str]:
-    """The fault-test contract over one stream; returns accepted copies per number.
-
-    One outcome per request (`outcomes()` already asserted it), no number got the same
-    part twice unless a transactional in-doubt resend says so (attempts > 1), every
-    transactional request was sent, and a marketing one at most once.
-    """
-    accepted = [s for s in submits if s["status"] == 0]
-    copies = Counter((s["destination"], s["short_message"]) for s in accepted)
-    per_number = Counter(s["destination"] for s in accepted)
-    assert len(got) == len(requests), f"{len(got)} outcomes for {len(requests)} requests"
-    for request in requests:
-        outcome = got[request["request_id"]]
-        number = request["phone"][1:]
-        twice = [k for k, n in copies.items() if k[0] == number and n > 1]
-        if request["lane"] == "transactional":
-            assert outcome["status"] == "submitted", outcome
-            assert per_number[number] >= 1, f"transactional {number} never reached the SMSC"
-            if twice:
-                assert outcome["attempts"] > 1, ("resent without saying so", outcome)
-        else:
-            assert not twice, f"marketing SMS to {number} went twice"
-            assert (outcome["status"], outcome["reason"]) in {
-                ("submitted", None), ("failed", "in_doubt_not_resent")}, outcome
-            if outcome["status"] == "submitted":
-                assert per_number[number] == 1
-    return per_number
 
 
 def wait_for_sessions(sim: Simulator, count: int, timeout: float) -> bool:
