@@ -147,7 +147,11 @@ def run_demo(base: Settings, console: Console) -> int:
             console.log(f"simulated customers: {len(truth.clicked)} clicked, "
                         f"{len(truth.paid_orders)} paid an order")
             conversions = kafka_io.read_topic(settings, topics.CONVERSIONS,
-                                              lambda m: len(m) >= len(truth.paid_orders), 60)
+                                              lambda m: len(m) >= len(truth.paid_orders), 120)
+            if len(conversions) < len(truth.paid_orders):
+                console.print(f"[red]attribution credited {len(conversions)} of "
+                              f"{len(truth.paid_orders)} paid orders within 120 s; "
+                              f"see {log_dir}/attribution-{tag}.log[/red]")
             console.log(f"attribution credited {len(conversions)} conversions")
             status.update("[bold]waiting for the pipeline to settle and the sink to store everything ...")
             final_outcomes = kafka_io.read_topic(settings, topics.OUTCOMES, None, 60, idle=4.0)

@@ -108,3 +108,23 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
                 else:
                     raise RuntimeError(f"could not create topic {name}: {exc}") from exc
     return result
+
+
+def ensure_topics(settings: Settings, names: list[str], partitions: int | None = None) -> None:
+    """Create plain (delete-policy) topics by full name unless they exist (idempotent).
+
+    Stages call it for their internal topics before they subscribe: a consumer that
+    subscribes to a missing topic may ignore it until its next metadata refresh.
+    """
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = set(admin.list_topics(timeout=30).topics)
+    wanted = [NewTopic(n, num_partitions=partitions or settings.partitions, replication_factor=1)
+              for n in names if n not in existing]
+    if not wanted:
+        return
+    for name, future in admin.create_topics(wanted, request_timeout=30).items():
+        try:
+            future.result(timeout=30)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise RuntimeError(f"could not create topic {name}: {exc}") from exc

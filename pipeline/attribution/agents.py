@@ -234,7 +234,11 @@ def attribution_command(loglevel: str = "warn", window_days: float = 7.0) -> Non
     """Run an attribution worker until stopped (mounted as `rassylka attribution`)."""
     from pipeline.app import create_app
 
+    from pipeline.topics import ensure_topics
+
     settings = Settings.from_env()
+    ensure_topics(settings, [internal_topic(settings, "by-message"),
+                             internal_topic(settings, "by-customer")])
     app = create_app(settings, STAGE)
     install_attribution(app, settings, window_ms=int(window_days * 86_400_000))
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
