@@ -233,7 +233,6 @@ def install_attribution(
 def attribution_command(loglevel: str = "warn", window_days: float = 7.0) -> None:
     """Run an attribution worker until stopped (mounted as `rassylka attribution`)."""
     from pipeline.app import create_app
-
     from pipeline.topics import ensure_topics
 
     settings = Settings.from_env()
