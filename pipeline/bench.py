@@ -233,6 +233,17 @@ def restart_time(settings: Settings, sim_log: SimLog, env: dict[str, str], log_d
     return (ready / 1000 - start) if ready else float("nan")
 
 
+def sink_throughput(records: int) -> dict[str, Any]:
+    """Rows/s the analytics sink stores into (embedded) ClickHouse: bench/sink_throughput.py."""
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "sink_throughput.py"),
+                          "--records", str(records)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900)
+    if run.returncode != 0:
+        raise RuntimeError(f"sink benchmark failed: {run.stdout[-1500:]} {run.stderr[-1500:]}")
+    text = run.stdout
+    return json.loads(text[text.index("{\n"):text.index("\n}") + 2])
+
+
 def _children(stage: str) -> list[int]:
     out = subprocess.run(["pgrep", "-f", f"pipeline.cli {stage}"], capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]
@@ -240,7 +251,7 @@ def _children(stage: str) -> list[int]:
 
 def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int = 1_000,
               seconds: int = 5, routers: int = 1, senders: int = 1,
-              state_numbers: int = 1_000_000) -> int:
+              state_numbers: int = 1_000_000, sink_records: int = 200_000) -> int:
     """Run the benchmark; prints a table and writes bench/results/latest.json."""
     from pipeline.demo import _free_port
 
@@ -283,25 +294,11 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
             if len(seen) < warmup:
                 raise RuntimeError(f"warm-up: only {len(seen)} of {warmup} reached the simulator")
 
-            status.update(f"[bold]throughput: {events} events as fast as the broker takes them ...")
-            payloads = [avro.encode("payment_due", _event(i, tag))
-                        for i in range(warmup, warmup + events)]
-            t0 = time.time()
-            kafka_io.publish(settings, topics.PAYMENT_DUE,
-                             ((f"b{i:07d}", p) for i, p in zip(range(warmup, warmup + events),
-                                                               payloads, strict=True)))
-            publish_s = time.time() - t0
-            _wait_submits(sim_log, warmup + events, 300, seen)
-            reached = len(seen) - warmup
-            last = max(seen.values()) / 1000
-            result["throughput"] = {"events_per_s": reached / (last - t0), "publish_s": publish_s,
-                                    "reached": reached, "elapsed_s": last - t0}
-
             status.update(f"[bold]latency: {rate} events/s for {seconds} s ...")
             sent_at: dict[str, float] = {}
             prod = kafka_io.producer(settings, **{"linger.ms": 1})
             start = time.monotonic()
-            first = warmup + events
+            first = warmup
             for n in range(latency_n):
                 target = start + n / rate
                 delay = target - time.monotonic()
@@ -315,7 +312,8 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
                 sent_at[f"7926{i:07d}"] = event["occurred_at_ms"]
             prod.flush(30)
             offered_s = time.monotonic() - start
-            _wait_submits(sim_log, total, 120, seen)
+            _wait_submits(sim_log, warmup + latency_n, 120, seen)
+            time.sleep(2.0)  # let the receipts of the latency run drain before the burst
             lat = [seen[d] - t for d, t in sent_at.items() if d in seen]
             result["latency_ms"] = {"p50": percentile(lat, 50), "p95": percentile(lat, 95),
                                     "p99": percentile(lat, 99), "max": max(lat) if lat else None,
@@ -323,15 +321,32 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
                                     "measured": len(lat), "offered": latency_n,
                                     "achieved_rate": latency_n / offered_s}
 
+            status.update(f"[bold]throughput: {events} events as fast as the broker takes them ...")
+            payloads = [avro.encode("payment_due", _event(i, tag))
+                        for i in range(warmup + latency_n, warmup + latency_n + events)]
+            t0 = time.time()
+            kafka_io.publish(settings, topics.PAYMENT_DUE,
+                             ((f"b{i:07d}", p) for i, p in zip(range(warmup + latency_n, warmup + latency_n + events),
+                                                               payloads, strict=True)))
+            publish_s = time.time() - t0
+            _wait_submits(sim_log, warmup + latency_n + events, 300, seen)
+            reached = len(seen) - warmup - latency_n
+            last = max(seen.values()) / 1000
+            result["throughput"] = {"events_per_s": reached / (last - t0), "publish_s": publish_s,
+                                    "reached": reached, "elapsed_s": last - t0}
+
             if senders == 1:
                 status.update("[bold]restart: SIGKILL the sender, time until it sends again ...")
                 result["sender_restart_s"] = restart_time(settings, sim_log, env, log_dir, seen,
-                                                          warmup + events + latency_n, restart_n)
+                                                          warmup + latency_n + events, restart_n)
             if state_numbers:
                 status.update(f"[bold]state: consent + dedup for {state_numbers:,} numbers ...")
                 result["state"] = state_footprint(settings, state_numbers, console)
             status.update(f"[bold]ceiling: plain consume → produce loop over {events} payloads ...")
             result["ceiling_per_s"] = ceiling(settings, payloads)
+        if sink_records:
+            with console.status(f"[bold]analytics: the sink stores {sink_records:,} rows ..."):
+                result["sink"] = sink_throughput(sink_records)
         result["ratio_to_ceiling"] = result["throughput"]["events_per_s"] / result["ceiling_per_s"]
     finally:
         for proc in reversed(procs):
@@ -358,6 +373,9 @@ def _print(console: Console, r: dict[str, Any]) -> None:
     table.add_row("workers (router / sender)", f"{r['routers']} / {r['senders']}")
     if "sender_restart_s" in r:
         table.add_row("SIGKILLed sender sending again after", f"{r['sender_restart_s']:.1f} s")
+    if "sink" in r:
+        table.add_row("analytics sink → ClickHouse (chDB), steady",
+                      f"{r['sink']['steady_rows_per_s']:,} rows/s")
     if "state" in r:
         st = r["state"]
         table.add_row(f"state for {st['consent']:,} consents + {st['ledger']:,} ledger entries",
