@@ -251,7 +251,8 @@ def _children(stage: str) -> list[int]:
 
 def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int = 1_000,
               seconds: int = 5, routers: int = 1, senders: int = 1,
-              state_numbers: int = 1_000_000, sink_records: int = 200_000) -> int:
+              state_numbers: int = 1_000_000, sink_records: int = 200_000,
+              restart: bool = True) -> int:
     """Run the benchmark; prints a table and writes bench/results/latest.json."""
     from pipeline.demo import _free_port
 
@@ -335,7 +336,7 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
             result["throughput"] = {"events_per_s": reached / (last - t0), "publish_s": publish_s,
                                     "reached": reached, "elapsed_s": last - t0}
 
-            if senders == 1:
+            if senders == 1 and restart:
                 status.update("[bold]restart: SIGKILL the sender, time until it sends again ...")
                 result["sender_restart_s"] = restart_time(settings, sim_log, env, log_dir, seen,
                                                           warmup + latency_n + events, restart_n)

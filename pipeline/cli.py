@@ -117,11 +117,14 @@ def bench(
     routers: int = typer.Option(1, help="Router worker processes."),
     senders: int = typer.Option(1, help="Sender worker processes."),
     state_numbers: int = typer.Option(1_000_000, help="Numbers for the state-size measurement (0: skip)."),
+    sink_records: int = typer.Option(200_000, help="Records for the analytics sink run (0: skip)."),
+    restart: bool = typer.Option(True, help="Measure a SIGKILLed sender's restart."),
 ) -> None:
     """Benchmark: throughput, latency percentiles and the ratio to a plain Kafka loop."""
     from pipeline.bench import run_bench
 
-    sys.exit(run_bench(_settings(), console, events, rate, seconds, routers, senders, state_numbers))
+    sys.exit(run_bench(_settings(), console, events, rate, seconds, routers, senders, state_numbers,
+                       sink_records, restart))
 
 
 @app.command()

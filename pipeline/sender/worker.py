@@ -86,6 +86,8 @@ class SenderStats:
     cycles: int = 0
     transactions: int = 0
     commit_s: float = 0.0
+    transaction_s: float = 0.0
+    longest_transaction_s: float = 0.0
 
     def count(self, key: str) -> None:
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
@@ -378,6 +380,7 @@ class SenderWorker:
         while self.events:
             taken.append(self.events.popleft())
         waiting_before = deque(self.pending_receipts)
+        began = time.monotonic()
         producer.begin_transaction()
         try:
             self._record_results(producer, now)
@@ -398,8 +401,11 @@ class SenderWorker:
                     self.consumer.consumer_group_metadata(), 30)
             started = time.monotonic()
             _commit(producer)
-            self.stats.commit_s += time.monotonic() - started
+            ended = time.monotonic()
+            self.stats.commit_s += ended - started
             self.stats.transactions += 1
+            self.stats.transaction_s += ended - began
+            self.stats.longest_transaction_s = max(self.stats.longest_transaction_s, ended - began)
         except KafkaException:
             log.exception("transaction failed; aborting and rewinding to the last commit")
             self.events.extendleft(reversed(taken))
