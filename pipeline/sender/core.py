@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from pipeline.sender.caps import CapState, FrequencyCaps, check_caps
 from pipeline.sender.consent import ConsentState, check_consent
 from pipeline.sender.content import ContentRules, ContentVerdict, check_content
-from pipeline.sender.decision import Reject
+from pipeline.sender.decision import Reject, rejected
 from pipeline.sender.dedup import LedgerEntry, check_content_duplicate, check_duplicate, content_key
 from pipeline.sender.expiry import Hold, check_expiry, check_hold, check_schedule
 from pipeline.sender.numbers import NumberInfo, normalise
@@ -86,6 +87,10 @@ def decide(request: Mapping[str, Any], policy: SenderPolicy, state: StateView, n
                             request["allow_transliteration"])
     if isinstance(verdict, Reject):
         return verdict
+    for url in request.get("links") or ():  # originals behind tracked short links
+        host = (urlsplit(url).hostname or "").rstrip(".")
+        if not policy.content.link_allowed(host):
+            return rejected("link_domain_not_allowed", f"tracked link to {host!r} is not allowed")
     key = None
     if request["dedup_by_content"]:
         key = content_key(number.e164, verdict.text_to_send)
