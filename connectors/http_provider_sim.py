@@ -46,6 +46,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from connectors.sim_args import span, weights
+
 log = logging.getLogger(__name__)
 
 _ERROR_CODES = {"delivered": "000", "undelivered": "001", "expired": "027", "rejected": "011"}
@@ -423,20 +425,6 @@ def _check_message(doc: Any) -> str | None:
 # ── command line ─────────────────────────────────────────────────────────────
 
 
-def _span(text: str) -> tuple[float, float]:
-    low, _, high = text.partition("-")
-    return float(low), float(high or low)
-
-
-def _weights(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for item in text.split(","):
-        if item.strip():
-            name, _, weight = item.partition("=")
-            out[name.strip().lower()] = float(weight or 1)
-    return out
-
-
 def parse_args(argv: list[str] | None = None) -> ProviderSimConfig:
     """Build a ``ProviderSimConfig`` from command-line flags."""
     d = ProviderSimConfig()
@@ -448,17 +436,17 @@ def parse_args(argv: list[str] | None = None) -> ProviderSimConfig:
     p.add_argument("--callback-url", required=True)
     p.add_argument("--secret", required=True, help="HMAC key for callback signatures")
     p.add_argument("--api-key", default=d.api_key, help="bearer key clients must send")
-    p.add_argument("--latency-ms", type=_span, default=d.latency_ms, help="N or LOW-HIGH")
+    p.add_argument("--latency-ms", type=span, default=d.latency_ms, help="N or LOW-HIGH")
     p.add_argument("--failure-rate", type=float, default=d.failure_rate)
     p.add_argument("--failure-status", type=int, default=d.failure_status)
     p.add_argument("--throttle-above-per-s", type=float, default=d.throttle_above_per_s)
     p.add_argument("--retry-after", default=d.retry_after)
     p.add_argument(
-        "--receipt-delay-ms", type=_span, default=d.receipt_delay_ms, help="N or LOW-HIGH"
+        "--receipt-delay-ms", type=span, default=d.receipt_delay_ms, help="N or LOW-HIGH"
     )
     p.add_argument(
         "--receipt-outcomes",
-        type=_weights,
+        type=lambda text: weights(text, str.lower),
         default=d.receipt_outcomes,
         help="e.g. delivered=90,undelivered=5,expired=3,rejected=2",
     )

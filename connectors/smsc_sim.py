@@ -38,6 +38,7 @@ from typing import IO, Any
 import smpp34
 
 from connectors.receipts import STATE_CODES, format_receipt_text
+from connectors.sim_args import span, weights
 
 log = logging.getLogger(__name__)
 
@@ -575,20 +576,6 @@ class SmscSimulator:
 # ── command line ─────────────────────────────────────────────────────────────
 
 
-def _span(text: str) -> tuple[float, float]:
-    low, _, high = text.partition("-")
-    return float(low), float(high or low)
-
-
-def _weights(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for item in text.split(","):
-        if item.strip():
-            name, _, weight = item.partition("=")
-            out[name.strip().upper()] = float(weight or 1)
-    return out
-
-
 def parse_args(argv: list[str] | None = None) -> SimConfig:
     """Build a ``SimConfig`` from command-line flags."""
     d = SimConfig()
@@ -598,17 +585,17 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--system-id", default=d.system_id)
-    p.add_argument("--latency-ms", type=_span, default=d.latency_ms, help="N or LOW-HIGH")
+    p.add_argument("--latency-ms", type=span, default=d.latency_ms, help="N or LOW-HIGH")
     p.add_argument("--failure-rate", type=float, default=d.failure_rate)
     p.add_argument("--throttle-above-per-s", type=float, default=d.throttle_above_per_s)
     p.add_argument("--drop-response-rate", type=float, default=d.drop_response_rate)
     p.add_argument("--drop-hold-ms", type=float, default=d.drop_hold_ms)
     p.add_argument(
-        "--receipt-delay-ms", type=_span, default=d.receipt_delay_ms, help="N or LOW-HIGH"
+        "--receipt-delay-ms", type=span, default=d.receipt_delay_ms, help="N or LOW-HIGH"
     )
     p.add_argument(
         "--receipt-outcomes",
-        type=_weights,
+        type=weights,
         default=d.receipt_outcomes,
         help="e.g. DELIVRD=90,UNDELIV=5,EXPIRED=3,REJECTD=2",
     )
