@@ -65,8 +65,8 @@ from connectors.gateway import (
     OutboundSms,
     SubmitResult,
 )
+from connectors.pacing import AimdBucket
 from connectors.receipts import STATE_CODES
-from connectors.smpp import AimdBucket
 from pipeline.sms.encoding import decode_payload
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from connectors.sim_args import span, weights
+from connectors.sim_args import admission, span, weights
+from pipeline.sender.throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -112,26 +113,6 @@ class ProviderStats:
     max_in_flight: int = 0  # most sends being answered at once
 
 
-class _Bucket:
-    """Admission token bucket with 200 ms worth of burst."""
-
-    __slots__ = ("rate", "capacity", "tokens", "at")
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate * 0.2)
-        self.tokens = self.capacity
-        self.at = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 def _valid_number(value: Any) -> bool:
     return (
         isinstance(value, str)
@@ -154,7 +135,7 @@ class HttpProviderSimulator:
         self._port: int | None = None
         self._messages: deque[ReceivedMessage] = deque(maxlen=config.keep_messages)
         self._by_our_id: dict[str, str] = {}
-        self._bucket: _Bucket | None = None
+        self._bucket: TokenBucket | None = None
         self._scripted: deque[int] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._in_flight = 0
@@ -270,8 +251,8 @@ class HttpProviderSimulator:
         if c.throttle_above_per_s > 0:
             now = asyncio.get_running_loop().time()
             if self._bucket is None:
-                self._bucket = _Bucket(c.throttle_above_per_s, now)
-            if not self._bucket.take(now):
+                self._bucket = admission(c.throttle_above_per_s)
+            if self._bucket.try_take(now) > 0.0:
                 st.throttled += 1
                 return self._busy(429)
         try:

@@ -38,7 +38,8 @@ from typing import IO, Any
 import smpp34
 
 from connectors.receipts import STATE_CODES, format_receipt_text
-from connectors.sim_args import span, weights
+from connectors.sim_args import admission, span, weights
+from pipeline.sender.throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -110,26 +111,6 @@ class SubmitRecord:
         return d
 
 
-class _SessionBucket:
-    """Per-session admission for throttling: a token bucket of 200 ms worth of burst."""
-
-    __slots__ = ("rate", "capacity", "tokens", "at")
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate * 0.2)
-        self.tokens = self.capacity
-        self.at = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 def _sms_date(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%y%m%d%H%M")
 
@@ -160,7 +141,7 @@ class SmscSimulator:
         self._control: Any = None  # aiohttp AppRunner
         self._sessions: dict[str, smpp34.Esme] = {}
         self._session_system: dict[str, str] = {}
-        self._buckets: dict[str, _SessionBucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._pending_receipts: dict[str, deque[tuple[SubmitRecord, str]]] = {}
         self._held: deque[tuple[float, smpp34.SubmitSmEvent]] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -303,8 +284,8 @@ class SmscSimulator:
         if c.throttle_above_per_s > 0:
             bucket = self._buckets.get(sid)
             if bucket is None:
-                bucket = self._buckets[sid] = _SessionBucket(c.throttle_above_per_s, now)
-            admitted = bucket.take(now)
+                bucket = self._buckets[sid] = admission(c.throttle_above_per_s)
+            admitted = bucket.try_take(now) == 0.0
         else:
             admitted = True
         if not admitted:
