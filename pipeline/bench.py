@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import avro, kafka_io, topics
-from pipeline.procs import start_stage, stop
+from pipeline.procs import start_simulator, start_stage, stop
 from pipeline.settings import ROOT, Settings
 from pipeline.topics import create_topics
 
@@ -128,14 +128,6 @@ def ceiling(settings: Settings, payloads: list[bytes]) -> float:
     elapsed = time.monotonic() - (start or time.monotonic())
     consumer.close()
     return done / elapsed if elapsed > 0 else float("nan")
-
-
-def _start_simulator(log_dir: Path, port: int, control: int, log: Path) -> subprocess.Popen[bytes]:
-    out = open(log_dir / "smsc.out", "ab")  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "connectors.smsc_sim", "--port", str(port), "--control-port",
-         str(control), "--log", str(log), "--receipt-delay-ms", "100-500", "--seed", "1"],
-        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _wait_submits(log: SimLog, count: int, timeout: float, seen: dict[str, int]) -> None:
@@ -254,8 +246,6 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
               state_numbers: int = 1_000_000, sink_records: int = 200_000,
               restart: bool = True) -> int:
     """Run the benchmark; prints a table and writes bench/results/latest.json."""
-    from pipeline.demo import _free_port
-
     tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
     settings = replace(base, topic_prefix=f"bench{tag}.", app_id=f"bench{tag}", partitions=4)
     log_dir = ROOT / ".run" / "bench" / tag
@@ -271,9 +261,10 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
     try:
         with console.status("[bold]setting up ...") as status:
             create_topics(settings)
-            port, control = _free_port(), _free_port()
             sim_log = SimLog(log_dir / "submits.jsonl")
-            procs.append(_start_simulator(log_dir, port, control, sim_log.path))
+            sim, port, _control = start_simulator(log_dir, "--log", str(sim_log.path),
+                                                  "--receipt-delay-ms", "100-500", "--seed", "1")
+            procs.append(sim)
             env = {"RASSYLKA_SMPP_PORT": str(port), "RASSYLKA_RATE_PER_BIND": "100000"}
             for i in range(routers):
                 procs.append(start_stage(settings, ["router"], log_dir / f"router{i}.log"))

@@ -8,10 +8,9 @@ reply STOP, and prints what happened to every request.
 from __future__ import annotations
 
 import json
+import random
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -23,7 +22,7 @@ from rich.table import Table
 
 from pipeline import kafka_io, topics
 from pipeline.kafka_io import Received
-from pipeline.procs import start_stage, stop
+from pipeline.procs import free_port, start_simulator, start_stage, stop
 from pipeline.samples import demo_samples, promotion_event
 from pipeline.sender.decision import Reject
 from pipeline.sender.numbers import normalise
@@ -32,32 +31,9 @@ from pipeline.simulate import GroundTruth, simulate
 from pipeline.topics import create_topics
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait(settings: Settings, topic: str, count: int, timeout: float, full_name: bool = False) -> list[Received]:
     cfg = replace(settings, topic_prefix="") if full_name else settings
     return kafka_io.read_topic(cfg, topic, lambda msgs: len(msgs) >= count, timeout)
-
-
-def _start_simulator(log_dir: Any, tag: str) -> tuple[subprocess.Popen[bytes], int, int]:
-    port, control = _free_port(), _free_port()
-    out = open(log_dir / f"smsc-{tag}.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "connectors.smsc_sim", "--port", str(port), "--control-port",
-         str(control), "--latency-ms", "5-30", "--receipt-delay-ms", "200-1500", "--seed", "7"],
-        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{control}/health", timeout=2).close()
-            return proc, port, control
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the SMSC simulator did not start; see {log_dir}")
 
 
 def _mo(control: int, source: str, text: str) -> None:
@@ -85,7 +61,8 @@ def run_demo(base: Settings, console: Console) -> int:
             console.log(f"topics created with prefix [cyan]{settings.topic_prefix}[/cyan] "
                         f"on {settings.kafka_bootstrap}")
             status.update("[bold]starting the SMSC simulator (SMPP) ...")
-            sim, port, control = _start_simulator(log_dir, tag)
+            sim, port, control = start_simulator(log_dir, "--latency-ms", "5-30",
+                                                 "--receipt-delay-ms", "200-1500", "--seed", "7")
             procs.append(sim)
             console.log(f"SMSC simulator listening on 127.0.0.1:{port} (SMPP 3.4)")
             status.update("[bold]starting the router (Faust) and sender workers ...")
@@ -94,7 +71,7 @@ def run_demo(base: Settings, console: Console) -> int:
             procs.append(start_stage(settings, ["sender"], log_dir / f"sender-{tag}.log",
                                      {"RASSYLKA_SMPP_PORT": str(port)}))
             status.update("[bold]starting click redirect, attribution and analytics sink ...")
-            redirect_port = _free_port()
+            redirect_port = free_port()
             procs.append(start_stage(settings, ["redirect", "--host", "127.0.0.1", "--port",
                                                 str(redirect_port)], log_dir / f"redirect-{tag}.log"))
             procs.append(start_stage(settings, ["attribution"], log_dir / f"attribution-{tag}.log"))
@@ -202,8 +179,7 @@ def _stop_reply(settings: Settings, console: Console, status: Any, control: int,
     change = kafka_io.read_topic(settings, topics.CONSENT, lambda m: any(
         x.record and x.record["phone"] == e164 and x.record["status"] == "opt_out" for x in m), 30)
     opt_out = next(x.record for x in change if x.record and x.record["status"] == "opt_out")
-    event = promotion_event(__import__("random").Random(99), customer, int(time.time() * 1000),
-                            "black-friday-2")
+    event = promotion_event(random.Random(99), customer, int(time.time() * 1000), "black-friday-2")
     kafka_io.publish(settings, topics.PROMOTION, [(customer, event)], "promotion")
     after = kafka_io.read_topic(settings, topics.OUTCOMES, lambda m: any(
         x.record and x.record["customer_id"] == customer and x.record["campaign_id"] == "black-friday-2"

@@ -71,3 +71,36 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
 def with_prefix(settings: Settings, prefix: str, app_id: str) -> Settings:
     """`settings` moved to its own topic namespace and consumer groups."""
     return replace(settings, topic_prefix=prefix, app_id=app_id)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_simulator(log_dir: Path, *flags: str,
+                    timeout: float = 20.0) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Run the SMSC simulator with `flags` on free ports; returns (process, SMPP port,
+    control port) once its control channel answers. RuntimeError if it does not start."""
+    import time
+    import urllib.request
+
+    port, control = free_port(), free_port()
+    out = open(log_dir / f"smsc-{port}.out", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connectors.smsc_sim", "--port", str(port), "--control-port",
+         str(control), *flags],
+        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{control}/health", timeout=2).close()
+            return proc, port, control
+        except OSError:
+            time.sleep(0.1)
+    stop(proc)
+    raise RuntimeError(f"the SMSC simulator did not start; see {log_dir}/smsc-{port}.out")
