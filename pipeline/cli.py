@@ -66,8 +66,11 @@ def _run_faust(stage: str, loglevel: str) -> None:
     import faust
 
     from pipeline.app import create_app
+    from pipeline.topics import CATALOG, create_topics, wait_until_ready
 
     settings = _settings()
+    create_topics(settings)
+    wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
     faust_app = create_app(settings, stage)
     if stage == "router":
         from pipeline.router.agents import install_router
@@ -96,9 +99,12 @@ def sender(
 
     from pipeline.sender.setup import build_gateway, load_policy
     from pipeline.sender.worker import SenderWorker
+    from pipeline.topics import CATALOG, create_topics, wait_until_ready
 
     logging.getLogger().setLevel(loglevel.upper())
     settings = _settings()
+    create_topics(settings)
+    wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
     policy, limits = load_policy(settings.config_dir)
     gateway, rate = build_gateway(settings, limits, route)
     import os

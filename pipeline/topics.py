@@ -128,3 +128,32 @@ def ensure_topics(settings: Settings, names: list[str], partitions: int | None =
         except Exception as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise RuntimeError(f"could not create topic {name}: {exc}") from exc
+
+
+def wait_until_ready(settings: Settings, names: list[str], timeout: float = 60.0) -> None:
+    """Block until every topic in `names` (full names) is in the cluster metadata with a
+    leader for each partition.
+
+    Faust subscribes once and ignores topics missing at that moment ("Ignoring missing
+    topic"), so a stage started right after the broker or the topics would otherwise sit
+    idle. Raises RuntimeError naming the topics still missing after `timeout` seconds.
+    """
+    import time
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    deadline = time.monotonic() + timeout
+    missing = list(names)
+    while True:
+        meta = admin.list_topics(timeout=10)
+        missing = [
+            n for n in names
+            if n not in meta.topics or meta.topics[n].error is not None
+            or not meta.topics[n].partitions
+            or any(p.leader < 0 for p in meta.topics[n].partitions.values())
+        ]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics not ready after {timeout:.0f} s: {missing}; "
+                               f"run `rassylka topics create` against {settings.kafka_bootstrap}")
+        time.sleep(0.2)

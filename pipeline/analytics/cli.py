@@ -160,7 +160,12 @@ def sink_command(
         session_timeout_s=session_timeout,
         fault_file=fault_file,
     )
-    stats = run_sink(Settings.from_env(), config)
+    from pipeline.topics import CATALOG, create_topics, wait_until_ready
+
+    settings = Settings.from_env()
+    create_topics(settings)
+    wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
+    stats = run_sink(settings, config)
     console.print(f"sink stopped: {stats.summary()}", highlight=False)
 
 

@@ -233,11 +233,13 @@ def install_attribution(
 def attribution_command(loglevel: str = "warn", window_days: float = 7.0) -> None:
     """Run an attribution worker until stopped (mounted as `rassylka attribution`)."""
     from pipeline.app import create_app
-    from pipeline.topics import ensure_topics
+    from pipeline.topics import CATALOG, create_topics, ensure_topics, wait_until_ready
 
     settings = Settings.from_env()
-    ensure_topics(settings, [internal_topic(settings, "by-message"),
-                             internal_topic(settings, "by-customer")])
+    internal = [internal_topic(settings, "by-message"), internal_topic(settings, "by-customer")]
+    create_topics(settings)
+    ensure_topics(settings, internal)
+    wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG] + internal)
     app = create_app(settings, STAGE)
     install_attribution(app, settings, window_ms=int(window_days * 86_400_000))
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

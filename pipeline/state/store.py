@@ -10,6 +10,7 @@ only) before it processes input from P, so state survives crashes and moves.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 
@@ -20,10 +21,23 @@ log = logging.getLogger(__name__)
 
 
 def ensure_compacted_topic(bootstrap: str, name: str, partitions: int) -> None:
-    """Create compacted topic `name` unless it exists (idempotent)."""
+    """Create compacted topic `name` unless it exists (idempotent); return once every
+    partition has a leader, so a restore can ask for its offsets straight away."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    if name in admin.list_topics(timeout=15).topics:
-        return
+    if name not in admin.list_topics(timeout=15).topics:
+        _create_compacted(admin, name, partitions)
+    deadline = time.monotonic() + 60
+    while True:
+        topic = admin.list_topics(name, timeout=15).topics.get(name)
+        if (topic is not None and topic.error is None and topic.partitions
+                and all(p.leader >= 0 for p in topic.partitions.values())):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"changelog topic {name} has no leader after 60 s")
+        time.sleep(0.2)
+
+
+def _create_compacted(admin: AdminClient, name: str, partitions: int) -> None:
     topic = NewTopic(name, num_partitions=partitions, replication_factor=1,
                      config={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
                              "segment.ms": "600000"})
