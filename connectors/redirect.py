@@ -35,7 +35,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from pipeline import avro, kafka_io, topics
 from pipeline.links import InvalidCode, LinkRef, link_secret, message_key, parse_code
 from pipeline.settings import Settings
-from pipeline.state.store import ensure_compacted_topic
+from pipeline.state.store import ensure_compacted_topic, watermarks
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,7 @@ class LinkFeed:
             parts = sorted(meta.partitions)
             ends = {}
             for p in parts:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.links_topic, p), timeout=15
-                )
+                low, high = watermarks(consumer, self.links_topic, p)
                 if high > low:
                     ends[p] = high
             consumer.assign([TopicPartition(self.links_topic, p, OFFSET_BEGINNING) for p in parts])

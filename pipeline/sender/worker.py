@@ -47,7 +47,7 @@ from pipeline.sender.stop_words import consent_changes_for_stop
 from pipeline.sender.throttle import PriorityGate, TokenBucket
 from pipeline.settings import Settings
 from pipeline.sms.encoding import encode_sms
-from pipeline.state.store import PartitionedStore, read_partitions
+from pipeline.state.store import PartitionedStore, read_partitions, watermarks
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class ConsentView:
         partitions = list(meta.partitions)
         ends = {}
         for p in partitions:
-            ends[p] = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=15)[1]
+            ends[p] = watermarks(consumer, self.topic, p)[1]
         for _p, _key, value in read_partitions(self.bootstrap, self.topic, partitions):
             self._apply(value)
         consumer.assign([TopicPartition(self.topic, p, ends[p]) for p in partitions])

@@ -14,7 +14,14 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,30 @@ def _create_compacted(admin: AdminClient, name: str, partitions: int) -> None:
                 raise
 
 
+def watermarks(consumer: Consumer, topic: str, partition: int,
+               timeout: float = 60.0) -> tuple[int, int]:
+    """(low, high) offsets of one partition, retried while the cluster settles.
+
+    A freshly started broker or a just-created topic answers "not leader" or "unknown
+    partition" for a few seconds; those are waited out, anything else is raised.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            settling = err is not None and (
+                err.retriable() or err.code() in (KafkaError.NOT_LEADER_FOR_PARTITION,
+                                                  KafkaError._UNKNOWN_PARTITION,
+                                                  KafkaError.UNKNOWN_TOPIC_OR_PART,
+                                                  KafkaError.LEADER_NOT_AVAILABLE))
+            if not settling or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_partitions(
     bootstrap: str, topic: str, partitions: Iterable[int], read_committed: bool = True
 ) -> Iterator[tuple[int, bytes, bytes | None]]:
@@ -64,7 +95,7 @@ def read_partitions(
     try:
         ends: dict[int, int] = {}
         for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+            low, high = watermarks(consumer, topic, p)
             if high > low:
                 ends[p] = high
         if not ends:
