@@ -9,7 +9,8 @@ then throttles it per route and hands it to the gateway.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -20,7 +21,8 @@ from pipeline.sender.decision import Reject, rejected
 from pipeline.sender.dedup import LedgerEntry, check_content_duplicate, check_duplicate, content_key
 from pipeline.sender.expiry import Hold, check_expiry, check_hold, check_schedule
 from pipeline.sender.numbers import NumberInfo, normalise
-from pipeline.sender.quiet_hours import QuietHours, check_quiet_hours, resolve_zone
+from pipeline.sender.quiet_hours import QuietHours, check_quiet_hours, recipient_zones
+from pipeline.sender.stop_words import DEFAULT_STOP_WORDS, StopWords
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,11 @@ class SenderPolicy:
     content: ContentRules
     quiet_hours: Mapping[str, QuietHours]
     caps: Mapping[str, FrequencyCaps]
-    default_time_zone: str = "Europe/Moscow"
+    # Region -> zones its numbers can be in, overriding phonenumbers' (quiet hours).
+    zones_by_country: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    stop_words: StopWords = DEFAULT_STOP_WORDS  # replies that opt out (the inbound path)
 
 
 @dataclass(frozen=True)
@@ -97,10 +103,17 @@ def decide(request: Mapping[str, Any], policy: SenderPolicy, state: StateView, n
         same_text = check_content_duplicate(key, now_ms, window_s, state.content_entry(key))
         if same_text is not None:
             return same_text
-    zone = resolve_zone(request.get("time_zone"), number.time_zone, policy.default_time_zone)
-    hold = check_quiet_hours(lane, now_ms, zone, policy.quiet_hours)
-    if hold is not None:
-        return check_hold(request, hold) or hold
+    if lane in policy.quiet_hours:
+        zones = recipient_zones(
+            request.get("time_zone"),
+            policy.zones_by_country.get(number.region, number.time_zones),
+            request.get("customer_id"),
+        )
+        night = check_quiet_hours(lane, now_ms, zones, policy.quiet_hours)
+        if isinstance(night, Hold):
+            return check_hold(request, night) or night
+        if night is not None:
+            return night
     capped = check_caps(lane, state.cap_state(number.e164, lane), now_ms, policy.caps)
     if capped is not None:
         return capped

@@ -23,7 +23,7 @@ from pipeline.errors import ConfigError
 from pipeline.sender.caps import DEFAULT_CAPS, Cap, FrequencyCaps
 from pipeline.sender.consent import MARKETING, TRANSACTIONAL
 from pipeline.sender.quiet_hours import DEFAULT_QUIET_HOURS, QuietHours, parse_time, zone_or_none
-from pipeline.sender.stop_words import DEFAULT_STOP_WORDS, StopWords
+from pipeline.sender.stop_words import DEFAULT_STOP_WORDS, StopWords, normalise_phrase
 from pipeline.sender.throttle import TokenBucket
 
 LANES = (TRANSACTIONAL, MARKETING)
@@ -33,6 +33,7 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 # Records one problem: (where in the file, what is wrong).
 Problem = Callable[[str, str], None]
 _TOP_KEYS = ("quiet_hours", "frequency_caps", "allowed_regions", "routes", "stop_words")
+ZONES_BY_COUNTRY = "zones_by_country"  # in `quiet_hours:`, next to the lanes
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ class Limits:
     allowed_regions: frozenset[str] = DEFAULT_ALLOWED_REGIONS
     routes: Mapping[str, RouteRate] = field(default_factory=lambda: MappingProxyType({}))
     stop_words: StopWords = DEFAULT_STOP_WORDS
+    # Region -> the zones its numbers can be in, for recipients whose profile has no valid
+    # zone (`quiet_hours.zones_by_country`); a region not listed uses phonenumbers' zones.
+    zones_by_country: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
 def load_limits(path: Path | str) -> Limits:
@@ -100,7 +106,11 @@ def parse_limits(data: Any, source: str = "limits.yaml") -> Limits:
     limits = Limits()
     values: dict[str, Any] = {}
     if "quiet_hours" in data:
-        values["quiet_hours"] = _quiet_hours(data["quiet_hours"], problem)
+        section = data["quiet_hours"]
+        if isinstance(section, Mapping) and ZONES_BY_COUNTRY in section:
+            values["zones_by_country"] = _zones_by_country(section[ZONES_BY_COUNTRY], problem)
+            section = {k: v for k, v in section.items() if k != ZONES_BY_COUNTRY}
+        values["quiet_hours"] = _quiet_hours(section, problem)
     if "frequency_caps" in data:
         values["frequency_caps"] = _frequency_caps(data["frequency_caps"], problem)
     if "allowed_regions" in data:
@@ -117,6 +127,7 @@ def parse_limits(data: Any, source: str = "limits.yaml") -> Limits:
         allowed_regions=values.get("allowed_regions", limits.allowed_regions),
         routes=values.get("routes", limits.routes),
         stop_words=values.get("stop_words", limits.stop_words),
+        zones_by_country=values.get("zones_by_country", limits.zones_by_country),
     )
 
 
@@ -185,6 +196,33 @@ def _quiet_hours(section: Any, problem: Problem) -> Mapping[str, QuietHours]:
             continue
         rules[lane] = QuietHours(minutes["start"], minutes["end"], zone)
     return MappingProxyType(rules)
+
+
+def _zones_by_country(section: Any, problem: Problem) -> Mapping[str, tuple[str, ...]]:
+    where = f"quiet_hours.{ZONES_BY_COUNTRY}"
+    if section is None:
+        return MappingProxyType({})
+    if not isinstance(section, Mapping):
+        problem(where, f"must be a mapping of region code to zones, got {_kind(section)}")
+        return MappingProxyType({})
+    result = {}
+    for code, zones in section.items():
+        at = f"{where}.{code}"
+        if isinstance(code, bool):
+            problem(at, f"{code} is not a region code (quote it: 'NO' reads as false in YAML)")
+            continue
+        if not isinstance(code, str) or code.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            problem(at, f"{code!r} is not a known ISO 3166 region code (e.g. 'RU')")
+            continue
+        if not isinstance(zones, list) or not zones:
+            problem(at, f"must be a non-empty list of IANA time zones, got {_kind(zones)}")
+            continue
+        bad = [z for z in zones if zone_or_none(z) is None]
+        for zone in bad:
+            problem(at, f"unknown IANA time zone {zone!r}")
+        if not bad:
+            result[code.upper()] = tuple(dict.fromkeys(zones))
+    return MappingProxyType(result)
 
 
 def _duration_s(value: Any) -> int:
@@ -301,8 +339,11 @@ def _stop_words(section: Any, problem: Problem) -> StopWords:
     for key in ("marketing", "all_scopes"):
         words = section.get(key, [])
         if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
-            problem(f"stop_words.{key}", f"must be a list of words, got {_kind(words)}")
+            problem(f"stop_words.{key}", f"must be a list of words or phrases, got {_kind(words)}")
             words = []
+        for index, phrase in enumerate(words):
+            if not normalise_phrase(phrase):
+                problem(f"stop_words.{key}[{index}]", f"{phrase!r} has no letters or digits")
         lists[key] = words
     if not lists["marketing"] and not lists["all_scopes"]:
         problem("stop_words", "no stop words at all: customers could not opt out by SMS")

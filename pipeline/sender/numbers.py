@@ -29,15 +29,17 @@ class NumberInfo:
     """A recipient number fit for SMS.
 
     `operator` is the range holder by prefix (numbers ported between operators keep the
-    old name), None when phonenumbers has no carrier data. `time_zone` is set only when
-    the number maps to exactly one zone: Russian mobiles map to all Russian zones and get
-    None, so local time must come from the customer profile.
+    old name), None when phonenumbers has no carrier data. `time_zones` are all the zones
+    the number can be in by its prefix (() when phonenumbers does not know); `time_zone` is
+    set only when that is exactly one zone: Russian mobiles map to all Russian zones and get
+    None, so local time must come from the customer profile (see `quiet_hours`).
     """
 
     e164: str
     region: str
     operator: str | None
     time_zone: str | None
+    time_zones: tuple[str, ...] = ()
 
 
 def normalise(
@@ -79,12 +81,15 @@ def _parse(phone: str, region: str) -> NumberInfo | Reject:
         kind = _TYPE_NAMES.get(number_type, "non-mobile")
         where = phonenumbers.region_code_for_number(number) or f"+{number.country_code}"
         return rejected("not_mobile", f"a {kind} number in {where}")
-    zones = _timezone.time_zones_for_number(number)
+    zones = _timezone.time_zones_for_number(number)  # shared tuples: not copied per number
+    if _UNKNOWN_ZONE in zones:
+        zones = tuple(z for z in zones if z != _UNKNOWN_ZONE)
     return NumberInfo(
         e164=phonenumbers.format_number(number, PhoneNumberFormat.E164),
         region=phonenumbers.region_code_for_number(number) or "",
         operator=_carrier.name_for_number(number, "en") or None,
-        time_zone=zones[0] if len(zones) == 1 and zones[0] != _UNKNOWN_ZONE else None,
+        time_zone=zones[0] if len(zones) == 1 else None,
+        time_zones=tuple(zones),
     )
 
 

@@ -30,14 +30,13 @@ def load_policy(config_dir: Path) -> tuple[SenderPolicy, Limits]:
     """The decision chain's policy from `config_dir`; ConfigError lists every problem."""
     limits = load_limits(config_dir / "limits.yaml")
     content = ContentRules.load(config_dir / "content.yaml")
-    marketing_quiet = limits.quiet_hours.get("marketing")
-    default_zone = marketing_quiet.default_time_zone if marketing_quiet else "Europe/Moscow"
     policy = SenderPolicy(
         allowed_regions=limits.allowed_regions,
         content=content,
         quiet_hours=limits.quiet_hours,
         caps=limits.frequency_caps,
-        default_time_zone=default_zone,
+        zones_by_country=limits.zones_by_country,
+        stop_words=limits.stop_words,
     )
     return policy, limits
 

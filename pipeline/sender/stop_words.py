@@ -1,7 +1,7 @@
 """STOP replies: is an inbound SMS an opt-out, and which consent changes does it make?
 
-A reply is a stop request when every word in it is a stop word ("STOP", "«Стоп»",
-"stop stop!!", "🛑 СТОП"), compared case-insensitively after Unicode NFKC, with 'ё' read
+A reply is a stop request when every word in it is a stop word or part of a stop phrase
+("STOP", "«Стоп»", "stop stop!!", "🛑 СТОП", "Стоп, всё!"), compared case-insensitively after Unicode NFKC, with 'ё' read
 as 'е' and Latin look-alikes in Cyrillic words read as Cyrillic ("CTOП"). Anything else is
 not ("stopwatch", "не стоп-кран", "стоп 2"): a word inside a sentence is too weak a signal
 to act on without a human.
@@ -10,8 +10,14 @@ What a STOP changes: the marketing scope only. Transactional SMS (order status, 
 due, service notices) are service messages the customer needs to fulfil a contract; they
 are not advertising, which is what the consent rules (and 38-FZ "On advertising", art. 18)
 require an opt-out path for. Stopping them on a reflexive STOP to a promotion would let a
-customer miss a payment reminder. An explicit ALL word ('STOPALL' by default) opts out of
-both scopes; so does a transactional opt-out taken by support or CRM.
+customer miss a payment reminder. An explicit ALL reply opts out of both scopes ('STOPALL',
+'STOP ALL', 'СТОП ВСЕ' by default, in any case and with any punctuation: a customer who
+types that means it); so does a transactional opt-out taken by support or CRM.
+
+Configured entries are phrases of one or more words, normalised word by word like the
+reply, so 'Стоп, всё!' matches the phrase 'СТОП ВСЕ'. A reply is a stop request when its
+words can be read, in order, as a sequence of configured phrases; it opts out of both
+scopes when one such reading uses an all-scopes phrase ("stop stop all").
 """
 
 from __future__ import annotations
@@ -42,15 +48,24 @@ def normalise_word(word: str) -> str:
     return word
 
 
-def _normalise_all(words: Iterable[str]) -> frozenset[str]:
-    return frozenset(normalise_word(w) for w in words)
+def normalise_phrase(phrase: str) -> str:
+    """The comparable form of a configured phrase: its words normalised, joined by a space.
+
+    '' when `phrase` has no word at all ('!!!').
+    """
+    return " ".join(normalise_word(w) for w in _WORD.findall(phrase))
+
+
+def _normalise_all(phrases: Iterable[str]) -> frozenset[str]:
+    return frozenset(p for p in map(normalise_phrase, phrases) if p)
 
 
 @dataclass(frozen=True)
 class StopWords:
-    """The words that opt out: `marketing` ones of marketing, `all_scopes` ones of both.
+    """The phrases that opt out: `marketing` ones of marketing, `all_scopes` ones of both.
 
-    Build from config with `StopWords.of(...)`: words are stored normalised.
+    Each phrase is normalised words joined by one space ('stop', 'stop all'). Build from
+    config with `StopWords.of(...)`: phrases are stored normalised.
     """
 
     marketing: frozenset[str] = field(
@@ -58,7 +73,9 @@ class StopWords:
             ["stop", "unsubscribe", "стоп", "отписка", "отписаться"]
         )
     )
-    all_scopes: frozenset[str] = field(default_factory=lambda: _normalise_all(["stopall"]))
+    all_scopes: frozenset[str] = field(
+        default_factory=lambda: _normalise_all(["stopall", "stop all", "стоп все"])
+    )
 
     @classmethod
     def of(cls, marketing: Iterable[str], all_scopes: Iterable[str] = ()) -> StopWords:
@@ -66,8 +83,19 @@ class StopWords:
 
     @cached_property
     def every(self) -> frozenset[str]:
-        """All stop words of either kind."""
+        """All stop phrases of either kind."""
         return self.marketing | self.all_scopes
+
+    @cached_property
+    def _phrases(self) -> dict[tuple[str, ...], bool]:
+        """Phrase as a word tuple -> True when it opts out of all scopes."""
+        phrases = {tuple(p.split(" ")): False for p in self.marketing}
+        phrases.update({tuple(p.split(" ")): True for p in self.all_scopes})
+        return phrases
+
+    @cached_property
+    def _longest(self) -> int:
+        return max((len(p) for p in self._phrases), default=0)
 
 
 DEFAULT_STOP_WORDS = StopWords()
@@ -76,19 +104,29 @@ DEFAULT_STOP_WORDS = StopWords()
 def stop_scopes(text: str, words: StopWords = DEFAULT_STOP_WORDS) -> tuple[str, ...]:
     """The consent scopes `text` opts out of: (), ('marketing',) or both scopes.
 
-    Both when any word is an `all_scopes` word and every word is a stop word.
+    () unless the words of `text` read, in order, as a sequence of stop phrases; both
+    scopes when one such reading uses an `all_scopes` phrase.
     """
     if not isinstance(text, str):
         return ()
-    found = [normalise_word(w) for w in _WORD.findall(text)]
+    found = tuple(normalise_word(w) for w in _WORD.findall(text))
     if not found:
         return ()
-    every = words.every
-    if not all(w in every for w in found):
+    phrases, longest = words._phrases, words._longest
+    # reach[i]: the readings of found[:i] as phrases; None = none, else whether one of
+    # them used an all-scopes phrase.
+    reach: list[bool | None] = [None] * (len(found) + 1)
+    reach[0] = False
+    for i in range(len(found)):
+        if reach[i] is None:
+            continue
+        for j in range(i + 1, min(i + longest, len(found)) + 1):
+            all_scopes = phrases.get(found[i:j])
+            if all_scopes is not None:
+                reach[j] = bool(reach[j]) or reach[i] or all_scopes
+    if reach[-1] is None:
         return ()
-    if any(w in words.all_scopes for w in found):
-        return (MARKETING, TRANSACTIONAL)
-    return (MARKETING,)
+    return (MARKETING, TRANSACTIONAL) if reach[-1] else (MARKETING,)
 
 
 def is_stop(text: str, words: StopWords = DEFAULT_STOP_WORDS) -> bool:

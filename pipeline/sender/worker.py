@@ -662,7 +662,7 @@ class SenderWorker:
         producer.produce(self.settings.topic(topics.INBOUND), key=sender.encode(),
                          value=avro.encode("inbound_message", inbound))
         self.stats.inbound += 1
-        for change in consent_changes_for_stop(inbound, now):
+        for change in consent_changes_for_stop(inbound, now, self.policy.stop_words):
             producer.produce(self.settings.topic(topics.CONSENT),
                              key=f"{change['phone']}|{change['scope']}".encode(),
                              value=avro.encode("consent_change", change))

@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,7 @@ import yaml
 from pipeline.errors import ConfigError
 from pipeline.sender.caps import Cap
 from pipeline.sender.limits import DEFAULT_ALLOWED_REGIONS, Limits, load_limits, parse_limits
+from pipeline.sender.setup import load_policy
 
 REPO_LIMITS = Path(__file__).resolve().parents[3] / "config" / "limits.yaml"
 
@@ -25,6 +27,9 @@ def test_repo_config_loads():
     assert limits.allowed_regions == DEFAULT_ALLOWED_REGIONS
     assert limits.routes["smpp_main"].rate_per_s == 200
     assert "стоп" in limits.stop_words.marketing
+    assert {"stopall", "stop all", "стоп все"} <= limits.stop_words.all_scopes
+    russia = limits.zones_by_country["RU"]
+    assert (russia[0], russia[-1], len(russia)) == ("Europe/Kaliningrad", "Asia/Kamchatka", 12)
 
 
 def test_empty_file_gives_defaults(tmp_path):
@@ -176,8 +181,59 @@ def test_stop_words_config():
         "limits.yaml: stop_words: no stop words at all: customers could not opt out by SMS"
     ]
     assert problems_of({"stop_words": {"marketing": "stop"}})[0].startswith(
-        "limits.yaml: stop_words.marketing: must be a list of words"
+        "limits.yaml: stop_words.marketing: must be a list of words or phrases"
     )
+
+
+def test_stop_phrases_config():
+    limits = parse_limits({"stop_words": {"marketing": ["Хватит!"], "all_scopes": ["Стоп, ВСЁ"]}})
+    assert limits.stop_words.marketing == frozenset({"хватит"})
+    assert limits.stop_words.all_scopes == frozenset({"стоп все"})
+    assert problems_of({"stop_words": {"marketing": ["stop", "!!!"]}}) == [
+        "limits.yaml: stop_words.marketing[1]: '!!!' has no letters or digits"
+    ]
+
+
+def test_configured_stop_word_reaches_the_senders_policy(tmp_path):
+    config = tmp_path / "config"
+    shutil.copytree(REPO_LIMITS.parent, config)
+    (config / "limits.yaml").write_text(
+        "stop_words:\n  marketing: [СТОП, ХВАТИТ]\n  all_scopes: [STOPALL]\n", encoding="utf-8"
+    )
+    policy, limits = load_policy(config)
+    assert policy.stop_words == limits.stop_words
+    assert "хватит" in policy.stop_words.marketing
+
+
+def test_zones_by_country():
+    limits = parse_limits(
+        {
+            "quiet_hours": {
+                "marketing": {"start": "21:00", "end": "09:00"},
+                "zones_by_country": {"ru": ["Europe/Moscow", "Asia/Omsk"]},
+            }
+        }
+    )
+    assert dict(limits.zones_by_country) == {"RU": ("Europe/Moscow", "Asia/Omsk")}
+    assert set(limits.quiet_hours) == {"marketing"}
+    assert dict(parse_limits({"quiet_hours": {}}).zones_by_country) == {}
+
+
+def test_bad_zones_by_country():
+    problems = problems_of(
+        {"quiet_hours": {"zones_by_country": {"RU": ["Mars/Olympus"], "XX": ["UTC"], "KZ": []}}}
+    )
+    assert problems == [
+        "limits.yaml: quiet_hours.zones_by_country.RU: unknown IANA time zone 'Mars/Olympus'",
+        "limits.yaml: quiet_hours.zones_by_country.XX: 'XX' is not a known ISO 3166 region"
+        " code (e.g. 'RU')",
+        "limits.yaml: quiet_hours.zones_by_country.KZ: must be a non-empty list of IANA time"
+        " zones, got list []",
+    ]
+    assert problems_of({"quiet_hours": {"zones_by_country": ["RU"]}}) == [
+        "limits.yaml: quiet_hours.zones_by_country: must be a mapping of region code to zones,"
+        " got list ['RU']"
+    ]
 
 
 def test_not_a_mapping_and_bad_yaml(tmp_path):

@@ -1,16 +1,20 @@
+import logging
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from pipeline.sender.decision import Reject
 from pipeline.sender.expiry import Hold
 from pipeline.sender.quiet_hours import (
     DEFAULT_QUIET_HOURS,
     QuietHours,
+    _WarnOnce,
     check_quiet_hours,
     next_allowed_ms,
+    next_common_open_ms,
     parse_time,
-    resolve_zone,
+    recipient_zones,
 )
 
 MSK = ZoneInfo("Europe/Moscow")
@@ -153,37 +157,127 @@ def test_agrees_with_wall_clock_every_quarter_hour(zone_key, window):
                 assert next_allowed_ms(until - 1, zone, rule) == until
 
 
-def test_resolve_zone_prefers_profile_then_unique_number_zone():
-    assert (
-        resolve_zone("Asia/Yekaterinburg", "Europe/Samara", "Europe/Moscow").key
-        == "Asia/Yekaterinburg"
+RUSSIA = [
+    ZoneInfo(z)
+    for z in (
+        "Europe/Kaliningrad",
+        "Europe/Moscow",
+        "Europe/Samara",
+        "Asia/Yekaterinburg",
+        "Asia/Omsk",
+        "Asia/Novosibirsk",
+        "Asia/Irkutsk",
+        "Asia/Yakutsk",
+        "Asia/Vladivostok",
+        "Asia/Magadan",
+        "Asia/Kamchatka",
     )
-    assert resolve_zone(None, "Europe/Samara", "Europe/Moscow").key == "Europe/Samara"
-    assert resolve_zone("Not/AZone", "Europe/Samara", "Europe/Moscow").key == "Europe/Samara"
-    assert resolve_zone("", None, "Europe/Moscow") is MSK
-    assert resolve_zone(None, None, BERLIN) is BERLIN
-    with pytest.raises(ValueError):
-        resolve_zone(None, None, "Not/AZone")
+]
+VLADIVOSTOK = ZoneInfo("Asia/Vladivostok")
+
+
+def test_recipient_zones_prefers_a_valid_profile_zone():
+    assert recipient_zones("Asia/Yekaterinburg", ["Europe/Samara"], "c-1") == (
+        ZoneInfo("Asia/Yekaterinburg"),
+    )
+    assert recipient_zones(None, ["Europe/Samara"], "c-2") == (ZoneInfo("Europe/Samara"),)
+    assert recipient_zones("", [], "c-3") == ()  # nothing known: the lane's default zone
+    # An invalid profile zone is no zone: every zone the number can be in, unknown ones skipped.
+    assert recipient_zones(
+        "Not/AZone", ["Europe/Samara", "Etc/Unknown", "Asia/Omsk", "Europe/Samara"], "c-4"
+    ) == (
+        ZoneInfo("Europe/Samara"),
+        ZoneInfo("Asia/Omsk"),
+    )
+
+
+def test_invalid_or_missing_profile_zone_warns_once_per_customer(caplog):
+    caplog.set_level(logging.WARNING, logger="pipeline.sender.quiet_hours")
+    zones = [z.key for z in RUSSIA]
+    for _ in range(3):
+        assert recipient_zones("Mars/Olympus", zones, "cust-mars") == tuple(RUSSIA)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "cust-mars" in warnings[0] and "'Mars/Olympus'" in warnings[0]
+    assert "Asia/Kamchatka" in warnings[0]
+    caplog.clear()
+    recipient_zones(None, zones, "cust-no-zone")
+    recipient_zones(None, zones, "cust-no-zone")
+    recipient_zones(None, ["Europe/Minsk"], "cust-minsk")  # the number pins one zone: fine
+    recipient_zones("Europe/Moscow", zones, "cust-fine")
+    assert [r.getMessage() for r in caplog.records] == [
+        "customer cust-no-zone: no time zone in the profile; quiet hours use every zone the"
+        " number can be in (11: " + ", ".join(zones) + ")"
+    ]
+
+
+def test_warned_customers_are_bounded():
+    once = _WarnOnce(limit=2)
+    assert [once.first_time(k) for k in ("a", "b", "a", "c")] == [True, True, False, True]
+    assert once.first_time("b")  # forgotten: the oldest of three with a limit of two
+    assert not once.first_time("c")
 
 
 def test_check_quiet_hours_by_lane():
     night_ms = ms(2024, 6, 1, 23, zone=MSK)
-    hold = check_quiet_hours("marketing", night_ms, MSK, DEFAULT_QUIET_HOURS)
+    hold = check_quiet_hours("marketing", night_ms, (MSK,), DEFAULT_QUIET_HOURS)
     assert hold == Hold(ms(2024, 6, 2, 9, zone=MSK), "quiet_hours")
-    assert check_quiet_hours("transactional", night_ms, MSK, DEFAULT_QUIET_HOURS) is None
+    assert check_quiet_hours("transactional", night_ms, (MSK,), DEFAULT_QUIET_HOURS) is None
     assert (
-        check_quiet_hours("marketing", ms(2024, 6, 1, 12, zone=MSK), MSK, DEFAULT_QUIET_HOURS)
+        check_quiet_hours("marketing", ms(2024, 6, 1, 12, zone=MSK), (MSK,), DEFAULT_QUIET_HOURS)
         is None
     )
 
 
 def test_check_quiet_hours_defaults_to_the_rules_zone():
     rule = {"marketing": QuietHours.of("21:00", "09:00", "Asia/Vladivostok")}
-    vladivostok = ZoneInfo("Asia/Vladivostok")
-    now = ms(2024, 6, 1, 22, zone=vladivostok)
-    assert check_quiet_hours("marketing", now, None, rule).until_ms == ms(
-        2024, 6, 2, 9, zone=vladivostok
+    now = ms(2024, 6, 1, 22, zone=VLADIVOSTOK)
+    assert check_quiet_hours("marketing", now, (), rule).until_ms == ms(
+        2024, 6, 2, 9, zone=VLADIVOSTOK
     )
+
+
+def test_every_russian_zone_opens_together_only_from_0700_to_0900_utc():
+    # 09:00 in Kaliningrad (UTC+2) is 07:00 UTC; 21:00 in Kamchatka (UTC+12) is 09:00 UTC.
+    night = {"marketing": NIGHT}
+    at_2330_vladivostok = ms(2026, 1, 15, 23, 30, zone=VLADIVOSTOK)  # 16:30 in Moscow
+    assert check_quiet_hours("marketing", at_2330_vladivostok, RUSSIA, night) == Hold(
+        ms(2026, 1, 16, 7), "quiet_hours"
+    )
+    assert check_quiet_hours("marketing", ms(2026, 1, 16, 7), RUSSIA, night) is None
+    assert check_quiet_hours("marketing", ms(2026, 1, 16, 8, 59), RUSSIA, night) is None
+    assert check_quiet_hours("marketing", ms(2026, 1, 16, 9), RUSSIA, night) == Hold(
+        ms(2026, 1, 17, 7), "quiet_hours"
+    )
+
+
+@pytest.mark.parametrize("backwards", [False, True])  # remembered answers, either way
+@pytest.mark.parametrize(
+    "start_day", [datetime(2024, 3, 29, tzinfo=UTC), datetime(2024, 10, 25, tzinfo=UTC)]
+)
+def test_common_window_agrees_with_every_zones_wall_clock(start_day, backwards):
+    zones = [BERLIN, MSK, ZoneInfo("Asia/Yekaterinburg")]  # Berlin's clock changes
+    steps = range(3 * 24 * 4)
+    for step in reversed(steps) if backwards else steps:
+        now_ms = int((start_day + timedelta(minutes=15 * step)).timestamp() * 1000)
+        until = next_common_open_ms(now_ms, zones, NIGHT)
+        assert until is not None and until >= now_ms
+        assert all(next_allowed_ms(until, z, NIGHT) is None for z in zones)
+        # Nothing earlier is open everywhere: check each quarter hour in between.
+        for earlier in range(now_ms, until, 15 * 60_000):
+            assert any(next_allowed_ms(earlier, z, NIGHT) is not None for z in zones)
+
+
+def test_windows_that_never_overlap_suppress_with_a_reason():
+    # Open 10:00-20:00 local: Kaliningrad 08:00-18:00 UTC, Kamchatka 22:00-08:00 UTC.
+    short_day = {"marketing": QuietHours.of("20:00", "10:00")}
+    decision = check_quiet_hours("marketing", ms(2026, 1, 15, 12), RUSSIA, short_day)
+    assert isinstance(decision, Reject)
+    assert (decision.status, decision.reason) == ("suppressed", "no_common_send_window")
+    assert "Asia/Kamchatka" in decision.detail
+    assert next_common_open_ms(ms(2026, 1, 15, 12), RUSSIA, short_day["marketing"]) is None
+    # Either end alone is fine.
+    assert check_quiet_hours("marketing", ms(2026, 1, 15, 12), RUSSIA[:1], short_day) is None
 
 
 def test_rule_validation():

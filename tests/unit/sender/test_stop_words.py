@@ -1,5 +1,10 @@
-import pytest
+import shutil
+from pathlib import Path
 
+import pytest
+import yaml
+
+from pipeline.sender.setup import load_policy
 from pipeline.sender.stop_words import StopWords, consent_changes_for_stop, is_stop, stop_scopes
 
 
@@ -118,3 +123,59 @@ def test_stop_change_applies_to_consent():
         state = apply_change(state, c)
     assert check_consent("marketing", state).reason == "opted_out"
     assert check_consent("transactional", state) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "STOP ALL",
+        "stop all",
+        "Stop, all!",
+        "СТОП ВСЕ",
+        "стоп всё",
+        "«Стоп, всё!»",
+        "stop stop all",
+        "STOPALL",
+    ],
+)
+def test_stop_all_with_a_space_opts_out_of_both_scopes(text):
+    assert stop_scopes(text) == ("marketing", "transactional")
+
+
+@pytest.mark.parametrize("text", ["all", "всё", "all stop", "stop all please", "stop allowed"])
+def test_all_words_alone_or_out_of_order_are_not_stop_all(text):
+    assert stop_scopes(text) != ("marketing", "transactional")
+
+
+def test_configured_phrases_are_normalised_like_replies():
+    words = StopWords.of(["Хватит!", "не пишите"], ["Хватит всего"])
+    assert words.marketing == frozenset({"хватит", "не пишите"})
+    assert stop_scopes("НЕ ПИШИТЕ.", words) == ("marketing",)
+    assert stop_scopes("не", words) == ()
+    assert stop_scopes("хватит, хватит всего", words) == ("marketing", "transactional")
+
+
+def test_configured_word_opts_out_where_the_default_does_not():
+    words = StopWords.of(["СТОП", "ХВАТИТ"], ["STOPALL"])
+    assert consent_changes_for_stop(inbound("Хватит!"), 5_000) == []
+    changes = consent_changes_for_stop(inbound("Хватит!"), 5_000, words)
+    assert [(c["scope"], c["status"]) for c in changes] == [("marketing", "opt_out")]
+
+
+def test_the_senders_policy_carries_the_configured_words(tmp_path):
+    # The worker's inbound path calls consent_changes_for_stop(inbound, now,
+    # policy.stop_words) with the policy load_policy builds from config/.
+    config = tmp_path / "config"
+    shutil.copytree(Path(__file__).resolve().parents[3] / "config", config)
+    limits = yaml.safe_load((config / "limits.yaml").read_text(encoding="utf-8"))
+    limits["stop_words"] = {"marketing": ["STOP", "СТОП", "ХВАТИТ"], "all_scopes": ["СТОП ВСЕ"]}
+    (config / "limits.yaml").write_text(yaml.safe_dump(limits, allow_unicode=True), "utf-8")
+    policy, _ = load_policy(config)
+
+    changes = consent_changes_for_stop(inbound("  хватит. "), 5_000, policy.stop_words)
+    assert [(c["phone"], c["scope"], c["status"]) for c in changes] == [
+        ("+79161234567", "marketing", "opt_out")
+    ]
+    both = consent_changes_for_stop(inbound("Стоп, всё"), 5_000, policy.stop_words)
+    assert [c["scope"] for c in both] == ["marketing", "transactional"]
+    assert consent_changes_for_stop(inbound("unsubscribe"), 5_000, policy.stop_words) == []
