@@ -5,12 +5,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA := infra/kafka/kafka.sh
 PYTEST_ARGS ?=
+# The local broker's port. Exported: kafka.sh starts the broker on it and every rassylka
+# command, worker and test uses 127.0.0.1:$(KAFKA_PORT) — unless KAFKA_BOOTSTRAP names a cluster.
+KAFKA_PORT ?= 19092
+export KAFKA_PORT
+KAFKA_ADDRESS = $(if $(KAFKA_BOOTSTRAP),$(KAFKA_BOOTSTRAP) (KAFKA_BOOTSTRAP: nothing is started),127.0.0.1:$(KAFKA_PORT) (KAFKA_PORT=$(KAFKA_PORT)))
 
 .DEFAULT_GOAL := help
 .PHONY: help install kafka-up kafka-down kafka-status topics demo test test-unit bench lint fmt clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@echo "Kafka for every target: $(KAFKA_ADDRESS)"
 
 $(BIN)/.installed: pyproject.toml
 	@echo "[setup] creating the virtualenv in $(VENV) and installing Rassylka with its test tools ..."
@@ -22,7 +28,7 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed ## create the virtualenv and install everything
 
-kafka-up: ## fetch (once) and start the local Kafka broker on 127.0.0.1:19092, wait until it answers
+kafka-up: ## fetch (once) and start the local broker on 127.0.0.1:KAFKA_PORT (19092), wait until it answers
 	@$(KAFKA) up
 
 kafka-down: ## stop the local Kafka broker cleanly

@@ -12,12 +12,15 @@ the report CLI, tests) and returns the process-wide `Client` for that URL:
 
 Every driver failure comes out as the project's taxonomy: `RetryableError` when the server
 is unreachable or busy (back off, keep the offsets), `PermanentError` for bad SQL, unknown
-tables or rows that cannot be serialised (retrying gives the same failure).
+tables or rows that cannot be serialised (retrying gives the same failure), and
+`ClickHouseLocked` when another process holds the chDB folder (chDB itself only says
+"Error initializing EmbeddedServer").
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -75,6 +78,21 @@ class ClickHouseRejected(PermanentError):
     """ClickHouse refused the statement or the data; the same call fails the same way."""
 
     reason = "clickhouse_rejected"
+
+
+class ClickHouseLocked(PermanentError):
+    """The embedded engine's data folder is held by another process (one per folder)."""
+
+    reason = "clickhouse_locked"
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
+        holder = f"another process (pid {pid}; the sink?)" if pid else "another process (the sink?)"
+        super().__init__(
+            f"ClickHouse data folder {_shown(path)} is in use by {holder} — stop it, or query "
+            f"through a ClickHouse server: set CLICKHOUSE_URL"
+        )
 
 
 class Client:
@@ -240,9 +258,18 @@ def _open(url: str) -> Client:
                 f"one embedded engine per process, cannot open {url}"
             )
         Path(path).mkdir(parents=True, exist_ok=True)
+        holder = _lock_holder(path)
+        if holder is not None:  # chDB would print a stack of its own and fail obscurely
+            raise ClickHouseLocked(path, holder or None)
         log.info("opening embedded ClickHouse (chDB) at %s", path)
-        with translate_errors():
-            driver = clickhouse_connect.get_client(dsn=url)
+        try:
+            with translate_errors():
+                driver = clickhouse_connect.get_client(dsn=url)
+        except ClickHouseRejected as exc:
+            holder = _lock_holder(path)  # taken while we were opening it
+            if holder is not None:
+                raise ClickHouseLocked(path, holder or None) from exc
+            raise
     else:
         log.info("connecting to ClickHouse at %s", redact(url))
         with translate_errors():
@@ -254,6 +281,59 @@ def _open(url: str) -> Client:
                 send_receive_timeout=60,
             )
     return Client(driver, url, embedded)
+
+
+def _lock_holder(folder: str) -> int | None:
+    """Pid (0 when unknown) of another process holding chDB's lock on `folder`, else None.
+
+    ClickHouse holds an exclusive flock on `<folder>/status` while it runs. Linux lists
+    flocks in /proc/locks, which is read without touching the lock; elsewhere a
+    non-blocking flock attempt (released at once) tells.
+    """
+    status = Path(folder) / "status"
+    try:
+        st = status.stat()
+    except OSError:
+        return None
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return _flock_probe(status)
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in text.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 10482 fe:00:9978680 0 EOF"; blocked waiters have "->"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            pid = int(fields[4]) if fields[4].isdigit() else 0
+            if pid != os.getpid():
+                return pid
+    return None
+
+
+def _flock_probe(status: Path) -> int | None:
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _shown(path: str) -> str:
+    """`path` relative to the working directory when it lies below it (`.run/clickhouse`)."""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else path
+    except (OSError, ValueError):
+        return path
 
 
 def migrate(

@@ -5,6 +5,16 @@ The sender hands a gateway an ``OutboundSms`` whose parts are already encoded an
 streams ``GatewayReceipt``s (delivery reports) and ``GatewayInbound``s (MO replies such as
 STOP) through ``events()``.
 
+Events are acknowledged late. The SMSC (``deliver_sm_resp``) or the HTTP provider (the
+callback's ``200``) hears about an event only when the consumer of ``events()`` calls the
+event's ``ack()``: once the event is durably recorded (after the Kafka commit) or
+deliberately discarded; it may be called from any thread. Calling ``ack()`` twice, or
+after the session that carried the event is gone, does nothing. An event never
+acknowledged is delivered again by the provider later (SMPP: after a reconnect; HTTP:
+the provider retries the callback), so consumers must record re-deliveries exactly once
+(receipts by ``gateway_message_id`` and state, replies by ``gateway_ref`` when there is
+one).
+
 ``send`` does not raise for a message the gateway refused or could not place: the
 refusal is a ``SubmitResult`` with ``ok=False``, the protocol status, and whether a
 retry can help. Exceptions are left for programming errors and for ``ThrottledError``,
@@ -14,8 +24,10 @@ against a gateway.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from pipeline.errors import PermanentError, RetryableError
@@ -29,7 +41,9 @@ __all__ = [
     "PermanentError",
     "RetryableError",
     "SubmitResult",
+    "AckOnce",
     "ThrottledError",
+    "ack_event",
 ]
 
 
@@ -40,7 +54,10 @@ class OutboundSms:
     ``destination`` is E.164 with a leading ``+``. ``source`` is either a number
     (``+7...`` or digits) or an alphanumeric sender id. Each entry of ``parts`` is one
     ``short_message``: the UDH (when ``esm_class & 0x40``) followed by the encoded
-    payload; parts are submitted in order.
+    payload; parts are submitted in order. ``valid_until_ms`` (absolute epoch ms, the
+    request's expiry) is passed on to the provider as the message's validity (SMPP
+    ``validity_period``, the HTTP body's ``valid_until`` / ``ttl_s``), so the SMSC gives up
+    delivering it when the pipeline's time-to-live has run out; ``None``: provider default.
     """
 
     message_id: str
@@ -50,6 +67,7 @@ class OutboundSms:
     esm_class: int
     parts: list[bytes]
     priority: int = 0
+    valid_until_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,19 +105,62 @@ class GatewayReceipt:
     error_code: str | None
     destination: str
     received_at_ms: int
+    ack: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayInbound:
-    """A mobile-originated message (a reply such as STOP) received from the SMSC."""
+    """A mobile-originated message (a reply such as STOP) received from the SMSC.
+
+    ``gateway_ref`` is whatever id the SMSC or provider gave the message (the HTTP
+    provider's MO id; SMPP's ``receipted_message_id`` or ``user_message_reference`` TLV
+    when present), or ``None``: a key for spotting a re-delivery.
+    """
 
     source: str
     destination: str
     text: str
     received_at_ms: int
+    gateway_ref: str | None = None
+    ack: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 GatewayEvent = GatewayReceipt | GatewayInbound
+
+
+def ack_event(event: GatewayEvent) -> None:
+    """Acknowledge ``event`` to its gateway, if it carries an ``ack`` (a no-op otherwise)."""
+    if event.ack is not None:
+        event.ack()
+
+
+class AckOnce:
+    """An event's ``ack``: runs ``answer`` once, on ``loop``, whichever thread calls it.
+
+    Gateways build one per event; the consumer may call it from a worker thread (the
+    sender commits in one). Later calls, and calls after the loop is closed, do nothing.
+    """
+
+    __slots__ = ("_loop", "_answer", "called")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, answer: Callable[[], object]) -> None:
+        self._loop = loop
+        self._answer = answer
+        self.called = False
+
+    def __call__(self) -> None:
+        if self.called:
+            return
+        self.called = True
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # a thread without a loop, e.g. the sender's commit thread
+            on_loop = False
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            if on_loop:
+                self._loop.call_soon(self._answer)
+            else:
+                self._loop.call_soon_threadsafe(self._answer)
 
 
 class ThrottledError(RetryableError):

@@ -4,9 +4,13 @@ Outbound, ``send`` POSTs one JSON document per message to the provider::
 
     POST {url}
     Authorization: Bearer <api key>
-    {"id": "<our message id>", "from": "Shop", "to": "+79161234567", "text": "...", "parts": 2}
+    {"id": "<our message id>", "from": "Shop", "to": "+79161234567", "text": "...", "parts": 2,
+     "valid_until": "2026-12-01T15:30:00.000Z", "ttl_s": 3600}
 
-and reads ``{"message_id": "<provider id>"}`` back. The provider takes the whole text, so
+and reads ``{"message_id": "<provider id>"}`` back. ``valid_until`` (ISO 8601, UTC) and
+``ttl_s`` (whole seconds left, rounded down, counted when the request is written) carry the
+message's expiry (``OutboundSms.valid_until_ms``): the provider must not deliver it later.
+Both are absent when the message has no expiry. The provider takes the whole text, so
 the encoded parts of the ``OutboundSms`` are turned back into text (UDH stripped,
 ``decode_payload`` per part) and ``gateway_message_ids`` holds the provider's one id.
 
@@ -28,13 +32,18 @@ Inbound, the gateway runs a small aiohttp server (``callback_host:callback_port`
 
     {"type": "status", "message_id": "<provider id>", "status": "delivered",
      "error_code": "000", "to": "+79161234567"}
-    {"type": "inbound", "from": "+79161234567", "to": "Shop", "text": "STOP"}
+    {"type": "inbound", "id": "<provider's MO id>", "from": "+79161234567", "to": "Shop",
+     "text": "STOP"}
 
 Each callback must carry ``X-Timestamp`` (unix seconds) and
 ``X-Signature: sha256=<hex>``, the HMAC-SHA256 of ``<timestamp>.<raw body>`` under the
 shared callback secret. A missing, wrong or stale (more than ``signature_tolerance_s``
-away from now) signature is answered 401 and ignored; an authentic one 200, and its
-``GatewayReceipt`` / ``GatewayInbound`` goes to ``events()``.
+away from now) signature is answered 401 and ignored; an unreadable authentic one 400.
+An authentic one becomes a ``GatewayReceipt`` / ``GatewayInbound`` on ``events()`` (the MO's
+``id`` is its ``gateway_ref``), and the request is held open until the consumer calls the
+event's ``ack()`` (it has recorded it): then the answer is 200. No ack within
+``callback_ack_timeout_s``, or the gateway closing meanwhile, is answered 503, so the
+provider sends the callback again later; a consumer must expect such re-deliveries.
 
 Nothing here logs per message; counters live in ``HttpCounters``.
 """
@@ -51,6 +60,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
 from typing import Any
@@ -59,6 +69,7 @@ import aiohttp
 from aiohttp import web
 
 from connectors.gateway import (
+    AckOnce,
     GatewayEvent,
     GatewayInbound,
     GatewayReceipt,
@@ -199,6 +210,8 @@ class HttpRoute:
     max_retry_after_s: float = 30.0  # a longer Retry-After fails the send (retryable) at once
     signature_tolerance_s: float = 300.0
     max_callback_bytes: int = 64 * 1024
+    # A callback is answered 200 once its event is acknowledged; 503 after this long.
+    callback_ack_timeout_s: float = 30.0
 
     # The sender sizes its in-flight budget from ``binds * window`` of a gateway's route.
     @property
@@ -224,6 +237,8 @@ class HttpCounters:
     inbound: int = 0  # authentic MO messages
     bad_signature: int = 0  # callbacks refused 401 (missing / wrong / stale signature)
     bad_callback: int = 0  # authentic callbacks whose body could not be read (400)
+    acked: int = 0  # callbacks answered 200 after their event's ack()
+    unacked: int = 0  # callbacks answered 503: no ack in time, or the gateway closed
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)
@@ -262,6 +277,8 @@ class HttpGateway:
         self._slots = asyncio.Semaphore(route.concurrency)
         self._pause_until = 0.0  # loop time before which no request starts (Retry-After)
         self._events: asyncio.Queue[GatewayEvent | None] = asyncio.Queue()
+        # One per callback held open: True once acknowledged, False when closing.
+        self._held: set[asyncio.Future[bool]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._callback_port: int | None = None
@@ -307,11 +324,16 @@ class HttpGateway:
     async def close(self) -> None:
         """Let in-flight requests finish (bounded), stop the callback server, end ``events()``.
 
-        ``send`` calls made after ``close`` began return ``not_sent``.
+        ``send`` calls made after ``close`` began return ``not_sent``. Callbacks whose
+        events were not acknowledged are answered 503: the provider sends them again.
         """
         if self._closing:
             return
         self._closing = True
+        await asyncio.sleep(0)  # acks already given (scheduled on the loop) go first
+        for held in self._held:  # unacknowledged callbacks: 503, the provider retries
+            if not held.done():
+                held.set_result(False)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.route.response_timeout_s
         while self._inflight and loop.time() < deadline:
@@ -355,20 +377,38 @@ class HttpGateway:
         if why is not None:
             self.counters.bad_signature += 1
             return web.json_response({"error": why}, status=401)
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[bool] = loop.create_future()
         try:
-            event = self._to_event(json.loads(body))
+            event = self._to_event(json.loads(body), AckOnce(loop, lambda: _settle(acked, True)))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.counters.bad_callback += 1
             return web.json_response({"error": f"unreadable callback: {exc}"}, status=400)
+        if self._closing:
+            return _not_recorded("gateway closing")
         if isinstance(event, GatewayReceipt):
             self.counters.receipts += 1
         else:
             self.counters.inbound += 1
+        self._held.add(acked)
         self._events.put_nowait(event)
+        try:
+            recorded = await asyncio.wait_for(
+                asyncio.shield(acked), self.route.callback_ack_timeout_s
+            )
+        except TimeoutError:
+            recorded = False
+        finally:
+            self._held.discard(acked)
+            _settle(acked, False)  # a later ack() finds it settled: nothing to answer
+        if not recorded:
+            self.counters.unacked += 1
+            return _not_recorded("not recorded yet")
+        self.counters.acked += 1
         return web.json_response({"ok": True})
 
     @staticmethod
-    def _to_event(doc: dict[str, Any]) -> GatewayEvent:
+    def _to_event(doc: dict[str, Any], ack: AckOnce | None = None) -> GatewayEvent:
         kind = doc["type"]
         if kind == "status":
             message_id = doc["message_id"]
@@ -385,16 +425,20 @@ class HttpGateway:
                 error_code=None if err is None else str(err),
                 destination=_international(str(doc.get("to") or "")),
                 received_at_ms=_now_ms(),
+                ack=ack,
             )
         if kind == "inbound":
             text = doc["text"]
             if not isinstance(text, str):
                 raise ValueError("text must be a string")
+            ref = doc.get("id")
             return GatewayInbound(
                 source=_international(str(doc["from"])),
                 destination=_international(str(doc["to"])),
                 text=text,
                 received_at_ms=_now_ms(),
+                gateway_ref=None if ref is None or ref == "" else str(ref),
+                ack=ack,
             )
         raise ValueError(f"unknown callback type {kind!r}")
 
@@ -406,8 +450,9 @@ class HttpGateway:
     async def events(self) -> AsyncIterator[GatewayEvent]:
         """Receipts and MO messages in arrival order; ends after ``close()``.
 
-        Consume from one task. The buffer is unbounded: each callback was already
-        answered 200, so the provider will not send it again.
+        Consume from one task, and call each event's ``ack()`` once it is recorded (see
+        ``connectors.gateway``): its callback is answered 200 only then. The buffer is
+        unbounded; the provider's own concurrency bounds how many callbacks wait.
         """
         while True:
             event = await self._events.get()
@@ -437,22 +482,23 @@ class HttpGateway:
             return self._result(sms, False, 0, f"invalid destination {dest!r}", False)
         if self._closing or not self._started:
             return self._result(sms, False, 0, "not_sent: gateway not running", True)
-        document = {
+        document: dict[str, Any] = {
             "id": sms.message_id,
             "from": sms.source,
             "to": dest,
             "text": text_of(sms),
             "parts": len(sms.parts),
         }
-        body = json.dumps(document, ensure_ascii=False).encode("utf-8")
+        if sms.valid_until_ms is not None:
+            document["valid_until"] = iso_utc(sms.valid_until_ms)
         self._inflight += 1  # lets close() wait for requests under way
         try:
             async with self._slots:
-                return await self._send_with_retries(sms, body)
+                return await self._send_with_retries(sms, document)
         finally:
             self._inflight -= 1
 
-    async def _send_with_retries(self, sms: OutboundSms, body: bytes) -> SubmitResult:
+    async def _send_with_retries(self, sms: OutboundSms, document: dict[str, Any]) -> SubmitResult:
         r = self.route
         loop = asyncio.get_running_loop()
         counters = self.counters
@@ -464,6 +510,9 @@ class HttpGateway:
                 await asyncio.sleep(wait)
             if self._session is None:
                 return self._result(sms, False, 0, "not_sent: gateway closed", True)
+            if sms.valid_until_ms is not None:  # what is left now, not when first tried
+                document["ttl_s"] = max(0, (sms.valid_until_ms - _now_ms()) // 1000)
+            body = json.dumps(document, ensure_ascii=False).encode("utf-8")
             outcome = await self._post(body)
             if isinstance(outcome, str):
                 if outcome.startswith("in_doubt"):
@@ -529,6 +578,22 @@ class HttpGateway:
             if ctx["sent"]:
                 return f"in_doubt: {what}"
             return f"not_sent: {what}"
+
+
+def iso_utc(epoch_ms: int) -> str:
+    """``'2026-12-01T15:30:00.000Z'`` for epoch milliseconds."""
+    at = datetime.fromtimestamp(epoch_ms // 1000, UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def _settle(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _not_recorded(why: str) -> web.Response:
+    # 503 (not 5xx-in-doubt): the provider keeps the callback and tries it again.
+    return web.json_response({"error": why}, status=503, headers={"Retry-After": "1"})
 
 
 def _provider_id(payload: bytes) -> str | None:

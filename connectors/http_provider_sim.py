@@ -13,17 +13,22 @@ Run it::
 API:
 
 * ``POST /v1/messages`` with ``Authorization: Bearer <api key>`` and
-  ``{"id", "from", "to", "text", "parts"}`` -> ``200 {"message_id": ...}``; 401 for a bad
-  key, 400 for unreadable JSON, 422 for a bad field, 429 / 503 with ``Retry-After``
+  ``{"id", "from", "to", "text", "parts"}`` (optionally ``"valid_until"``, ISO 8601, and/or
+  ``"ttl_s"``, seconds: the message's expiry) -> ``200 {"message_id": ...}``; 401 for a
+  bad key, 400 for unreadable JSON, 422 for a bad field, 429 / 503 with ``Retry-After``
   when busy. A repeated ``id`` gets the first answer back (no second SMS, no second
-  report), so a retry after an unanswered request is harmless.
-* ``POST /v1/mo`` ``{"from", "to", "text"}`` -> forwards an MO to the callback URL
-  (control endpoint, no auth); answers 502 when the callback was refused.
+  report), so a retry after an unanswered request is harmless. A message whose expiry
+  has passed when its report is due is reported ``expired``.
+* ``POST /v1/mo`` ``{"from", "to", "text"}`` -> queues an MO for the callback URL
+  (control endpoint, no auth) and answers ``{"ok": true, "id": <MO id>}`` at once.
 * ``GET /v1/messages`` -> the log of received messages; ``GET /health``.
 
 Callbacks carry ``X-Timestamp`` (unix seconds) and ``X-Signature: sha256=<hex>`` =
-HMAC-SHA256(secret, ``<timestamp>.<raw body>``); a refused or failed callback is tried
-again with backoff (``callback_retries`` times), as real providers do.
+HMAC-SHA256(secret, ``<timestamp>.<raw body>``). A callback counts as delivered only
+when it is answered 2xx: a refused, failed or unanswered (``callback_timeout_s``) one is
+sent again, byte for byte but freshly signed, with backoff (``callback_backoff_s``
+doubling up to 5 s, ``callback_retries`` times), as real providers do. Delivery reports
+and MO messages alike (an MO carries its ``id``, the same on every attempt).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -77,8 +83,10 @@ class ProviderSimConfig:
             "rejected": 0.02,
         }
     )
-    callback_retries: int = 5
-    callback_timeout_s: float = 5.0
+    callback_retries: int = 8
+    callback_backoff_s: float = 0.1  # first wait before a callback is sent again
+    # Longer than a gateway holds a callback open for its ack (30 s by default).
+    callback_timeout_s: float = 40.0
     seed: int | None = None
     keep_messages: int = 200_000
 
@@ -94,6 +102,7 @@ class ReceivedMessage:
     destination: str
     text: str
     parts: int
+    valid_until_ms: int | None = None  # the message's expiry, from valid_until / ttl_s
 
 
 @dataclass(slots=True)
@@ -110,6 +119,7 @@ class ProviderStats:
     callbacks_refused: int = 0  # non-2xx answers (each attempt)
     callbacks_failed: int = 0  # connection errors (each attempt)
     callbacks_lost: int = 0  # given up after every retry
+    mo_sent: int = 0  # MO messages queued for the callback URL
     max_in_flight: int = 0  # most sends being answered at once
 
 
@@ -205,18 +215,24 @@ class HttpProviderSimulator:
         """Answer the next sends with these HTTP statuses (429 / 503 carry Retry-After)."""
         self._scripted.extend(statuses)
 
-    async def inject_mo(self, source: str, destination: str, text: str) -> None:
-        """Forward an MO to the callback URL now; raises ``RuntimeError`` if it is refused."""
+    async def inject_mo(self, source: str, destination: str, text: str) -> str:
+        """Queue an MO for the callback URL; returns its id.
+
+        It is posted at once and again (with backoff, bounded) until answered 2xx.
+        """
+        self._next_id += 1
+        mo_id = f"mo-{self._next_id:x}"
         body = {
             "type": "inbound",
+            "id": mo_id,
             "from": source,
             "to": destination,
             "text": text,
             "at_ms": time.time_ns() // 1_000_000,
         }
-        status = await self._post_callback(body)
-        if not 200 <= status < 300:
-            raise RuntimeError(f"callback answered MO with HTTP {status}")
+        self.stats.mo_sent += 1
+        self._spawn(self._deliver(body))
+        return mo_id
 
     # ── the API ───────────────────────────────────────────────────────────────
 
@@ -278,14 +294,16 @@ class HttpProviderSimulator:
                 return web.json_response({"error": "refused"}, status=c.failure_status)
             self._next_id += 1
             message_id = format(self._next_id, "x")
+            at_ms = time.time_ns() // 1_000_000
             record = ReceivedMessage(
-                at_ms=time.time_ns() // 1_000_000,
+                at_ms=at_ms,
                 our_id=our_id,
                 message_id=message_id,
                 source=doc["from"],
                 destination=doc["to"],
                 text=doc["text"],
                 parts=int(doc.get("parts") or 1),
+                valid_until_ms=_expiry_ms(doc, at_ms),
             )
             # Taken before answering: a client that times out has still sent it.
             self._messages.append(record)
@@ -312,11 +330,8 @@ class HttpProviderSimulator:
             source, dest, text = str(doc["from"]), str(doc["to"]), str(doc["text"])
         except (ValueError, KeyError, TypeError):
             return web.json_response({"error": "want JSON {from, to, text}"}, status=400)
-        try:
-            await self.inject_mo(source, dest, text)
-        except (RuntimeError, LookupError) as exc:
-            return web.json_response({"error": str(exc)}, status=502)
-        return web.json_response({"ok": True})
+        mo_id = await self.inject_mo(source, dest, text)
+        return web.json_response({"ok": True, "id": mo_id})
 
     async def _health(self, _: web.Request) -> web.Response:
         return web.json_response(asdict(self.stats))
@@ -331,7 +346,11 @@ class HttpProviderSimulator:
     async def _report_later(self, record: ReceivedMessage) -> None:
         low, high = self.config.receipt_delay_ms
         await asyncio.sleep((low if high <= low else self._rng.uniform(low, high)) / 1000)
-        status = self._rng.choices(self._outcome_names, self._outcome_weights)[0]
+        expiry = record.valid_until_ms
+        if expiry is not None and time.time_ns() // 1_000_000 >= expiry:
+            status = "expired"  # it could not be delivered in time
+        else:
+            status = self._rng.choices(self._outcome_names, self._outcome_weights)[0]
         body = {
             "type": "status",
             "message_id": record.message_id,
@@ -344,8 +363,8 @@ class HttpProviderSimulator:
         await self._deliver(body)
 
     async def _deliver(self, body: dict[str, Any]) -> None:
-        """POST a callback, retrying refusals and failures with backoff (bounded)."""
-        delay = 0.1
+        """POST a callback until it is answered 2xx, with backoff (bounded)."""
+        delay = self.config.callback_backoff_s
         for attempt in range(self.config.callback_retries + 1):
             status = await self._post_callback(body)
             if 200 <= status < 300:
@@ -400,6 +419,25 @@ def _check_message(doc: Any) -> str | None:
     parts = doc.get("parts", 1)
     if not isinstance(parts, int) or parts < 1:
         return "parts: must be a positive integer"
+    ttl = doc.get("ttl_s")
+    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0):
+        return "ttl_s: must be a non-negative integer"
+    until = doc.get("valid_until")
+    if until is not None:
+        try:
+            if not isinstance(until, str) or datetime.fromisoformat(until).tzinfo is None:
+                raise ValueError
+        except ValueError:
+            return "valid_until: must be an ISO 8601 time with a UTC offset"
+    return None
+
+
+def _expiry_ms(doc: dict[str, Any], at_ms: int) -> int | None:
+    """The message's expiry (epoch ms) from ``valid_until``, else ``ttl_s``; None if neither."""
+    if doc.get("valid_until") is not None:
+        return round(datetime.fromisoformat(doc["valid_until"]).timestamp() * 1000)
+    if doc.get("ttl_s") is not None:
+        return at_ms + int(doc["ttl_s"]) * 1000
     return None
 
 
@@ -431,6 +469,7 @@ def parse_args(argv: list[str] | None = None) -> ProviderSimConfig:
         default=d.receipt_outcomes,
         help="e.g. delivered=90,undelivered=5,expired=3,rejected=2",
     )
+    p.add_argument("--callback-retries", type=int, default=d.callback_retries)
     p.add_argument("--seed", type=int, default=None)
     a = p.parse_args(argv)
     return ProviderSimConfig(
@@ -446,6 +485,7 @@ def parse_args(argv: list[str] | None = None) -> ProviderSimConfig:
         retry_after=a.retry_after,
         receipt_delay_ms=a.receipt_delay_ms,
         receipt_outcomes=a.receipt_outcomes,
+        callback_retries=a.callback_retries,
         seed=a.seed,
     )
 

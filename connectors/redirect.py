@@ -16,24 +16,41 @@ A click record (schemas/click.avsc, key = message_id) is produced for each GET (
 requests, as sent by link previewers, redirect without counting a click). Production is
 asynchronous: a crash may lose clicks of the last moments, never redirects twice.
 
-Run with `redirect_command(host, port)`; the secret comes from RASSYLKA_LINK_SECRET
-(default: the dev secret in `pipeline.links`, for local runs only).
+A request aiohttp cannot even parse (a request line over 8 KB, such as an over-long code)
+is answered with a bare 400 and logged as one warning line: the input is neither echoed
+nor logged, and no traceback is written per request (`RedirectRunner`).
+
+Run with `redirect_command(host, port)`; the secret comes from RASSYLKA_LINK_SECRET. The
+service refuses to start without it unless told `--dev` (the demo, local runs), which uses
+the public development secret of `pipeline.links` and says so loudly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import signal
 import threading
 import time
 import uuid
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from pipeline import avro, kafka_io, topics
-from pipeline.links import InvalidCode, LinkRef, link_secret, message_key, parse_code
+from pipeline.links import (
+    DEV_SECRET,
+    SECRET_ENV,
+    InvalidCode,
+    LinkRef,
+    message_key,
+    parse_code,
+    require_link_secret,
+)
 from pipeline.settings import Settings
 from pipeline.state.store import ensure_compacted_topic, watermarks
 
@@ -42,6 +59,7 @@ log = logging.getLogger(__name__)
 LINKS_TOPIC = "links"
 REQUEST_TOPICS = (topics.REQUESTS_TRANSACTIONAL, topics.REQUESTS_MARKETING)
 NOT_FOUND = "link not found\n"
+BAD_REQUEST = "bad request\n"
 
 
 class LinkIndex:
@@ -280,9 +298,83 @@ def create_redirect_app(
     return app
 
 
-def redirect_command(host: str = "0.0.0.0", port: int = 8080) -> None:
-    """Run the redirect service until interrupted (mounted as `rassylka redirect`)."""
-    settings = Settings.from_env()
-    web.run_app(
-        create_redirect_app(settings, link_secret()), host=host, port=port, print=lambda *_: None
-    )
+class _QuietRequestHandler(RequestHandler):
+    """aiohttp's connection handler, except for requests its HTTP parser rejects.
+
+    aiohttp answers those with its parser's message, which quotes the start of the input,
+    and logs a traceback for each; here they get a fixed 400 and one warning line.
+    """
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status == 400 and isinstance(exc, HttpProcessingError):
+            log.warning("400 for an unparsable request from %s (%s)", request.remote,
+                        type(exc).__name__)
+            response = web.Response(status=400, text=BAD_REQUEST)
+            response.force_close()
+            return response
+        return super().handle_error(request, status, exc, message)
+
+
+class _QuietServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _QuietRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class RedirectRunner(web.AppRunner):
+    """`web.AppRunner` whose connections answer unparsable requests with a bare 400."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return _QuietServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            **server._kwargs,
+        )
+
+
+async def serve(app: web.Application, host: str, port: int, stop: asyncio.Event) -> None:
+    """Serve `app` on host:port with `RedirectRunner` until `stop` is set, then clean up."""
+    runner = RedirectRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        log.info("redirect service listening on http://%s:%d", host, port)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def redirect_command(
+    host: str = "0.0.0.0",
+    port: int = 8080,
+    settings: Settings | None = None,
+    secret: str | None = None,
+) -> None:
+    """Run the redirect service until SIGTERM / SIGINT (mounted as `rassylka redirect`).
+
+    `secret` defaults to RASSYLKA_LINK_SECRET; without it, ConfigError before anything
+    starts. The public development secret is accepted only when passed in (`--dev`), with
+    a warning.
+    """
+    settings = settings or Settings.from_env()
+    secret = secret or require_link_secret()
+    if secret == DEV_SECRET:
+        log.warning("%s is not set: using the PUBLIC development link secret (--dev); anyone "
+                    "can forge short links — never run like this in production", SECRET_ENV)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(create_redirect_app(settings, secret), host, port, stop)
+
+    asyncio.run(main())

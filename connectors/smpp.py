@@ -2,22 +2,28 @@
 
 Shape:
 
-* one ``_Bind`` per TRX session; each has a supervisor task that connects (exponential
-  backoff with jitter, 0.2 s -> 5 s), then reads ``deliver_sm`` (receipts and MO) until
-  the session ends, and reconnects;
+* one ``_Bind`` per TRX session (``connectors.smpp_session``: our own SMPP session over
+  asyncio TCP, smpp34 only as the PDU codec); each has a supervisor task that connects
+  and binds (exponential backoff with jitter, ``reconnect_min_s`` -> ``reconnect_max_s``),
+  waits until the session ends, and reconnects. The session answers the SMSC's
+  ``enquire_link`` and sends its own after ``enquire_link_s`` of silence (and at once
+  after a submit timed out); an unanswered one ends the session;
 * ``send`` picks a live bind round-robin and submits every part of the message on it,
   in order; a per-bind semaphore caps in-flight submits (the window) and a per-bind
   AIMD token bucket paces them, halving its rate when the SMSC answers
   ``ESME_RTHROTTLED`` / ``ESME_RMSGQFUL`` and recovering gradually;
 * a part whose answer never comes (bind dropped, response timeout) is *in doubt*: the
-  SMSC may have taken it, so the result says ``error='in_doubt'``, ``retryable=True``.
+  SMSC may have taken it, so the result says ``error='in_doubt'``, ``retryable=True``;
+* ``submit_sm`` carries ``validity_period`` from ``OutboundSms.valid_until_ms`` (SMPP
+  absolute time, UTC), so the SMSC stops trying when the pipeline's time-to-live ends.
 
-Two smpp34 behaviours shape the inbound side. It ACKs every ``deliver_sm`` as it
-arrives and buffers it (``inbound_capacity``) until ``Smsc.next()`` takes it; when that
-buffer overflows the session dies *without* yielding ``Disconnected``. So the reader
-never waits on the consumer (events are buffered here, unbounded), and a watchdog polls
-``Client.is_alive()`` (every ``liveness_check_s``, and at once after a failed submit),
-drains what the dead session still holds, and rebinds.
+Inbound, ``deliver_sm`` becomes a ``GatewayReceipt`` (``esm_class`` says SMSC delivery
+receipt or intermediate notification) or a ``GatewayInbound`` (an MO reply), and is *not*
+answered: its ``deliver_sm_resp`` goes out only when the consumer calls the event's
+``ack()`` (after recording it). A session that dies first never answers it, so the SMSC
+delivers it again on a later bind. Only a ``deliver_sm`` that can never be recorded is
+answered at once: unreadable ones with ``ESME_RX_P_APPN``, and, when a bind already holds
+``inbound_capacity`` unanswered ones, new ones with ``ESME_RX_T_APPN`` (try later).
 
 Nothing here logs per message; counters live in ``SmppCounters``.
 """
@@ -26,15 +32,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 
 import smpp34
 
+from connectors import smpp_session
 from connectors.gateway import (
+    AckOnce,
     GatewayEvent,
     GatewayInbound,
     GatewayReceipt,
@@ -43,6 +53,17 @@ from connectors.gateway import (
 )
 from connectors.pacing import AimdBucket
 from connectors.receipts import parse_receipt_text, state_name
+from connectors.smpp_session import (
+    DELIVER_SM,
+    SUBMIT_SM,
+    BindRequest,
+    Pdu,
+    SessionClosed,
+    SmppSession,
+    absolute_time,
+    pdu_body,
+    read_cstring,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +75,7 @@ ESME_RINVDSTADR = 0x0000000B
 ESME_RMSGQFUL = 0x00000014
 ESME_RTHROTTLED = 0x00000058
 ESME_RX_T_APPN = 0x00000064
+ESME_RX_P_APPN = 0x00000065
 
 STATUS_NAMES: dict[int, str] = {
     0x00: "ESME_ROK",
@@ -90,14 +112,23 @@ SLOW_DOWN_STATUSES = frozenset({ESME_RTHROTTLED, ESME_RMSGQFUL})
 DEFAULT_TRANSIENT_STATUSES = frozenset({ESME_RTHROTTLED, ESME_RMSGQFUL, ESME_RX_T_APPN})
 
 _TLV_RECEIPTED_MESSAGE_ID = 0x001E
+_TLV_USER_MESSAGE_REFERENCE = 0x0204
 _TLV_MESSAGE_STATE = 0x0427
 _TLV_MESSAGE_PAYLOAD = 0x0424
 _TLV_NETWORK_ERROR_CODE = 0x0423
+
+_DELIVER_SM_RESP_BODY = b"\x00"  # message_id, unused in deliver_sm_resp: NULL
 
 
 def status_text(status: int) -> str:
     """``'ESME_RTHROTTLED (0x00000058)'`` for a command_status."""
     return f"{STATUS_NAMES.get(status, 'ESME_UNKNOWN')} (0x{status:08X})"
+
+
+def _status_of(exc: Exception) -> int:
+    """The command_status an smpp34 codec error names (``'... (0x0000000C)'``)."""
+    found = re.search(r"0x([0-9A-Fa-f]{8})", str(exc))
+    return int(found.group(1), 16) if found else ESME_RSYSERR
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +149,7 @@ class SmppRoute:
     rate_per_bind: float = 100.0
     system_type: str = ""
     connect_timeout_ms: int = 5_000
+    # No answer to a submit_sm (or the bind, or an enquire_link) by then: in doubt / dead.
     response_timeout_s: float = 10.0
     # How long `send` waits for any bind to come up before failing retryably.
     bind_wait_s: float = 5.0
@@ -127,10 +159,11 @@ class SmppRoute:
     throttle_retries: int = 8
     throttle_backoff_s: float = 0.05
     transient_statuses: frozenset[int] = DEFAULT_TRANSIENT_STATUSES
-    # deliver_sm buffered inside smpp34 per bind before it must be read.
+    # deliver_sm received and not yet acknowledged, per bind; more are answered
+    # ESME_RX_T_APPN (the SMSC tries them again later).
     inbound_capacity: int = 8192
-    liveness_check_s: float = 1.0
-    drain_s: float = 0.25  # read what a dead session still holds before dropping it
+    # enquire_link after this long without a PDU from the SMSC.
+    enquire_link_s: float = 30.0
 
 
 @dataclass(slots=True)
@@ -143,37 +176,26 @@ class SmppCounters:
     retries: int = 0  # parts submitted again after a slow-down answer
     in_doubt: int = 0  # parts with no answer (bind lost, response timeout)
     reconnects: int = 0  # binds re-established after a loss
-    receipts: int = 0  # delivery receipts received
-    inbound: int = 0  # MO messages received
+    receipts: int = 0  # delivery receipts received (re-deliveries included)
+    inbound: int = 0  # MO messages received (re-deliveries included)
+    acked: int = 0  # deliver_sm answered ESME_ROK after the event's ack()
+    refused_inbound: int = 0  # deliver_sm answered with an error (unreadable, over capacity)
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)
 
 
 class _Bind:
-    __slots__ = (
-        "index",
-        "client",
-        "smsc",
-        "up",
-        "window",
-        "bucket",
-        "task",
-        "ever_bound",
-        "suspect",
-        "inflight",
-    )
+    __slots__ = ("index", "session", "up", "window", "bucket", "task", "ever_bound", "inflight")
 
     def __init__(self, index: int, window: int, rate: float) -> None:
         self.index = index
-        self.client: smpp34.Client | None = None
-        self.smsc: smpp34.Smsc | None = None
+        self.session: SmppSession | None = None
         self.up = False
         self.window = asyncio.Semaphore(window)
         self.bucket = AimdBucket(rate)
         self.task: asyncio.Task[None] | None = None
         self.ever_bound = False
-        self.suspect = asyncio.Event()  # set by a failing submit: check liveness now
         self.inflight = 0  # messages being sent on this bind
 
 
@@ -249,13 +271,17 @@ class SmppGateway:
     async def close(self) -> None:
         """Let in-flight submits finish (bounded), unbind every session, end ``events()``.
 
-        ``send`` calls made after ``close`` began return ``not_bound``.
+        ``send`` calls made after ``close`` began return ``not_bound``. Events not
+        acknowledged by then stay unanswered: the SMSC delivers them again later.
         """
         self._closing = True
+        await asyncio.sleep(0)  # acks already given (scheduled on the loop) go first
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.route.response_timeout_s
         while any(b.inflight for b in self._binds) and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        sessions = [b.session for b in self._binds if b.session is not None]
+        await asyncio.gather(*(s.unbind(timeout=2.0) for s in sessions), return_exceptions=True)
         for b in self._binds:
             if b.task is not None:
                 b.task.cancel()
@@ -263,7 +289,7 @@ class SmppGateway:
             if b.task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await b.task
-            await self._drop(b, unbind=True)
+            self._drop(b)
         self._any_up.clear()
         self._events.put_nowait(None)
 
@@ -290,148 +316,133 @@ class SmppGateway:
             await asyncio.sleep(0.02)
 
     async def _supervise(self, b: _Bind) -> None:
-        """Keep one bind up: connect with backoff, read until the session ends, repeat."""
+        """Keep one bind up: connect with backoff, wait until the session ends, repeat."""
         r = self.route
         delay = r.reconnect_min_s
+        bind = BindRequest(r.system_id, r.password, r.system_type)
         while not self._closing:
-            client = smpp34.Client(
-                r.host,
-                r.port,
-                r.system_id,
-                r.password,
-                bind_type="TRX",
-                system_type=r.system_type,
-                window_size=r.window,
-                inbound_capacity=r.inbound_capacity,
-                connect_timeout_ms=r.connect_timeout_ms,
-            )
             try:
-                smsc = await client.connect()
-            except Exception as exc:  # refused, timed out, bind rejected: all mean "later"
+                session = await smpp_session.connect(
+                    r.host,
+                    r.port,
+                    bind,
+                    functools.partial(self._on_request, b),
+                    bind_type="TRX",
+                    connect_timeout_s=r.connect_timeout_ms / 1000,
+                    response_timeout_s=r.response_timeout_s,
+                    enquire_link_s=r.enquire_link_s,
+                    name=f"{self.name}-bind{b.index}",
+                )
+            except (OSError, TimeoutError) as exc:  # refused, timed out, bind rejected: "later"
                 log.debug("%s bind%d: connect failed: %s", self.name, b.index, exc)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.stop(), 2.0)
                 await asyncio.sleep(delay * (0.5 + self._rng.random()))
                 delay = min(delay * 2, r.reconnect_max_s)
                 continue
-            b.client, b.smsc, b.up = client, smsc, True
-            b.suspect.clear()
+            if self._closing:
+                await session.unbind()
+                return
+            b.session, b.up = session, True
             if b.ever_bound:
                 self.counters.reconnects += 1
             b.ever_bound = True
             self._any_up.set()
             delay = r.reconnect_min_s
             log.info("%s bind%d: bound to %s:%s", self.name, b.index, r.host, r.port)
-            reader = asyncio.create_task(self._read(b, smsc))
-            watchdog = asyncio.create_task(self._watch(b, client))
             try:
-                await asyncio.wait((reader, watchdog), return_when=asyncio.FIRST_COMPLETED)
-                if not reader.done():
-                    # Dead without Disconnected: what smpp34 already buffered (and ACKed)
-                    # can still be read, so give the reader a moment to take it.
-                    await asyncio.wait((reader,), timeout=r.drain_s)
+                await session.wait_closed()
             finally:
-                reader.cancel()
-                watchdog.cancel()
-                await asyncio.gather(reader, watchdog, return_exceptions=True)
-                await self._drop(b, unbind=self._closing)
+                session.close()
+                self._drop(b)
             if not self._closing:
                 log.warning("%s bind%d: session lost, reconnecting", self.name, b.index)
 
-    async def _watch(self, b: _Bind, client: smpp34.Client) -> None:
-        """Return when the session is dead.
-
-        smpp34 does not always yield ``Disconnected`` (e.g. after its inbound buffer
-        overflowed), so liveness is also polled, at once when a submit fails.
-        """
-        while True:
-            try:
-                await asyncio.wait_for(b.suspect.wait(), self.route.liveness_check_s)
-            except TimeoutError:
-                pass
-            b.suspect.clear()
-            try:
-                alive = await client.is_alive()
-            except Exception:
-                alive = False
-            if not alive:
-                return
-
-    async def _drop(self, b: _Bind, *, unbind: bool) -> None:
-        smsc, client = b.smsc, b.client
-        b.up, b.smsc, b.client = False, None, None
+    def _drop(self, b: _Bind) -> None:
+        b.up, b.session = False, None
         if not any(x.up for x in self._binds):
             self._any_up.clear()
-        if unbind and smsc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(smsc.unbind(), 2.0)
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.stop(), 2.0)
 
     # ── inbound ───────────────────────────────────────────────────────────────
 
-    async def _read(self, b: _Bind, smsc: smpp34.Smsc) -> None:
-        # Never blocks on the consumer: smpp34 ACKs deliver_sm on arrival and its session
-        # dies when its inbound buffer overflows, so events are buffered here instead.
-        put = self._events.put_nowait
-        while True:
-            try:
-                ev = await smsc.next()
-            except smpp34.SmppError:
-                return
-            if not isinstance(ev, smpp34.DeliverSmEvent):
-                return  # Disconnected
-            try:
-                event = self._to_event(ev)
-            except Exception:  # a malformed PDU must not kill the bind
-                log.exception("%s bind%d: unreadable deliver_sm", self.name, b.index)
-                continue
-            put(event)
+    def _on_request(self, b: _Bind, session: SmppSession, pdu: Pdu) -> None:
+        """A request from the SMSC (enquire_link and unbind are the session's)."""
+        if pdu.command_id != DELIVER_SM:
+            session.nack(pdu, smpp_session.ESME_RINVCMDID)
+            return
+        if session.owed > self.route.inbound_capacity:
+            self.counters.refused_inbound += 1
+            session.respond(pdu, ESME_RX_T_APPN, _DELIVER_SM_RESP_BODY)
+            return
+        ack = AckOnce(asyncio.get_running_loop(), functools.partial(self._answer, session, pdu))
+        try:
+            event = self._to_event(pdu.decode(), ack)
+        except Exception:  # it can never be recorded: say so, or it comes back forever
+            log.warning("%s bind%d: unreadable deliver_sm refused", self.name, b.index)
+            self.counters.refused_inbound += 1
+            session.respond(pdu, ESME_RX_P_APPN, _DELIVER_SM_RESP_BODY)
+            return
+        self._events.put_nowait(event)
+
+    def _answer(self, session: SmppSession, pdu: Pdu) -> None:
+        # A no-op when the session is gone: the SMSC will deliver the event again.
+        if session.respond(pdu, ESME_ROK, _DELIVER_SM_RESP_BODY):
+            self.counters.acked += 1
 
     @property
     def events_backlog(self) -> int:
         """Events received but not yet taken from ``events()``."""
         return self._events.qsize()
 
-    def _to_event(self, ev: smpp34.DeliverSmEvent) -> GatewayEvent:
-        body = ev.short_message
+    @property
+    def unacknowledged(self) -> int:
+        """``deliver_sm`` on live binds still waiting for their event's ``ack()``."""
+        return sum(b.session.owed for b in self._binds if b.session is not None)
+
+    def _to_event(self, pdu: smpp34.DeliverSm, ack: AckOnce) -> GatewayEvent:
+        body = pdu.short_message
         message_id: str | None = None
+        user_ref: str | None = None
         state: str | None = None
         net_err: str | None = None
-        for tlv in ev.tlvs:
+        for tlv in pdu.tlvs:
             tag = tlv.tag
             if tag == _TLV_RECEIPTED_MESSAGE_ID:
                 message_id = tlv.value.rstrip(b"\x00").decode("latin-1")
+            elif tag == _TLV_USER_MESSAGE_REFERENCE and len(tlv.value) == 2:
+                user_ref = str(int.from_bytes(tlv.value, "big"))
             elif tag == _TLV_MESSAGE_STATE and tlv.value:
                 state = state_name(tlv.value[0])
             elif tag == _TLV_MESSAGE_PAYLOAD and not body:
                 body = tlv.value
             elif tag == _TLV_NETWORK_ERROR_CODE and len(tlv.value) == 3:
                 net_err = f"{int.from_bytes(tlv.value[1:], 'big'):03d}"
-        if ev.esm_class & 0x3C in (0x04, 0x20):  # SMSC delivery receipt / intermediate notification
+        # SMSC delivery receipt, or intermediate notification
+        if pdu.esm_class & 0x3C in (0x04, 0x20):
             self.counters.receipts += 1
             parsed = parse_receipt_text(body.decode("latin-1"))
             return GatewayReceipt(
                 gateway_message_id=message_id or parsed.message_id or "",
                 state=state or parsed.state or "UNKNOWN",
                 error_code=parsed.error_code if parsed.error_code is not None else net_err,
-                destination=_e164(ev.source_addr, ev.source_addr_ton),
+                destination=_e164(pdu.source_addr, pdu.source_addr_ton),
                 received_at_ms=_now_ms(),
+                ack=ack,
             )
         self.counters.inbound += 1
         return GatewayInbound(
-            source=_e164(ev.source_addr, ev.source_addr_ton),
-            destination=_e164(ev.destination_addr, ev.dest_addr_ton),
-            text=decode_short_message(body, ev.data_coding, ev.esm_class),
+            source=_e164(pdu.source_addr, pdu.source_addr_ton),
+            destination=_e164(pdu.destination_addr, pdu.dest_addr_ton),
+            text=decode_short_message(body, pdu.data_coding, pdu.esm_class),
             received_at_ms=_now_ms(),
+            gateway_ref=message_id or user_ref,
+            ack=ack,
         )
 
     async def events(self) -> AsyncIterator[GatewayEvent]:
         """Receipts and MO messages in arrival order; ends after ``close()``.
 
-        Consume from one task. The buffer is unbounded (see ``events_backlog``): receipts
-        are already acknowledged to the SMSC when they arrive, so they are never dropped.
+        Consume from one task, and call each event's ``ack()`` once it is recorded (see
+        ``connectors.gateway``). The buffer here is unbounded; the SMSC's own window and
+        ``inbound_capacity`` bound how many unacknowledged events a bind can hold.
         """
         while True:
             event = await self._events.get()
@@ -450,20 +461,6 @@ class SmppGateway:
                 self._rr = (b.index + 1) % n
                 return b
         return None
-
-    async def _check_alive(self, b: _Bind) -> None:
-        client = b.client
-        if client is None or not b.up:
-            return
-        try:
-            alive = await client.is_alive()
-        except Exception:
-            alive = False
-        if not alive and b.client is client:
-            b.up = False  # stop picking it; the watchdog recycles the session
-            if not any(x.up for x in self._binds):
-                self._any_up.clear()
-            b.suspect.set()
 
     async def _acquire_bind(self) -> _Bind | None:
         if self._closing:
@@ -489,13 +486,20 @@ class SmppGateway:
         b = await self._acquire_bind()
         if b is None:
             return SubmitResult(sms.message_id, [], False, 0, "not_bound", True)
+        validity = "" if sms.valid_until_ms is None else absolute_time(sms.valid_until_ms)
         source = _address(sms.source)
         counters = self.counters
         ids: list[str] = []
         b.inflight += 1  # lets close() wait for messages under way
         try:
             for part in sms.parts:
-                outcome = await self._submit_part(b, sms, part, source)
+                try:
+                    body = self._submit_body(sms, part, source, validity)
+                except smpp34.SmppError as exc:  # the codec refuses this part: it never will
+                    status = _status_of(exc)
+                    counters.rejected += 1
+                    return SubmitResult(sms.message_id, ids, False, status, str(exc), False)
+                outcome = await self._submit_part(b, body)
                 switches = 0
                 while outcome == "not_bound" and not ids and switches < len(self._binds):
                     # Nothing of this message went out yet: another bind may take it.
@@ -505,13 +509,13 @@ class SmppGateway:
                     b.inflight -= 1
                     nb.inflight += 1
                     b, switches = nb, switches + 1
-                    outcome = await self._submit_part(b, sms, part, source)
+                    outcome = await self._submit_part(b, body)
                 if isinstance(outcome, str):
                     # "not_bound" after accepted parts: this part was never sent.
                     if outcome == "in_doubt":
                         counters.in_doubt += 1
                     return SubmitResult(sms.message_id, ids, False, 0, outcome, True)
-                status = outcome.command_status
+                status, message_id = outcome
                 if status != ESME_ROK:
                     counters.rejected += 1
                     retryable = status in self.route.transient_statuses
@@ -519,60 +523,66 @@ class SmppGateway:
                         sms.message_id, ids, False, status, status_text(status), retryable
                     )
                 counters.submitted += 1
-                ids.append(outcome.message_id or "")
+                ids.append(message_id)
             return SubmitResult(sms.message_id, ids, True, 0, None, False)
         finally:
             b.inflight -= 1
 
-    async def _submit_part(
-        self, b: _Bind, sms: OutboundSms, part: bytes, source: tuple[str, int, int]
-    ) -> smpp34.SubmitSmResp | str:
+    @staticmethod
+    def _submit_body(
+        sms: OutboundSms, part: bytes, source: tuple[str, int, int], validity: str
+    ) -> bytes:
+        pdu = smpp34.SubmitSm(
+            source[0],
+            sms.destination[1:],
+            part,
+            source_addr_ton=source[1],
+            source_addr_npi=source[2],
+            dest_addr_ton=1,
+            dest_addr_npi=1,
+            esm_class=sms.esm_class,
+            priority_flag=min(max(sms.priority, 0), 3),
+            validity_period=validity,
+            registered_delivery=1,
+            data_coding=sms.data_coding,
+        )
+        return pdu_body(pdu.encode())
+
+    async def _submit_part(self, b: _Bind, body: bytes) -> tuple[int, str] | str:
         """Submit one part on ``b``, resubmitting after slow-down answers (bounded).
 
-        Returns the SMSC's last answer, ``"not_bound"`` when the part was never sent,
-        or ``"in_doubt"`` when it was sent and no answer came.
+        Returns the SMSC's last answer as ``(command_status, message_id)``,
+        ``"not_bound"`` when the part was never sent, or ``"in_doubt"`` when it was sent
+        and no answer came.
         """
         r = self.route
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
-            smsc = b.smsc
-            if smsc is None or not b.up:
+            if not b.up or b.session is None or not b.session.open:
                 return "not_bound"
             async with b.window:
                 wait = b.bucket.reserve(loop.time())
                 if wait:
                     await asyncio.sleep(wait)
-                    smsc = b.smsc
-                    if smsc is None or not b.up:
-                        return "not_bound"
+                session = b.session
+                if not b.up or session is None or not session.open:
+                    return "not_bound"
                 try:
-                    async with asyncio.timeout(r.response_timeout_s):
-                        resp = await smsc.submit_sm(
-                            sms.destination[1:],
-                            part,
-                            source_addr=source[0],
-                            source_addr_ton=source[1],
-                            source_addr_npi=source[2],
-                            dest_addr_ton=1,
-                            dest_addr_npi=1,
-                            esm_class=sms.esm_class,
-                            priority_flag=min(max(sms.priority, 0), 3),
-                            registered_delivery=1,
-                            data_coding=sms.data_coding,
-                        )
+                    # Written at once (the session is open): any failure now is in doubt.
+                    answer = await session.call(SUBMIT_SM, body, timeout=r.response_timeout_s)
                 except TimeoutError:
+                    session.probe()  # a silent SMSC: find out now whether the link is dead
                     return "in_doubt"
-                except smpp34.SmppError:
-                    # The session failed under this part: maybe sent, maybe not.
-                    await self._check_alive(b)
+                except SessionClosed:
                     return "in_doubt"
-            if resp.command_status not in SLOW_DOWN_STATUSES:
-                return resp
+            status = answer.status
+            if status not in SLOW_DOWN_STATUSES:
+                return status, read_cstring(answer.body)[0] if status == ESME_ROK else ""
             self.counters.throttled += 1
             b.bucket.slow_down(loop.time())
             if attempt >= r.throttle_retries:
-                return resp
+                return status, ""
             attempt += 1
             self.counters.retries += 1
             backoff = min(r.throttle_backoff_s * (1 << (attempt - 1)), 1.0)

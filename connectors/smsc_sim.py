@@ -1,19 +1,32 @@
 """An SMSC simulator that speaks real SMPP 3.4 over TCP, for tests and the demo.
 
-It accepts any ESME bind (smpp34's Python server exposes no bind hook, so passwords are
-not checked), answers ``submit_sm`` like an operator would - with latency, random
-failures, ``ESME_RTHROTTLED`` above a per-session rate, and sometimes no answer at all -
-and later sends a delivery receipt for every accepted message. It can also push MO
-messages (replies such as STOP) to a bound ESME.
+It accepts any ESME bind (passwords are not checked), answers ``submit_sm`` like an
+operator would - with latency, random failures, ``ESME_RTHROTTLED`` above a per-session
+rate, and sometimes no answer at all - and later sends a delivery receipt for every
+accepted message. It can also push MO messages (replies such as STOP) to a bound ESME.
+Each connection is a ``connectors.smpp_session.SmppSession`` (smpp34 is the PDU codec).
+
+Like a real SMSC it stores and forwards what it delivers: a receipt or an MO counts as
+delivered only when the ESME answers its ``deliver_sm`` with ``ESME_ROK``. Until then it
+stays in the system id's outbox: when the session carrying it ends, it goes out again on
+another receiving session of the same ``system_id`` (at once, or on the next bind); when
+the answer is an error or does not come within ``deliver_timeout_s``, it is tried again
+after ``redeliver_s``. Only ``ESME_RX_P_APPN`` ("never") makes it give up. At most
+``deliver_window`` ``deliver_sm`` per session wait for their answers.
+
+The validity period of each submit (``validity_period``, SMPP absolute or relative time)
+is logged; a message whose validity has passed when its receipt is due gets ``EXPIRED``
+instead of a random outcome. An unreadable validity period is refused ``ESME_RINVEXPIRY``.
 
 Run it::
 
     python -m connectors.smsc_sim --port 2775 --control-port 8775 --log /tmp/submits.jsonl
 
 Control channel (when ``--control-port`` is given): ``POST /mo`` with
-``{"from": "+7916...", "to": "Shop", "text": "STOP"}`` injects an MO; ``GET /submits``
-(optionally ``?since=N``) lists logged submits; ``GET /health`` says how many sessions are
-bound.
+``{"from": "+7916...", "to": "Shop", "text": "STOP"}`` queues an MO for a bound session
+(409 when none is bound; 200 once it is on its way, before the ESME acknowledged it);
+``GET /submits`` (optionally ``?since=N``) lists logged submits; ``GET /health`` says how
+many sessions are bound and how many deliveries wait.
 """
 
 from __future__ import annotations
@@ -21,12 +34,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import itertools
 import json
 import logging
 import os
 import random
 import signal
-import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -39,13 +53,31 @@ import smpp34
 
 from connectors.receipts import STATE_CODES, format_receipt_text
 from connectors.sim_args import admission, span, weights
+from connectors.smpp_session import (
+    BIND_TYPES,
+    DELIVER_SM,
+    SUBMIT_SM,
+    BindRequest,
+    Pdu,
+    SessionClosed,
+    SmppSession,
+    cstring,
+    parse_time,
+    pdu_body,
+)
 from pipeline.sender.throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
 ESME_ROK = 0x00
+ESME_RINVCMDID = 0x03
+ESME_RINVBNDSTS = 0x04
+ESME_RALYBND = 0x05
 ESME_RSYSERR = 0x08
+ESME_RBINDFAIL = 0x0D
 ESME_RTHROTTLED = 0x58
+ESME_RINVEXPIRY = 0x62
+ESME_RX_P_APPN = 0x65
 
 _TLV_RECEIPTED_MESSAGE_ID = 0x001E
 _TLV_MESSAGE_STATE = 0x0427
@@ -81,7 +113,10 @@ class SimConfig:
     log_path: Path | None = None  # append every submit as one JSON line
     control_port: int | None = None  # aiohttp control channel; None = off
     keep_submits: int = 200_000  # in-memory log size (oldest dropped first)
-    inbound_capacity: int = 16_384  # submit_sm smpp34 may buffer before the loop reads them
+    deliver_timeout_s: float = 30.0  # no deliver_sm_resp by then: deliver it again later
+    deliver_window: int = 512  # deliver_sm awaiting their answer, per session
+    redeliver_s: float = 5.0  # wait before retrying a refused or unanswered deliver_sm
+    enquire_link_s: float = 30.0  # probe an ESME silent for this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +139,54 @@ class SubmitRecord:
     message_id: str | None
     status: int  # the command_status answered (0 also for dropped answers)
     dropped: bool  # accepted, but the answer was withheld
+    validity_period: str = ""  # as sent ('' = the SMSC's default)
+    valid_until_ms: int | None = None  # validity_period as epoch ms
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["short_message"] = self.short_message.hex()
         return d
+
+
+@dataclass(slots=True)
+class SimStats:
+    """What the simulator delivered (receipts and MO), for tests and ``GET /health``."""
+
+    deliveries_sent: int = 0  # deliver_sm written (re-sends included)
+    delivered: int = 0  # answered ESME_ROK
+    refused: int = 0  # answered with an error status (tried again, except ESME_RX_P_APPN)
+    unanswered: int = 0  # no answer within deliver_timeout_s (tried again)
+    session_lost: int = 0  # the session ended before the answer (tried again)
+    given_up: int = 0  # answered ESME_RX_P_APPN
+
+
+@dataclass(slots=True, eq=False)
+class _Delivery:
+    """A receipt or MO on its way: the deliver_sm body, kept byte-identical for re-sends."""
+
+    system_id: str
+    session_id: str  # the session to prefer ('' = any of the system id)
+    body: bytes
+    attempts: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Peer:
+    """One ESME connection."""
+
+    session_id: str
+    session: SmppSession | None = None
+    system_id: str = ""
+    bind_type: str = ""  # RX, TX, TRX once bound
+    in_flight: int = 0  # deliver_sm awaiting their answer
+
+    @property
+    def can_receive(self) -> bool:
+        return self.bind_type in ("RX", "TRX") and self.session is not None and self.session.open
+
+    @property
+    def can_transmit(self) -> bool:
+        return self.bind_type in ("TX", "TRX")
 
 
 def _sms_date(ms: int) -> str:
@@ -130,24 +208,28 @@ def encode_mo_text(text: str) -> tuple[bytes, int]:
     return text.encode("utf-16-be"), 8
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class SmscSimulator:
     """The simulator: ``await start()``, ``await stop()``; see ``SimConfig`` for behaviour."""
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
+        self.stats = SimStats()
         self._rng = random.Random(config.seed)
-        self._server: smpp34.Server | None = None
-        self._loop_task: asyncio.Task[None] | None = None
+        self._server: asyncio.Server | None = None
         self._control: Any = None  # aiohttp AppRunner
-        self._sessions: dict[str, smpp34.Esme] = {}
-        self._session_system: dict[str, str] = {}
+        self._peers: set[_Peer] = set()  # every connection, bound or not
+        self._sessions: dict[str, _Peer] = {}  # bound ones by session id
+        self._connections = 0
         self._buckets: dict[str, TokenBucket] = {}
-        self._pending_receipts: dict[str, deque[tuple[SubmitRecord, str]]] = {}
-        self._held: deque[tuple[float, smpp34.SubmitSmEvent]] = deque()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._outbox: dict[str, deque[_Delivery]] = {}  # per system id, waiting for a receiver
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._retrying = 0  # deliveries waiting out redeliver_s
         self._submits: deque[SubmitRecord] = deque(maxlen=config.keep_submits)
         self._submit_count = 0
-        self._binds_seen = 0
         self._stopping = False
         self._log_file: IO[str] | None = None
         self._next_id = (time.time_ns() // 1_000_000) << 24
@@ -158,7 +240,7 @@ class SmscSimulator:
         if unknown:
             raise ValueError(f"unknown receipt states: {unknown}")
         self._outcome_names = [k for k, _ in outcomes]
-        self._outcome_weights = [w for _, w in outcomes]
+        self._outcome_weights = list(itertools.accumulate(w for _, w in outcomes))
 
     # ── lifecycle ──────────────────────────────────────────────────────────────
 
@@ -167,48 +249,30 @@ class SmscSimulator:
         c = self.config
         if c.log_path is not None:
             self._log_file = open(c.log_path, "a", encoding="utf-8")
-        self._server = smpp34.Server(
-            c.host, c.port, system_id=c.system_id, inbound_capacity=c.inbound_capacity
-        )
-        await self._server.start()
-        self._loop_task = asyncio.create_task(self._serve(self._server), name="smsc-sim")
+        self._server = await asyncio.start_server(self._serve, c.host, c.port)
         if c.control_port is not None:
             await self._start_control(c.control_port)
 
     async def stop(self) -> None:
-        """Unbind every session, close the listener, drop pending timers."""
+        """Unbind every session, close the listener, drop timers.
+
+        Receipts and MO not yet acknowledged stay in the outbox (a restarted simulator
+        object starts empty, like an SMSC that lost its store).
+        """
         server, self._server = self._server, None  # timers now see a stopped SMSC
         if server is not None:
-            # smpp34's Server.stop() stops accepting but leaves established sessions
-            # open, and a bind may reach our loop a moment after its bind_resp went out:
-            # let the loop catch up, stop accepting, then unbind every session we know.
             self._stopping = True
-            while True:
-                binds_seen = self._binds_seen
-                await asyncio.sleep(0.05)
-                if self._binds_seen == binds_seen:
-                    break
-            with contextlib.suppress(Exception):
-                await server.stop()
-            for esme in list(self._sessions.values()):
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(esme.unbind(), 2.0)
+            server.close()
+            peers = [p.session for p in list(self._peers) if p.session is not None]
+            await asyncio.gather(*(s.unbind(timeout=2.0) for s in peers), return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
             self._stopping = False
         self._sessions.clear()
-        self._session_system.clear()
-        for task in [self._loop_task, *self._tasks]:
-            if task is not None:
-                task.cancel()
-        for task in [self._loop_task, *self._tasks]:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        self._loop_task = None
-        self._tasks.clear()
-        for _, ev in self._held:
-            with contextlib.suppress(Exception):
-                ev.reject(ESME_RSYSERR)
-        self._held.clear()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._retrying = 0
         if self._control is not None:
             await self._control.cleanup()
             self._control = None
@@ -238,58 +302,118 @@ class SmscSimulator:
     @property
     def sessions(self) -> dict[str, str]:
         """Bound sessions: session id -> system id."""
-        return dict(self._session_system)
+        return {sid: p.system_id for sid, p in self._sessions.items()}
 
-    # ── the SMPP loop ─────────────────────────────────────────────────────────
+    @property
+    def waiting(self) -> int:
+        """Receipts and MO not delivered yet (in the outbox or awaiting an answer)."""
+        queued = sum(len(q) for q in self._outbox.values())
+        return queued + sum(p.in_flight for p in self._peers) + self._retrying
 
-    async def _serve(self, server: smpp34.Server) -> None:
-        while True:
-            try:
-                ev = await server.next()
-            except smpp34.SmppError:
-                return  # server stopped
-            if isinstance(ev, smpp34.SubmitSmEvent):
-                if self._stopping:
-                    ev.reject(ESME_RSYSERR)
-                else:
-                    self._on_submit(ev)
-            elif isinstance(ev, smpp34.Esme):
-                self._binds_seen += 1
-                self._sessions[ev.session_id] = ev
-                self._session_system[ev.session_id] = ev.system_id
-                if not self._stopping:
-                    self._flush_pending(ev.system_id)
-            elif isinstance(ev, smpp34.Unbound):
-                self._sessions.pop(ev.session_id, None)
-                self._session_system.pop(ev.session_id, None)
-                self._buckets.pop(ev.session_id, None)
+    # ── sessions ──────────────────────────────────────────────────────────────
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._connections += 1
+        # Unique across simulator restarts too (a log may span several processes).
+        peer = _Peer(session_id=f"sim-{os.getpid()}-{self._connections}")
+        session = SmppSession(
+            reader,
+            writer,
+            functools.partial(self._on_request, peer),
+            enquire_link_s=self.config.enquire_link_s,
+            name=f"smsc-sim/{peer.session_id}",
+        )
+        peer.session = session
+        self._peers.add(peer)
+        session.start()
+        try:
+            await session.wait_closed()
+        finally:
+            session.close()
+            self._peers.discard(peer)
+            self._sessions.pop(peer.session_id, None)
+            self._buckets.pop(peer.session_id, None)
+
+    def _on_request(self, peer: _Peer, session: SmppSession, pdu: Pdu) -> None:
+        command = pdu.command_id
+        if command in BIND_TYPES:
+            self._on_bind(peer, session, pdu)
+        elif not peer.bind_type:
+            session.nack(pdu, ESME_RINVBNDSTS)
+        elif command == SUBMIT_SM:
+            if not peer.can_transmit:
+                session.respond(pdu, ESME_RINVBNDSTS)
+            elif self._stopping:
+                session.respond(pdu, ESME_RSYSERR)
+            else:
+                self._on_submit(peer, session, pdu)
+        else:
+            session.nack(pdu, ESME_RINVCMDID)
+
+    def _on_bind(self, peer: _Peer, session: SmppSession, pdu: Pdu) -> None:
+        if peer.bind_type:
+            session.respond(pdu, ESME_RALYBND)
+            return
+        try:
+            request = BindRequest.parse(pdu.body)
+        except ValueError:
+            session.respond(pdu, ESME_RBINDFAIL)
+            return
+        if self._stopping or self._server is None:
+            session.respond(pdu, ESME_RBINDFAIL)
+            return
+        peer.system_id, peer.bind_type = request.system_id, BIND_TYPES[pdu.command_id]
+        self._sessions[peer.session_id] = peer
+        session.respond(pdu, ESME_ROK, cstring(self.config.system_id))
+        if peer.can_receive:
+            self._pump(peer.system_id)
+
+    # ── submits ───────────────────────────────────────────────────────────────
 
     def _new_id(self) -> str:
         self._next_id += 1
         return format(self._next_id, "x")
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _later(self, delay: float, callback: Any, *args: Any) -> None:
+        """``call_later`` that ``stop`` cancels."""
 
-    def _on_submit(self, ev: smpp34.SubmitSmEvent) -> None:
+        def fire() -> None:
+            self._timers.discard(handle)
+            callback(*args)
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
+
+    def _on_submit(self, peer: _Peer, session: SmppSession, pdu: Pdu) -> None:
         c = self.config
         rng = self._rng
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        sid = ev.session_id
+        sid = peer.session_id
+        try:
+            sm = pdu.decode()
+        except smpp34.SmppError:
+            session.respond(pdu, ESME_RSYSERR)
+            return
+        now_ms = _now_ms()
         message_id: str | None = None
         dropped = False
+        valid_until_ms: int | None = None
         if c.throttle_above_per_s > 0:
             bucket = self._buckets.get(sid)
             if bucket is None:
                 bucket = self._buckets[sid] = admission(c.throttle_above_per_s)
-            admitted = bucket.try_take(now) == 0.0
+            admitted = bucket.try_take(loop.time()) == 0.0
         else:
             admitted = True
+        try:
+            valid_until_ms = parse_time(sm.validity_period, now_ms)
+            valid = True
+        except ValueError:
+            valid = False
         if not admitted:
             status = ESME_RTHROTTLED
+        elif not valid:
+            status = ESME_RINVEXPIRY
         elif c.failure_rate > 0 and rng.random() < c.failure_rate:
             status = ESME_RSYSERR
         else:
@@ -297,90 +421,60 @@ class SmscSimulator:
             message_id = self._new_id()
             dropped = c.drop_response_rate > 0 and rng.random() < c.drop_response_rate
         record = SubmitRecord(
-            at_ms=time.time_ns() // 1_000_000,
+            at_ms=now_ms,
             session_id=sid,
-            system_id=self._session_system.get(sid, ""),
-            source=ev.source_addr,
-            source_ton=ev.source_addr_ton,
-            source_npi=ev.source_addr_npi,
-            destination=ev.destination_addr,
-            dest_ton=ev.dest_addr_ton,
-            dest_npi=ev.dest_addr_npi,
-            data_coding=ev.data_coding,
-            esm_class=ev.esm_class,
-            registered_delivery=ev.registered_delivery,
-            short_message=ev.short_message,
+            system_id=peer.system_id,
+            source=sm.source_addr,
+            source_ton=sm.source_addr_ton,
+            source_npi=sm.source_addr_npi,
+            destination=sm.destination_addr,
+            dest_ton=sm.dest_addr_ton,
+            dest_npi=sm.dest_addr_npi,
+            data_coding=sm.data_coding,
+            esm_class=sm.esm_class,
+            registered_delivery=sm.registered_delivery,
+            short_message=sm.short_message,
             message_id=message_id,
             status=status,
             dropped=dropped,
+            validity_period=sm.validity_period,
+            valid_until_ms=valid_until_ms,
         )
         self._record(record)
 
         if status == ESME_RTHROTTLED:
-            ev.reject(status)  # an overloaded SMSC answers at once
+            session.respond(pdu, status)  # an overloaded SMSC answers at once
             return
-        if self._held:
-            self._expire_held(now)
-        if dropped:
-            # smpp34 NAKs an event that is garbage-collected undecided, so hold it.
-            self._held.append((now + c.drop_hold_ms / 1000, ev))
         latency = self._pick_ms(c.latency_ms) / 1000
         if status != ESME_ROK:
-            self._answer_later(ev, latency, None, status)
+            self._answer_later(session, pdu, latency, None, status)
             return
         assert message_id is not None
+        if dropped:  # the answer is withheld, then comes (too late) as an error
+            self._later(c.drop_hold_ms / 1000, self._answer, session, pdu, None, ESME_RSYSERR)
         if record.registered_delivery & 0x03:
             if c.receipt_before_response > 0 and rng.random() < c.receipt_before_response:
-                self._spawn(self._receipt_then_answer(ev, record, message_id, latency, dropped))
-                return
-            delay = latency + self._pick_ms(c.receipt_delay_ms) / 1000
-            loop.call_later(delay, self._receipt_due, record, message_id)
+                # Written now, on this session when it has room: ahead of the response.
+                self._receipt_due(record, message_id)
+            else:
+                delay = latency + self._pick_ms(c.receipt_delay_ms) / 1000
+                self._later(delay, self._receipt_due, record, message_id)
         if not dropped:
-            self._answer_later(ev, latency, message_id, ESME_ROK)
-
-    def _receipt_due(self, record: SubmitRecord, message_id: str) -> None:
-        if self._server is None:  # stopped: keep it for the next bind, like a real SMSC
-            self._keep_pending(
-                record, self._rng.choices(self._outcome_names, self._outcome_weights)[0]
-            )
-            return
-        self._spawn(self._send_receipt(record, message_id))
+            self._answer_later(session, pdu, latency, message_id, ESME_ROK)
 
     def _answer_later(
-        self, ev: smpp34.SubmitSmEvent, delay: float, message_id: str | None, status: int
+        self, session: SmppSession, pdu: Pdu, delay: float, message_id: str | None, status: int
     ) -> None:
         if delay <= 0:
-            self._answer(ev, message_id, status)
+            self._answer(session, pdu, message_id, status)
         else:
-            asyncio.get_running_loop().call_later(delay, self._answer, ev, message_id, status)
+            self._later(delay, self._answer, session, pdu, message_id, status)
 
     @staticmethod
-    def _answer(ev: smpp34.SubmitSmEvent, message_id: str | None, status: int) -> None:
-        try:
-            if status == ESME_ROK and message_id is not None:
-                ev.accept(message_id)
-            else:
-                ev.reject(status)
-        except smpp34.SmppError:
-            pass  # the session went away meanwhile
-
-    async def _receipt_then_answer(
-        self,
-        ev: smpp34.SubmitSmEvent,
-        record: SubmitRecord,
-        message_id: str,
-        latency: float,
-        dropped: bool,
-    ) -> None:
-        await self._send_receipt(record, message_id)
-        if not dropped:
-            self._answer_later(ev, latency, message_id, ESME_ROK)
-
-    def _expire_held(self, now: float) -> None:
-        held = self._held
-        while held and held[0][0] <= now:
-            _, ev = held.popleft()
-            self._answer(ev, None, ESME_RSYSERR)
+    def _answer(session: SmppSession, pdu: Pdu, message_id: str | None, status: int) -> None:
+        # No body with an error status (SMPP 3.4, 4.4.2); a no-op on a closed session.
+        body = cstring(message_id) if status == ESME_ROK and message_id is not None else b""
+        session.respond(pdu, status, body)
 
     def _pick_ms(self, span: tuple[float, float]) -> float:
         low, high = span
@@ -393,54 +487,16 @@ class SmscSimulator:
             self._log_file.write(json.dumps(record.to_json()) + "\n")
             self._log_file.flush()
 
-    # ── receipts and MO ───────────────────────────────────────────────────────
+    # ── receipts and MO: store and forward ────────────────────────────────────
 
-    def _receipt_target(self, session_id: str, system_id: str) -> smpp34.Esme | None:
-        esme = self._sessions.get(session_id)
-        if esme is not None and esme.can_receive:
-            return esme
-        for sid, sys_id in self._session_system.items():
-            if sys_id == system_id:
-                other = self._sessions.get(sid)
-                if other is not None and other.can_receive:
-                    return other
-        return None
-
-    async def _send_receipt(self, record: SubmitRecord, message_id: str) -> None:
-        esme = self._receipt_target(record.session_id, record.system_id)
-        state = self._rng.choices(self._outcome_names, self._outcome_weights)[0]
+    def _receipt_due(self, record: SubmitRecord, message_id: str) -> None:
+        now_ms = _now_ms()
+        if record.valid_until_ms is not None and now_ms >= record.valid_until_ms:
+            state = "EXPIRED"  # its validity ran out before it could be delivered
+        else:
+            state = self._rng.choices(self._outcome_names, cum_weights=self._outcome_weights)[0]
         if record.registered_delivery & 0x03 == 2 and state == "DELIVRD":
             return  # receipt asked for failures only
-        if esme is None:
-            self._keep_pending(record, state)
-            return
-        if not await self._deliver_receipt(esme, record, message_id, state):
-            self._keep_pending(record, state)
-
-    def _keep_pending(self, record: SubmitRecord, state: str) -> None:
-        # Store-and-forward: the receipt waits for the next bind of the same system_id.
-        queue = self._pending_receipts.setdefault(record.system_id, deque(maxlen=100_000))
-        queue.append((record, state))
-
-    def _flush_pending(self, system_id: str) -> None:
-        queue = self._pending_receipts.pop(system_id, None)
-        if not queue:
-            return
-
-        async def flush() -> None:
-            for record, state in queue:
-                esme = self._receipt_target(record.session_id, system_id)
-                if esme is None or not await self._deliver_receipt(
-                    esme, record, record.message_id or "", state
-                ):
-                    self._keep_pending(record, state)
-
-        self._spawn(flush())
-
-    async def _deliver_receipt(
-        self, esme: smpp34.Esme, record: SubmitRecord, message_id: str, state: str
-    ) -> bool:
-        now_ms = time.time_ns() // 1_000_000
         body = record.short_message
         if record.esm_class & 0x40 and body:
             body = body[1 + body[0] :]
@@ -457,53 +513,52 @@ class SmscSimulator:
             _sms_date(now_ms),
             preview,
         )
-        try:
-            resp = await esme.deliver_sm(
-                record.source,
-                text.encode("latin-1", errors="replace"),
-                source_addr=record.destination,
-                source_addr_ton=record.dest_ton,
-                source_addr_npi=record.dest_npi,
-                dest_addr_ton=record.source_ton,
-                dest_addr_npi=record.source_npi,
-                esm_class=0x04,
-                tlvs=[
-                    smpp34.Tlv(_TLV_RECEIPTED_MESSAGE_ID, message_id.encode("ascii") + b"\x00"),
-                    smpp34.Tlv(_TLV_MESSAGE_STATE, bytes([STATE_CODES[state]])),
-                ],
-            )
-        except smpp34.SmppError:
-            return False
-        return resp.is_success
+        pdu = smpp34.DeliverSm(
+            source_addr=record.destination,
+            destination_addr=record.source,
+            short_message=text.encode("latin-1", errors="replace"),
+            source_addr_ton=record.dest_ton,
+            source_addr_npi=record.dest_npi,
+            dest_addr_ton=record.source_ton,
+            dest_addr_npi=record.source_npi,
+            esm_class=0x04,
+            tlvs=[
+                smpp34.Tlv(_TLV_RECEIPTED_MESSAGE_ID, message_id.encode("ascii") + b"\x00"),
+                smpp34.Tlv(_TLV_MESSAGE_STATE, bytes([STATE_CODES[state]])),
+            ],
+        )
+        self._enqueue(_Delivery(record.system_id, record.session_id, pdu_body(pdu.encode())))
 
     async def inject_mo(
         self, source: str, destination: str, text: str, system_id: str | None = None
-    ) -> None:
-        """Send an MO ``deliver_sm`` to a bound session (of ``system_id`` if given).
+    ) -> str:
+        """Queue an MO ``deliver_sm`` for a bound session (of ``system_id`` if given).
 
-        Raises ``LookupError`` when no session can receive, ``RuntimeError`` when the
-        ESME refuses it.
+        Returns the MO's SMSC id (sent as ``receipted_message_id``). It is written at
+        once when the session has room, and delivered again (see the module docstring)
+        until the ESME acknowledges it. Raises ``LookupError`` when no session can receive.
         """
-        esme = next(
+        peer = next(
             (
-                e
-                for sid, e in self._sessions.items()
-                if e.can_receive and system_id in (None, self._session_system.get(sid))
+                p
+                for p in self._sessions.values()
+                if p.can_receive and system_id in (None, p.system_id)
             ),
             None,
         )
-        if esme is None:
+        if peer is None:
             raise LookupError("no bound session can receive")
+        mo_id = self._new_id()
         body, data_coding = encode_mo_text(text)
         src, src_ton, src_npi = _addr(source)
         dst, dst_ton, dst_npi = _addr(destination)
-        tlvs: list[smpp34.Tlv] = []
+        tlvs = [smpp34.Tlv(_TLV_RECEIPTED_MESSAGE_ID, mo_id.encode("ascii") + b"\x00")]
         if len(body) > 254:
-            tlvs, body = [smpp34.Tlv(_TLV_MESSAGE_PAYLOAD, body)], b""
-        resp = await esme.deliver_sm(
-            dst,
-            body,
+            tlvs, body = [*tlvs, smpp34.Tlv(_TLV_MESSAGE_PAYLOAD, body)], b""
+        pdu = smpp34.DeliverSm(
             source_addr=src,
+            destination_addr=dst,
+            short_message=body,
             source_addr_ton=src_ton,
             source_addr_npi=src_npi,
             dest_addr_ton=dst_ton,
@@ -511,8 +566,79 @@ class SmscSimulator:
             data_coding=data_coding,
             tlvs=tlvs,
         )
-        if not resp.is_success:
-            raise RuntimeError(f"ESME answered deliver_sm with 0x{resp.command_status:08X}")
+        self._enqueue(_Delivery(peer.system_id, peer.session_id, pdu_body(pdu.encode())))
+        return mo_id
+
+    def _enqueue(self, delivery: _Delivery) -> None:
+        queue = self._outbox.setdefault(delivery.system_id, deque(maxlen=100_000))
+        queue.append(delivery)
+        self._pump(delivery.system_id)
+
+    def _receiver(self, system_id: str, preferred: str) -> _Peer | None:
+        """The session to deliver on: ``preferred`` if it has room, else the least busy."""
+        window = self.config.deliver_window
+        peer = self._sessions.get(preferred)
+        if peer is not None and peer.system_id == system_id and peer.can_receive:
+            if peer.in_flight < window:
+                return peer
+        candidates = [
+            p
+            for p in self._sessions.values()
+            if p.system_id == system_id and p.can_receive and p.in_flight < window
+        ]
+        return min(candidates, key=lambda p: p.in_flight, default=None)
+
+    def _pump(self, system_id: str) -> None:
+        """Write what waits for ``system_id`` on its receiving sessions, while they have room."""
+        if self._server is None or self._stopping:
+            return  # kept for the next bind, like a real SMSC
+        queue = self._outbox.get(system_id)
+        while queue:
+            peer = self._receiver(system_id, queue[0].session_id)
+            if peer is None or peer.session is None:
+                return
+            delivery = queue.popleft()
+            try:
+                answer = peer.session.send_request(
+                    DELIVER_SM, delivery.body, self.config.deliver_timeout_s
+                )
+            except SessionClosed:
+                queue.appendleft(delivery)
+                return
+            peer.in_flight += 1
+            delivery.attempts += 1
+            self.stats.deliveries_sent += 1
+            answer.add_done_callback(functools.partial(self._answered, peer, delivery))
+
+    def _answered(self, peer: _Peer, delivery: _Delivery, answer: asyncio.Future[Pdu]) -> None:
+        """The ESME's answer to a deliver_sm (or its absence): done, or deliver it again."""
+        stats = self.stats
+        peer.in_flight -= 1
+        retry_in: float | None = self.config.redeliver_s
+        error = answer.exception()
+        if isinstance(error, SessionClosed):
+            stats.session_lost += 1
+            retry_in = 0.0  # on another session now, or on the next bind
+        elif error is not None:
+            stats.unanswered += 1
+        elif answer.result().status == ESME_ROK:
+            stats.delivered += 1
+            retry_in = None
+        elif answer.result().status == ESME_RX_P_APPN:
+            stats.given_up += 1
+            retry_in = None
+        else:
+            stats.refused += 1
+        if retry_in == 0.0:
+            self._enqueue(delivery)
+        elif retry_in is not None:
+            self._retrying += 1
+            self._later(retry_in, self._retry, delivery)
+        self._pump(delivery.system_id)
+
+    def _retry(self, delivery: _Delivery) -> None:
+        self._retrying -= 1
+        self._enqueue(delivery)
 
     # ── control channel ───────────────────────────────────────────────────────
 
@@ -526,12 +652,10 @@ class SmscSimulator:
             except (ValueError, KeyError, TypeError):
                 return web.json_response({"error": "want JSON {from, to, text}"}, status=400)
             try:
-                await asyncio.wait_for(self.inject_mo(source, dest, text), 10)
+                mo_id = await self.inject_mo(source, dest, text)
             except LookupError as exc:
                 return web.json_response({"error": str(exc)}, status=409)
-            except (RuntimeError, TimeoutError, smpp34.SmppError) as exc:
-                return web.json_response({"error": str(exc)}, status=502)
-            return web.json_response({"ok": True})
+            return web.json_response({"ok": True, "id": mo_id})
 
         async def get_submits(request: web.Request) -> web.Response:
             since = int(request.query.get("since", "0"))
@@ -541,7 +665,12 @@ class SmscSimulator:
 
         async def health(_: web.Request) -> web.Response:
             return web.json_response(
-                {"sessions": len(self._sessions), "submits": self._submit_count}
+                {
+                    "sessions": len(self._sessions),
+                    "submits": self._submit_count,
+                    "waiting": self.waiting,
+                    **asdict(self.stats),
+                }
             )
 
         app = web.Application()
@@ -585,6 +714,14 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     p.add_argument("--log", type=Path, default=None, help="append submits as JSON lines")
     p.add_argument("--control-port", type=int, default=None)
     p.add_argument("--keep-submits", type=int, default=d.keep_submits)
+    p.add_argument(
+        "--deliver-timeout-s",
+        type=float,
+        default=d.deliver_timeout_s,
+        help="wait this long for a deliver_sm_resp, then deliver again later",
+    )
+    p.add_argument("--deliver-window", type=int, default=d.deliver_window)
+    p.add_argument("--redeliver-s", type=float, default=d.redeliver_s)
     a = p.parse_args(argv)
     return SimConfig(
         host=a.host,
@@ -602,6 +739,9 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         log_path=a.log,
         control_port=a.control_port,
         keep_submits=a.keep_submits,
+        deliver_timeout_s=a.deliver_timeout_s,
+        deliver_window=a.deliver_window,
+        redeliver_s=a.redeliver_s,
     )
 
 
@@ -626,12 +766,6 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     asyncio.run(_run(parse_args(argv)))
-    # smpp34's tokio threads can touch the interpreter while it finalizes (seen as
-    # SIGSEGV/SIGABRT at exit about one time in three); everything is closed by now,
-    # so skip finalization.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def read_submit_log(path: Path) -> Iterator[dict[str, Any]]:

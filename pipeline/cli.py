@@ -1,17 +1,27 @@
-"""The `rassylka` command line: topics, rules, workers, demo, analytics, benchmark."""
+"""The `rassylka` command line: topics, rules, workers, demo, analytics, benchmark.
+
+This is the boundary where errors meet people: `main` catches the project's errors
+(`pipeline.errors`) and Kafka client errors and prints one or two lines — what failed,
+the address or file, what to do — with a non-zero exit; `--debug` (or RASSYLKA_DEBUG=1)
+shows the traceback instead. Every command that talks to Kafka first waits a few seconds
+for the broker (`kafka_io.ensure_reachable`), so a broker that is down is one clear line.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from pipeline.settings import Settings
+from pipeline.errors import ConfigError
+from pipeline.settings import ROOT, Settings
 
-app = typer.Typer(help="Rassylka: event-driven SMS notifications on Kafka.", no_args_is_help=True)
+app = typer.Typer(help="Rassylka: event-driven SMS notifications on Kafka.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
 topics_cli = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=True)
 rules_cli = typer.Typer(help="Notification rules and templates under config/.", no_args_is_help=True)
 app.add_typer(topics_cli, name="topics")
@@ -20,8 +30,52 @@ app.add_typer(rules_cli, name="rules")
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
+_debug = {"on": False}
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", envvar="RASSYLKA_DEBUG",
+                               help="Show tracebacks instead of one-line errors."),
+) -> None:
+    _debug["on"] = debug
+
+
 def _settings() -> Settings:
     return Settings.from_env()
+
+
+def _say(message: str) -> None:
+    typer.echo(f"[rassylka] {message}", err=True)
+
+
+def wait_for_kafka(settings: Settings) -> None:
+    """Wait (at most `settings.kafka_wait_s`) for the broker; KafkaUnreachable if it is down."""
+    from pipeline.kafka_io import ensure_reachable
+
+    ensure_reachable(settings.kafka_bootstrap, settings.kafka_wait_s, on_wait=_say)
+
+
+def check_rules(settings: Settings) -> None:
+    """Raise ConfigError naming the first bad file or rule of `settings.config_dir`, if any."""
+    from pipeline.rules.loader import validate
+
+    problems = validate(settings.config_dir)
+    if problems:
+        raise rules_error(settings.config_dir, problems)
+
+
+def rules_error(config_dir: Path, problems: list[str]) -> ConfigError:
+    """A ConfigError whose problems name real paths and whose hint is `rules validate`."""
+    folder = Path(config_dir)
+    default = folder.resolve() == (ROOT / "config").resolve()
+    shown = problems if default else [
+        f"{folder}/{p[len('config/'):]}" if p.startswith("config/") else p for p in problems
+    ]
+    option = "" if default else f" --config-dir {folder}"
+    return ConfigError(
+        shown, hint=f"invalid rules: see every problem with `rassylka rules validate{option}`"
+    )
 
 
 @topics_cli.command("create")
@@ -32,6 +86,7 @@ def topics_create() -> None:
     from pipeline.topics import BY_NAME, create_topics
 
     settings = _settings()
+    wait_for_kafka(settings)
     result = create_topics(settings)
     table = Table(title=f"Topics on {settings.kafka_bootstrap}")
     for column in ("topic", "status", "partitions", "cleanup", "key", "schema"):
@@ -69,13 +124,19 @@ def _run_faust(stage: str, loglevel: str) -> None:
     from pipeline.topics import CATALOG, create_topics, wait_until_ready
 
     settings = _settings()
+    if stage == "router":
+        check_rules(settings)
+    wait_for_kafka(settings)
     create_topics(settings)
     wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
     faust_app = create_app(settings, stage)
     if stage == "router":
         from pipeline.router.agents import install_router
 
-        install_router(faust_app, settings)
+        try:
+            install_router(faust_app, settings)
+        except ConfigError as exc:  # changed since check_rules
+            raise rules_error(settings.config_dir, exc.problems) from exc
     else:  # pragma: no cover - typer restricts the choices
         raise typer.BadParameter(stage)
     worker = faust.Worker(faust_app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
@@ -103,14 +164,18 @@ def sender(
 
     logging.getLogger().setLevel(loglevel.upper())
     settings = _settings()
-    create_topics(settings)
-    wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
     policy, limits = load_policy(settings.config_dir)
     gateway, rate = build_gateway(settings, limits, route)
-    import os
+    wait_for_kafka(settings)
+    create_topics(settings)
+    wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
 
-    worker = SenderWorker(settings, policy, gateway, rate, worker_id=worker_id,
-                          max_in_flight=int(os.environ.get("RASSYLKA_MAX_IN_FLIGHT", "1024")))
+    worker = SenderWorker(
+        settings, policy, gateway, rate, worker_id=worker_id,
+        max_in_flight=int(os.environ.get("RASSYLKA_MAX_IN_FLIGHT", "1024")),
+        uncorrelated_wait_ms=int(float(os.environ.get("RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S", "60"))
+                                 * 1000),
+        fault=os.environ.get("RASSYLKA_SENDER_FAULT") or None)
     stats = asyncio.run(worker.run())
     console.print(f"sender {worker_id} stopped: {stats}", highlight=False)
 
@@ -129,7 +194,9 @@ def bench(
     """Benchmark: throughput, latency percentiles and the ratio to a plain Kafka loop."""
     from pipeline.bench import run_bench
 
-    sys.exit(run_bench(_settings(), console, events, rate, seconds, routers, senders, state_numbers,
+    settings = _settings()
+    wait_for_kafka(settings)
+    sys.exit(run_bench(settings, console, events, rate, seconds, routers, senders, state_numbers,
                        sink_records, restart))
 
 
@@ -138,7 +205,9 @@ def demo() -> None:
     """Run the whole pipeline on sample data against the real broker and print the results."""
     from pipeline.demo import run_demo
 
-    sys.exit(run_demo(_settings(), console))
+    settings = _settings()
+    wait_for_kafka(settings)
+    sys.exit(run_demo(settings, console))
 
 
 from pipeline.analytics.cli import analytics_cli, report_command, sink_command  # noqa: E402
@@ -147,14 +216,25 @@ app.add_typer(analytics_cli, name="analytics")
 app.command("report")(report_command)
 app.command("sink")(sink_command)
 
+from pipeline.offsets import reset_offsets_command  # noqa: E402
+
+app.command("reset-offsets")(reset_offsets_command)
+
 
 @app.command()
 def redirect(host: str = typer.Option("0.0.0.0", help="Address to listen on."),
-             port: int = typer.Option(8080, help="Port to listen on.")) -> None:
+             port: int = typer.Option(8080, help="Port to listen on."),
+             dev: bool = typer.Option(False, "--dev", help="Allow the public development link "
+                                      "secret when RASSYLKA_LINK_SECRET is unset (local runs, "
+                                      "the demo): anyone can forge such links.")) -> None:
     """Run the click redirect service: /c/<code> -> the original link, one click event each."""
     from connectors.redirect import redirect_command
+    from pipeline.links import require_link_secret
 
-    redirect_command(host, port)
+    secret = require_link_secret(allow_dev=dev)
+    settings = _settings()
+    wait_for_kafka(settings)
+    redirect_command(host, port, settings=settings, secret=secret)
 
 
 @app.command()
@@ -163,13 +243,50 @@ def attribution(loglevel: str = typer.Option("warn", help="crit, error, warn, in
     """Run the attribution worker (Faust): paid orders -> conversions credited to the last touch."""
     from pipeline.attribution.agents import attribution_command
 
+    wait_for_kafka(_settings())
     attribution_command(loglevel, window_days)
 
 
 def main() -> None:
-    """Entry point of the `rassylka` command."""
+    """Entry point of the `rassylka` command: runs it, turning errors into one or two lines.
+
+    Exit codes: 0 done, 1 a failure reported here (or by the command itself), 2 a usage
+    error (typer). With --debug / RASSYLKA_DEBUG=1 the traceback is shown instead.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app()
+    from confluent_kafka import KafkaException
+
+    from pipeline.errors import RassylkaError, summary
+
+    try:
+        app()
+    except RassylkaError as exc:
+        if _debugging():
+            raise
+        _fail(summary(exc))
+    except KafkaException as exc:  # the broker went away after the start-up check
+        if _debugging():
+            raise
+        err = exc.args[0] if exc.args else exc
+        text = err.str() if hasattr(err, "str") else str(err)
+        _fail([f"Kafka error at {_bootstrap()}: {text} (--debug shows the traceback)"])
+
+
+def _debugging() -> bool:
+    return _debug["on"] or os.environ.get("RASSYLKA_DEBUG", "") not in ("", "0")
+
+
+def _bootstrap() -> str:
+    try:
+        return Settings.from_env().kafka_bootstrap
+    except ConfigError:
+        return "?"
+
+
+def _fail(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(f"error: {line}" if line is lines[0] else f"       {line}", err=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@
 Starts an SMSC simulator (real SMPP), a router and a sender worker in a fresh topic
 namespace, publishes customers, consents, events and a few bad inputs, lets a customer
 reply STOP, and prints what happened to every request.
+
+Everything it writes stays under `.run/demo/` (`settings.DEMO_DIR`): worker logs, and its
+own embedded ClickHouse folder `.run/demo/clickhouse`, wiped at each run, so the demo never
+mixes with `.run/clickhouse`, the default store of `rassylka sink` and `rassylka report`.
+The redirect service runs with `--dev`: links are signed with the public development
+secret unless RASSYLKA_LINK_SECRET is set.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pipeline.procs import free_port, start_simulator, start_stage, stop
 from pipeline.samples import demo_samples, promotion_event
 from pipeline.sender.decision import Reject
 from pipeline.sender.numbers import normalise
-from pipeline.settings import ROOT, Settings
+from pipeline.settings import DEMO_DIR, Settings
 from pipeline.simulate import GroundTruth, simulate
 from pipeline.topics import create_topics
 
@@ -46,7 +52,7 @@ def _mo(control: int, source: str, text: str) -> None:
 def run_demo(base: Settings, console: Console) -> int:
     """Run the demo in a fresh topic namespace; returns the process exit code."""
     tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
-    log_dir = ROOT / ".run" / "demo"
+    log_dir = DEMO_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
     clickhouse_dir = log_dir / "clickhouse"
     if base.clickhouse_url.startswith("chdb://"):
@@ -72,8 +78,9 @@ def run_demo(base: Settings, console: Console) -> int:
                                      {"RASSYLKA_SMPP_PORT": str(port)}))
             status.update("[bold]starting click redirect, attribution and analytics sink ...")
             redirect_port = free_port()
-            procs.append(start_stage(settings, ["redirect", "--host", "127.0.0.1", "--port",
-                                                str(redirect_port)], log_dir / f"redirect-{tag}.log"))
+            procs.append(start_stage(settings, ["redirect", "--dev", "--host", "127.0.0.1",
+                                                "--port", str(redirect_port)],
+                                     log_dir / f"redirect-{tag}.log"))
             procs.append(start_stage(settings, ["attribution"], log_dir / f"attribution-{tag}.log"))
             sink = start_stage(settings, ["sink"], log_dir / f"sink-{tag}.log")
             procs.append(sink)

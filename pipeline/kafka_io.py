@@ -2,16 +2,94 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from pipeline import avro
+from pipeline.errors import ConfigError, KafkaUnreachable
 from pipeline.settings import Settings
+
+# librdkafka's own log lines ("Connect to ... failed") during the reachability probe: the
+# probe's outcome is reported once, as KafkaUnreachable, not as a stream of retries.
+_probe_log = logging.getLogger(f"{__name__}.probe")
+_probe_log.addHandler(logging.NullHandler())
+_probe_log.propagate = False
+
+
+def ensure_reachable(
+    bootstrap: str, timeout: float = 8.0, on_wait: Callable[[str], None] | None = None
+) -> None:
+    """Return once a Kafka broker at `bootstrap` answers a metadata request.
+
+    Called by every command and worker before its first Kafka client, so that a broker
+    that is down is one clear line rather than a long silent wait and a traceback. Waits
+    at most `timeout` seconds (a broker still starting gets that long), calling
+    `on_wait(message)` once when the first attempt fails. Raises KafkaUnreachable naming
+    the address, ConfigError when `bootstrap` is not a list of host:port.
+    """
+    servers = _servers(bootstrap)
+    deadline = time.monotonic() + timeout
+    told = False
+    detail = ""
+    while True:
+        detail = _tcp_probe(servers, max(0.2, min(2.0, deadline - time.monotonic())))
+        if not detail:
+            detail = _metadata_probe(bootstrap, max(1.0, min(3.0, deadline - time.monotonic())))
+            if not detail:
+                return
+        if time.monotonic() >= deadline:
+            raise KafkaUnreachable(bootstrap, timeout, detail)
+        if not told and on_wait is not None:
+            on_wait(f"waiting up to {timeout:.0f} s for Kafka at {bootstrap} ...")
+            told = True
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def _servers(bootstrap: str) -> list[tuple[str, int]]:
+    """(host, port) of each bootstrap server; as librdkafka reads them (an optional
+    `protocol://` prefix, port 9092 when none is given)."""
+    servers = []
+    for item in bootstrap.split(","):
+        address = item.strip().split("://", 1)[-1]
+        host, sep, port = address.rpartition(":")
+        if not sep or host.endswith(":"):  # no port, or a bare IPv6 address
+            host, port = address, "9092"
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise ConfigError([f"KAFKA_BOOTSTRAP: {item.strip()!r} is not host:port"])
+        servers.append((host, int(port)))
+    return servers
+
+
+def _tcp_probe(servers: list[tuple[str, int]], timeout: float) -> str:
+    """'' when some server accepts a TCP connection, else why the last one did not."""
+    why = ""
+    for host, port in servers:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                return ""
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+    return why.lower()
+
+
+def _metadata_probe(bootstrap: str, timeout: float) -> str:
+    """'' when the cluster answers a metadata request, else why it did not."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _probe_log})
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        return err.str() if isinstance(err, KafkaError) else str(exc)
+    return ""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pipeline.errors import PermanentError
+from pipeline.errors import ConfigError, PermanentError
 
 DEFAULT_BASE = "https://s.rsl.ink"
 DEV_SECRET = "rassylka-dev-link-secret"  # only for local runs; set RASSYLKA_LINK_SECRET in production
@@ -68,6 +68,25 @@ def link_secret(environ: Mapping[str, str] | None = None) -> str:
     """The HMAC secret from RASSYLKA_LINK_SECRET, or the documented dev secret when unset."""
     env = os.environ if environ is None else environ
     return env.get(SECRET_ENV) or DEV_SECRET
+
+
+def require_link_secret(environ: Mapping[str, str] | None = None, allow_dev: bool = False) -> str:
+    """The secret the redirect service checks codes with, read once at its start.
+
+    RASSYLKA_LINK_SECRET when set. Unset, the public development secret is returned only
+    with `allow_dev` (the demo, local runs: anyone can forge links signed with it, so the
+    caller warns); otherwise ConfigError saying what to set.
+    """
+    env = os.environ if environ is None else environ
+    secret = env.get(SECRET_ENV)
+    if secret:
+        return secret
+    if not allow_dev:
+        raise ConfigError([
+            f"{SECRET_ENV} is not set — set it to the secret the router signs links with "
+            f"(or pass --dev to run locally with the public development secret)"
+        ])
+    return DEV_SECRET
 
 
 def link_base(environ: Mapping[str, str] | None = None) -> str:

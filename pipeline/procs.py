@@ -13,7 +13,11 @@ from pipeline.settings import ROOT, Settings
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process build the same `settings`."""
+    """The environment that makes a child process build the same `settings`.
+
+    Kafka goes by its full address (KAFKA_BOOTSTRAP), so a child uses the broker its
+    parent uses whatever KAFKA_PORT it inherits.
+    """
     env = dict(os.environ)
     env.update(
         KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
@@ -24,6 +28,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         CLICKHOUSE_URL=settings.clickhouse_url,
         RASSYLKA_PHONE_HASH_KEY=settings.phone_hash_key,
         RASSYLKA_APP_ID=settings.app_id,
+        RASSYLKA_KAFKA_WAIT_S=str(settings.kafka_wait_s),
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -33,6 +33,7 @@ CONSENT = "customers.consent"
 REQUESTS_TRANSACTIONAL = "sms.requests.transactional"
 REQUESTS_MARKETING = "sms.requests.marketing"
 OUTCOMES = "sms.outcomes"
+REDELIVERIES = "sms.redeliveries"
 RECEIPTS = "sms.receipts"
 INBOUND = "sms.inbound"
 CLICKS = "sms.clicks"
@@ -50,6 +51,8 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(REQUESTS_TRANSACTIONAL, "notification_request", "customer_id", doc="Lane 1"),
     TopicSpec(REQUESTS_MARKETING, "notification_request", "customer_id", doc="Lane 2"),
     TopicSpec(OUTCOMES, "send_outcome", "request_id", doc="One terminal outcome per request"),
+    TopicSpec(REDELIVERIES, "send_outcome", "request_id",
+              doc="Requests delivered again (replays): counted, never a second outcome"),
     TopicSpec(RECEIPTS, "delivery_receipt", "message_id", doc="Correlated receipts"),
     TopicSpec(INBOUND, "inbound_message", "from_number", doc="Replies (MO)"),
     TopicSpec(CLICKS, "click", "message_id", doc="Tracked link clicks"),

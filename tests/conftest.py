@@ -1,4 +1,8 @@
-"""Shared fixtures: one real Kafka broker per test session, a private namespace per test."""
+"""Shared fixtures: one real Kafka broker per test session, a private namespace per test.
+
+Tests read their own copy of the configuration, `tests/fixtures/config/` (FIXTURE_CONFIG),
+never the live `config/`: operators add rules and templates there without breaking tests.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import ROOT, Settings
+from pipeline.settings import ROOT, Settings, local_bootstrap
 from pipeline.topics import create_topics
+
+FIXTURE_CONFIG = Path(__file__).resolve().parent / "fixtures" / "config"
+
+
+@pytest.fixture(scope="session")
+def fixture_config() -> Path:
+    """The tests' copy of `config/` (read-only: copy it to tmp_path to change it)."""
+    return FIXTURE_CONFIG
 
 
 def _docker_answers() -> bool:
@@ -42,12 +54,13 @@ def kafka_bootstrap() -> Iterator[str]:
             yield container.get_bootstrap_server()
         return
     subprocess.run([str(ROOT / "infra" / "kafka" / "kafka.sh"), "up"], check=True, timeout=300)
-    yield "127.0.0.1:" + os.environ.get("KAFKA_PORT", "19092")
+    yield local_bootstrap(os.environ)  # where kafka.sh started it: 127.0.0.1:$KAFKA_PORT
 
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
-    """Settings for one test: its own topic prefix, consumer groups and state folder."""
+    """Settings for one test: its own topic prefix, consumer groups and state folder, and
+    the tests' copy of the configuration."""
     tag = uuid.uuid4().hex[:10]
     base = Settings.from_env({})
     return replace(
@@ -56,6 +69,7 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
         topic_prefix=f"t{tag}.",
         app_id=f"t{tag}",
         partitions=2,
+        config_dir=FIXTURE_CONFIG,
         state_dir=tmp_path / "state",
         clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}",
     )

@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
 # Local single-node Apache Kafka (KRaft) for Rassylka: fetch | up | down | restart | status.
 #
-#   KAFKA_PORT        client port on 127.0.0.1 (default 19092; the controller uses PORT+1)
-#   KAFKA_HOME_DIR    where jars, storage and logs live (default infra/kafka/.cache)
-#   KAFKA_BOOTSTRAP   when set, an existing cluster is used and nothing is fetched or started
+#   KAFKA_PORT             client port on 127.0.0.1 (default 19092); every rassylka command
+#                          and worker uses 127.0.0.1:$KAFKA_PORT unless KAFKA_BOOTSTRAP is set
+#   KAFKA_CONTROLLER_PORT  the KRaft controller's port on 127.0.0.1 (default KAFKA_PORT+1)
+#   KAFKA_HOME_DIR         where jars, storage and logs live (default infra/kafka/.cache)
+#   KAFKA_BOOTSTRAP        when set, an existing cluster is used and nothing is fetched or started
+#
+# `up` refuses, in one line and before fetching or starting anything, when either port is
+# already taken (another checkout's broker, say).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+say() { printf '[kafka] %s\n' "$*" >&2; }
+is_port() { [[ "$1" =~ ^[0-9]+$ ]] && (( 10#$1 > 0 && 10#$1 < 65536 )); }
+
 PORT="${KAFKA_PORT:-19092}"
-CONTROLLER_PORT="$((PORT + 1))"
+is_port "$PORT" || { say "KAFKA_PORT=$PORT is not a TCP port number (1-65535)"; exit 2; }
+PORT="$((10#$PORT))"
+CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
+is_port "$CONTROLLER_PORT" || {
+  say "KAFKA_CONTROLLER_PORT=$CONTROLLER_PORT is not a TCP port number (set KAFKA_CONTROLLER_PORT, default KAFKA_PORT+1)"; exit 2; }
+CONTROLLER_PORT="$((10#$CONTROLLER_PORT))"
+if (( CONTROLLER_PORT == PORT )); then say "KAFKA_CONTROLLER_PORT must differ from KAFKA_PORT ($PORT)"; exit 2; fi
 HOME_DIR="${KAFKA_HOME_DIR:-$HERE/.cache}"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/pom.xml")"
 LIBS="$HOME_DIR/libs-$KAFKA_VERSION"
@@ -17,9 +31,37 @@ LOGS="$HOME_DIR/logs-$PORT"
 PIDFILE="$HOME_DIR/broker-$PORT.pid"
 CONF="$HOME_DIR/server-$PORT.properties"
 
-say() { printf '[kafka] %s\n' "$*" >&2; }
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+port_open() { listening "$PORT"; }
+
+# One line naming the knob when a port this broker needs is taken by another process.
+check_ports_free() {
+  if listening "$PORT"; then
+    say "port 127.0.0.1:$PORT is already in use (another checkout's broker?) — start this one elsewhere with KAFKA_PORT=<free port>, or use that broker with KAFKA_BOOTSTRAP=127.0.0.1:$PORT"
+    exit 1
+  fi
+  if listening "$CONTROLLER_PORT"; then
+    say "controller port 127.0.0.1:$CONTROLLER_PORT is already in use — set KAFKA_CONTROLLER_PORT=<free port> (default KAFKA_PORT+1) or choose another KAFKA_PORT"
+    exit 1
+  fi
+}
+
+# After the broker died during start-up: one line when a port was taken, else the log tails.
+explain_failed_start() {
+  local taken
+  taken="$(grep -ho 'bind to [0-9a-zA-Z.-]*:[0-9]*' "$LOGS/stdout.log" "$LOGS/server.log" 2>/dev/null | head -1 | sed 's/.*://')" || true
+  if [[ -n "$taken" ]] && grep -qs "Address already in use" "$LOGS/stdout.log" "$LOGS/server.log"; then
+    if [[ "$taken" == "$CONTROLLER_PORT" ]]; then
+      say "controller port 127.0.0.1:$CONTROLLER_PORT is already in use — set KAFKA_CONTROLLER_PORT=<free port> (default KAFKA_PORT+1) or choose another KAFKA_PORT"
+    else
+      say "port 127.0.0.1:$taken is already in use — start the broker elsewhere with KAFKA_PORT=<free port>"
+    fi
+    return
+  fi
+  say "broker exited during start-up; last lines of $LOGS/stdout.log and server.log:"
+  tail -n 20 "$LOGS/stdout.log" "$LOGS/server.log" >&2 || true
+}
 
 running() { [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
@@ -104,6 +146,7 @@ up() {
     say "broker already running on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"))"
     return 0
   fi
+  check_ports_free
   fetch
   write_config
   format_storage
@@ -116,8 +159,9 @@ up() {
   local waited=0
   until port_open && grep -q "Kafka Server started" "$LOGS/server.log" 2>/dev/null; do
     if ! running; then
-      say "broker exited during start-up; last lines of $LOGS/stdout.log and server.log:"
-      tail -n 20 "$LOGS/stdout.log" "$LOGS/server.log" >&2 || true
+      (( waited >= 4 )) && printf '\n' >&2
+      explain_failed_start
+      rm -f "$PIDFILE"
       exit 1
     fi
     if (( waited >= 120 )); then say "broker did not answer on port $PORT within 60 s; see $LOGS/server.log"; exit 1; fi

@@ -42,7 +42,7 @@ class OutputFormat(StrEnum):
 
 def _client(migrate_first: bool) -> Any:
     """The ClickHouse client of this deployment; exits 1 with a message when unreachable."""
-    from connectors.clickhouse import connect, migrate, redact
+    from connectors.clickhouse import ClickHouseLocked, connect, migrate, redact
     from pipeline.errors import RassylkaError
 
     url = Settings.from_env().clickhouse_url
@@ -50,6 +50,8 @@ def _client(migrate_first: bool) -> Any:
         client = connect(url)
         if migrate_first:
             migrate(client)
+    except ClickHouseLocked:
+        raise  # names the folder and what to do; printed by the CLI boundary
     except RassylkaError as exc:
         err_console.print(f"[red]ClickHouse at {redact(url)}: {exc}[/red]", highlight=False)
         raise typer.Exit(1) from exc
@@ -107,9 +109,15 @@ def report_command(
     ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, csv or json."),
 ) -> None:
-    """Print the funnel: sent → delivered → clicked → converted, rates, revenue and cost."""
-    from pipeline.analytics.report import funnel
+    """Print the funnel: sent → delivered → clicked → converted, rates, revenue and cost.
+
+    Says on stderr which store it read (stdout stays the report, for CSV and JSON), and how
+    to read the demo's store when this one has no messages and the demo's has.
+    """
+    from connectors.clickhouse import redact
+    from pipeline.analytics.report import empty_store_hint, funnel
     from pipeline.errors import RassylkaError
+    from pipeline.settings import DEMO_DIR
 
     group_by = [name.strip() for item in by or [] for name in item.split(",") if name.strip()]
     filters = {
@@ -123,6 +131,9 @@ def report_command(
                 dt.date.fromisoformat(day)
             except ValueError as exc:
                 raise typer.BadParameter(f"{day!r} is not a YYYY-MM-DD day", param_hint=label) from exc
+    url = redact(Settings.from_env().clickhouse_url)
+    err_console.print(f"reading {url} (CLICKHOUSE_URL selects another store)", highlight=False,
+                      soft_wrap=True)
     client = _client(migrate_first=True)
     try:
         rows = funnel(client, group_by, filters, since, until)
@@ -133,6 +144,10 @@ def report_command(
         raise typer.Exit(1) from exc
     finally:
         client.close()
+    demo_store = DEMO_DIR / "clickhouse"
+    hint = empty_store_hint(url, rows, f"chdb://{demo_store}" if demo_store.is_dir() else None)
+    if hint:
+        err_console.print(hint, highlight=False, soft_wrap=True)
     _print_rows(rows, fmt, title=_title(filters, since, until))
 
 
@@ -160,9 +175,11 @@ def sink_command(
         session_timeout_s=session_timeout,
         fault_file=fault_file,
     )
+    from pipeline.cli import wait_for_kafka
     from pipeline.topics import CATALOG, create_topics, wait_until_ready
 
     settings = Settings.from_env()
+    wait_for_kafka(settings)
     create_topics(settings)
     wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
     stats = run_sink(settings, config)

@@ -91,6 +91,17 @@ def funnel(
     return [_finish(row, dims) for row in client.query(sql, parameters=params)]
 
 
+def empty_store_hint(
+    url: str, rows: Sequence[Mapping[str, Any]], demo_url: str | None = None
+) -> str | None:
+    """How to read the demo's data, when the report read `url` and found no message sent
+    while `demo_url` (the demo's own chDB folder, when it exists) is another store."""
+    if not demo_url or demo_url == url or any(int(row.get("sent") or 0) for row in rows):
+        return None
+    return (f"no messages in {url}; `make demo` keeps its data apart, read it with: "
+            f"CLICKHOUSE_URL={demo_url} rassylka report")
+
+
 def render_table(rows: Sequence[Mapping[str, Any]], title: str | None = "Funnel") -> Table:
     """A rich table of report rows: dimensions left, numbers right, rates as percents."""
     table = Table(title=title)

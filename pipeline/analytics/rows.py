@@ -202,6 +202,23 @@ def consent_row(r: Record, key: str) -> Row:
     )
 
 
+REDELIVERY_COLUMNS = ("request_id", "lane", "rule_id", "campaign_id", "detail", "seen_at")
+
+
+def redelivery_row(r: Record, key: str = "") -> Row:
+    """A request delivered to the sender again (`send_outcome` with reason `duplicate`,
+    from `sms.redeliveries`) → `redeliveries`: counted there, never in `messages`, so a
+    replay cannot replace a request's real outcome."""
+    return (
+        r["request_id"],
+        r["lane"],
+        r["rule_id"],
+        _s(r.get("campaign_id")),
+        _s(r.get("detail"))[:200],
+        int(r["decided_at_ms"]),
+    )
+
+
 @dataclass(frozen=True)
 class TableMapping:
     """Where records of one schema go: the table, its insert columns, the row function."""
@@ -220,11 +237,14 @@ MAPPINGS: dict[str, TableMapping] = {
     "inbound_message": TableMapping("inbound", INBOUND_COLUMNS, inbound_row),
     "consent_change": TableMapping("consent_changes", CONSENT_COLUMNS, consent_row),
 }
+REDELIVERIES = TableMapping("redeliveries", REDELIVERY_COLUMNS, redelivery_row)
 
 
 def to_row(schema: str, record: Record, key: str) -> tuple[str, Row]:
     """The table and row for a record of `schema`; `InvalidRecord` when it cannot be mapped."""
     mapping = MAPPINGS.get(schema)
+    if schema == "send_outcome" and record.get("reason") == "duplicate":
+        mapping = REDELIVERIES  # also what senders before sms.redeliveries wrote as outcomes
     if mapping is None:
         raise InvalidRecord(f"no analytics table for schema {schema!r}")
     try:

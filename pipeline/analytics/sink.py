@@ -58,7 +58,7 @@ from connectors.clickhouse import (
     migrate,
 )
 from pipeline import avro, topics
-from pipeline.analytics.rows import MAPPINGS, to_row
+from pipeline.analytics.rows import MAPPINGS, REDELIVERIES, to_row
 from pipeline.analytics.writer import Batch, BatchWriter, Offset, SinkBuffer, write_with_retry
 from pipeline.deadletter import dead_letter
 from pipeline.errors import PermanentError, RassylkaError, RetryableError
@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_TOPICS = (
     topics.OUTCOMES,
+    topics.REDELIVERIES,
     topics.RECEIPTS,
     topics.CLICKS,
     topics.CONVERSIONS,
@@ -182,7 +183,7 @@ def build_writers(
 ) -> dict[str, BatchWriter]:
     """One writer per analytics table, wrapped for fault injection when `fault_file` is set."""
     writers: dict[str, BatchWriter] = {}
-    for mapping in MAPPINGS.values():
+    for mapping in (*MAPPINGS.values(), REDELIVERIES):
         writer = BatchWriter(client, mapping.table, mapping.columns, database)
         writers[mapping.table] = FaultInjectingWriter(writer, fault_file) if fault_file else writer
     return writers

@@ -2,6 +2,18 @@
 
 Turns the phone as typed in a customer profile into E.164, and rejects what cannot or may
 not receive an SMS. Parsing is cached: the same recipients come back all the time.
+
+The policy, as phonenumbers' metadata sees a number:
+
+* Accepted types are MOBILE and FIXED_LINE_OR_MOBILE. The second is a range the numbering
+  plan does not split (the US and Canada, some others): such numbers usually take SMS, and
+  refusing them would refuse most North American mobiles. Every other type (fixed line,
+  toll-free, premium, VoIP, pager, ...) is `not_mobile`.
+* The region checked against `allowed_regions` is the number's own region, not the
+  customer's country nor the calling code: +44 7911 ... numbers are Guernsey (GG),
+  +44 7797 ... Jersey (JE), +44 7624 ... the Isle of Man (IM). Allowing GB does not allow
+  GG, JE or IM; list them as well to send there. Likewise +7 70x numbers are Kazakhstan
+  (KZ), not RU.
 """
 
 from __future__ import annotations

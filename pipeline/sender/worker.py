@@ -14,6 +14,15 @@ Exactly-once with Kafka transactions, at-most-once on the wire for marketing:
   result are *in doubt*: transactional ones are sent again (a payment reminder must
   not be lost), marketing ones end as failed/in_doubt_not_resent (a duplicate promotion
   is worse than a missing one).
+* A worker that loses its partitions without dying (a broker outage longer than the
+  session timeout, an aborted transaction) keeps what it sent and the answers it got:
+  each on-the-wire entry carries a token of the process that sent it, so when the
+  partition comes back with that entry untouched the answer is recorded, not doubted.
+* Receipts and replies are acknowledged to the gateway only after the transaction that
+  recorded them committed (`GatewayReceipt.ack`); one the gateway sends again is
+  recognised (`replies.ReceiptBook`, `replies.InboundBook`) and recorded once.
+* A request delivered again (a replay, a router restart) gets no second outcome: it is
+  counted and published on `sms.redeliveries` instead.
 """
 
 from __future__ import annotations
@@ -21,12 +30,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import os
 import signal
 import struct
 import time
 import uuid
 import zlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +54,7 @@ from pipeline.sender.decision import Reject
 from pipeline.sender.dedup import LedgerEntry, record
 from pipeline.sender.expiry import Hold, check_expiry
 from pipeline.sender.numbers import normalise
+from pipeline.sender.replies import FINAL_RECEIPT_STATES, InboundBook, Part, ReceiptBook
 from pipeline.sender.stop_words import consent_changes_for_stop
 from pipeline.sender.throttle import PriorityGate, TokenBucket
 from pipeline.settings import Settings
@@ -52,9 +64,39 @@ from pipeline.state.store import PartitionedStore, read_partitions, watermarks
 log = logging.getLogger(__name__)
 
 LEDGER, QUEUED, WIRE, CONTENT, CAPS, HOLD, GATEWAY_ID = b"L", b"Q", b"W", b"C", b"F", b"H", b"G"
-FINAL_RECEIPT_STATES = frozenset({"DELIVRD", "UNDELIV", "EXPIRED", "REJECTD", "DELETED"})
+RECEIPT_DONE = b"R"  # a final receipt was recorded for this SMSC id (value: at_ms)
+PARKED = b"P"  # a receipt acknowledged before its SMSC id was known: <id>\0<state>
+PARK_RECEIPT_AFTER_MS = 2_000
 _UNTIL = struct.Struct("<q")
 UNCORRELATED_RECEIPT_WAIT_MS = 60_000
+# Test hooks (RASSYLKA_SENDER_FAULT): die right before / right after committing a
+# transaction that recorded receipts or replies, i.e. in the gaps an ack must not cross.
+FAULTS = frozenset({"exit_before_commit", "exit_after_commit"})
+PARKED_RESULT_KEEP_MS = 600_000  # answers for partitions away this long are given up
+_WIRE_MARK = b"\x01"  # WIRE value: mark, 8-byte sender token, the request's bytes
+
+
+def _wire_value(token: bytes, raw: bytes) -> bytes:
+    return _WIRE_MARK + token + raw
+
+
+def _park_value(arrived_ms: int, receipt: GatewayReceipt) -> bytes:
+    rest = "\x00".join((receipt.error_code or "", receipt.destination))
+    return _UNTIL.pack(arrived_ms) + _UNTIL.pack(receipt.received_at_ms) + rest.encode()
+
+
+def _unpark(key: bytes, value: bytes) -> tuple[int, GatewayReceipt]:
+    gw_id, state = key.decode().split("\x00", 1)
+    arrived, received = _UNTIL.unpack_from(value)[0], _UNTIL.unpack_from(value, 8)[0]
+    error_code, destination = value[16:].decode().split("\x00", 1)
+    return arrived, GatewayReceipt(gw_id, state, error_code or None, destination, received)
+
+
+def _wire_parts(value: bytes) -> tuple[bytes, bytes]:
+    """(token, request bytes) of a WIRE value; entries written before tokens have b""."""
+    if value[:1] == _WIRE_MARK:
+        return value[1:9], value[9:]
+    return b"", value
 
 
 def now_ms() -> int:
@@ -71,7 +113,9 @@ class Job:
     send: Send
     attempts: int = 1
     not_before_ms: int = 0
-    epoch: int = 0  # the partition's ownership epoch when the job went on the wire
+    token: bytes = b""  # written with the WIRE entry: this process sent it
+    result: SubmitResult | None = None  # the gateway's answer, once it came
+    answered_ms: int = 0
 
 
 @dataclass
@@ -81,7 +125,12 @@ class SenderStats:
     outcomes: dict[str, int] = field(default_factory=dict)
     submitted: int = 0
     receipts: int = 0
+    receipts_uncorrelated: int = 0
+    receipts_repeated: int = 0  # sent again by the gateway, already recorded
     inbound: int = 0
+    inbound_repeated: int = 0
+    redelivered_requests: int = 0  # requests delivered again: no second outcome
+    answers_kept: int = 0  # answers recorded after the partition came back
     resent_in_doubt: int = 0
     cycles: int = 0
     transactions: int = 0
@@ -151,7 +200,9 @@ class SenderWorker:
 
     def __init__(self, settings: Settings, policy: SenderPolicy, gateway: Gateway,
                  route_rate: float, worker_id: str = "0", max_in_flight: int = 1024,
-                 cycle_s: float = 0.02) -> None:
+                 cycle_s: float = 0.02,
+                 uncorrelated_wait_ms: int = UNCORRELATED_RECEIPT_WAIT_MS,
+                 fault: str | None = None) -> None:
         self.settings = settings
         self.policy = policy
         self.gateway = gateway
@@ -164,6 +215,10 @@ class SenderWorker:
         window = int(getattr(route, "binds", 0) or 0) * int(getattr(route, "window", 0) or 0)
         self.max_in_flight = min(max_in_flight, 2 * window) if window > 0 else max_in_flight
         self.cycle_s = cycle_s
+        self.uncorrelated_wait_ms = uncorrelated_wait_ms
+        if fault is not None and fault not in FAULTS:
+            raise ValueError(f"unknown sender fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
+        self.fault = fault
         self.stats = SenderStats()
         self.lane_topics = {
             settings.topic(topics.REQUESTS_TRANSACTIONAL): "transactional",
@@ -176,33 +231,44 @@ class SenderWorker:
         self.bucket = TokenBucket(route_rate, max(1.0, route_rate / 10))
         self.queue: PriorityGate[Job] = PriorityGate()
         self.holds: list[tuple[int, int, str]] = []  # (until_ms, partition, request_id)
-        self.gateway_ids: dict[str, tuple[int, str, int, int]] = {}  # gw id -> (p, msg id, seg, n)
-        self.finished: deque[tuple[Job, SubmitResult]] = deque()
+        self.receipts = ReceiptBook()
+        self.replies = InboundBook()
+        # Every job this process put on the wire whose answer is not committed yet, by
+        # request id: answers are kept across a lost partition (see `_recover`).
+        self.wire: dict[str, Job] = {}
+        self.token = uuid.uuid4().bytes[:8]
+        self.finished: deque[Job] = deque()
         self.events: deque[GatewayReceipt | GatewayInbound] = deque()
         self.pending_receipts: deque[tuple[int, GatewayReceipt]] = deque()
+        # (SMSC id, state) -> (partition holding it, arrived, receipt): acknowledged early
+        self.parked: dict[tuple[str, str], tuple[int, int, GatewayReceipt]] = {}
         self.in_flight: set[asyncio.Task[None]] = set()
         self.owned: set[int] = set()
-        # Bumped whenever a partition is given up: a submit that was on the wire before
-        # then is the next owner's (in doubt) and its late result must not be recorded.
-        self.epochs: dict[int, int] = {}
         self.stopping = False
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self._pending_in_doubt: list[tuple[int, dict[str, Any]]] = []
         self._consumer_failed: KafkaError | None = None
+        self._abort_pending = False
+        self._rewind_pending: set[int] | None = None
+        self._last_sweep_ms = 0
 
     # ---------------------------------------------------------------- set-up
     def _connect(self) -> None:
+        self.producer = self._new_producer()
+        self.consumer = self._new_consumer()
+
+    def _new_producer(self) -> Producer:
         s = self.settings
-        self.producer = Producer({
+        producer = Producer({
             "bootstrap.servers": s.kafka_bootstrap,
             "transactional.id": f"{self.group}-{self.worker_id}",
             "linger.ms": 2,
             "compression.type": "lz4",
-            "transaction.timeout.ms": 60_000,
+            "transaction.timeout.ms": 120_000,
         })
-        self.producer.init_transactions(30)
-        self.consumer = self._new_consumer()
+        producer.init_transactions(60)
+        return producer
 
     def _new_consumer(self) -> Consumer:
         s = self.settings
@@ -256,14 +322,15 @@ class SenderWorker:
         if not gone & self.owned:
             return
         self.owned -= gone
-        for p in gone:
-            self.epochs[p] = self.epochs.get(p, 0) + 1
         self.store.drop(gone)
         self._pending_in_doubt = [x for x in self._pending_in_doubt if x[0] not in gone]
         self.queue = _filtered(self.queue, lambda job: job.partition not in gone)
         self.holds = [h for h in self.holds if h[1] not in gone]
         heapq.heapify(self.holds)
-        self.gateway_ids = {k: v for k, v in self.gateway_ids.items() if v[0] not in gone}
+        self.receipts.give_up(gone, now_ms())
+        self.parked = {k: v for k, v in self.parked.items() if v[0] not in gone}
+        # Jobs on the wire and answers already received stay in `wire`/`finished`: if the
+        # partition comes back untouched (a broker outage), they are recorded, not doubted.
 
     def _recover(self, partitions: set[int]) -> None:
         """Rebuild queue, holds and receipt index of `partitions` from restored state."""
@@ -273,15 +340,28 @@ class SenderWorker:
                 if kind == HOLD:
                     heapq.heappush(self.holds, (_UNTIL.unpack_from(value)[0], p, rest.decode()))
                 elif kind == GATEWAY_ID:
-                    msg_id, seg, total = value.decode().split("|")
-                    self.gateway_ids[rest.decode()] = (p, msg_id, int(seg), int(total))
+                    self.receipts.track(rest.decode(), Part.from_bytes(p, value))
+                elif kind == RECEIPT_DONE:
+                    self.receipts.done[rest.decode()] = (p, _UNTIL.unpack_from(value)[0])
+                elif kind == PARKED:
+                    arrived, receipt = _unpark(rest, value)
+                    self.parked[(receipt.gateway_message_id, receipt.state)] = (p, arrived, receipt)
                 elif kind == QUEUED:
                     self._requeue(p, value, attempts=1)
                 elif kind == WIRE:
-                    request = avro.decode("notification_request", value)
+                    token, raw = _wire_parts(value)
+                    mine = self.wire.get(rest.decode())
+                    if mine is not None and token and mine.token == token:
+                        # Sent by this very process and untouched since: its answer (now
+                        # or later) is recorded as usual.
+                        self.stats.answers_kept += 1
+                        if mine.result is not None and all(j is not mine for j in self.finished):
+                            self.finished.append(mine)
+                        continue
+                    request = avro.decode("notification_request", raw)
                     if request["lane"] == "transactional":
                         self.stats.resent_in_doubt += 1
-                        self._requeue(p, value, attempts=2)
+                        self._requeue(p, raw, attempts=2)
                     else:
                         self._pending_in_doubt.append((p, request))
 
@@ -301,6 +381,7 @@ class SenderWorker:
         """Run until SIGTERM/SIGINT (or idle for `stop_after_idle_s`); returns the stats."""
         self.store.ensure_topic()
         self.consent.load()
+        self._load_recent_replies()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -331,6 +412,48 @@ class SenderWorker:
     def stop(self) -> None:
         self.stopping = True
 
+    def _load_recent_replies(self) -> None:
+        """Remember the replies recorded in the last dedup window (from `sms.inbound`), so
+        that one the SMSC sends again after this worker's predecessor died between its
+        commit and its acknowledgement is recognised."""
+        topic = self.settings.topic(topics.INBOUND)
+        since = now_ms() - self.replies.window_ms
+        consumer = Consumer({
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "group.id": f"replies-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+        })
+        try:
+            meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
+            if meta is None or meta.error is not None:
+                return
+            starts = consumer.offsets_for_times(
+                [TopicPartition(topic, p, since) for p in meta.partitions], timeout=15)
+            ends = {p: watermarks(consumer, topic, p)[1] for p in meta.partitions}
+            todo = {tp.partition: tp.offset for tp in starts
+                    if tp.offset >= 0 and tp.offset < ends[tp.partition]}
+            if not todo:
+                return
+            consumer.assign([TopicPartition(topic, p, o) for p, o in todo.items()])
+            deadline = time.monotonic() + 30
+            while todo and time.monotonic() < deadline:
+                for msg in consumer.consume(1000, 0.5):
+                    if msg.error():
+                        continue
+                    try:
+                        record = avro.decode("inbound_message", msg.value() or b"")
+                        self.replies.remember(record["inbound_id"], record["received_at_ms"])
+                    except avro.DecodeError:
+                        pass
+                for p in list(todo):
+                    pos = consumer.position([TopicPartition(topic, p)])[0].offset
+                    if pos >= ends[p]:
+                        del todo[p]
+        finally:
+            consumer.close()
+
     async def _pump_events(self) -> None:
         async for event in self.gateway.events():
             self.events.append(event)
@@ -340,17 +463,35 @@ class SenderWorker:
         deadline = time.monotonic() + timeout
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        await asyncio.to_thread(self._transaction, False, False)
+        try:
+            _dispatch, acks = await asyncio.to_thread(self._transaction, False, False)
+        except KafkaException as exc:
+            log.error("could not record the last answers before stopping (%s); the next "
+                      "owner of the partitions treats them as in doubt", exc)
+            return
+        _acknowledge(acks)
 
     async def _cycle(self) -> bool:
         """One transaction's worth of work; True when anything happened.
 
         The transaction runs in a thread: its blocking Kafka calls (commit, offsets) then
-        overlap with the event loop's SMPP traffic instead of stalling it.
+        overlap with the event loop's SMPP traffic instead of stalling it. Receipts and
+        replies it recorded are acknowledged to the gateway here, after the commit.
         """
         assert self.consumer is not None
-        dispatch = await asyncio.to_thread(self._transaction, True, True)
+        try:
+            dispatch, acks = await asyncio.to_thread(self._transaction, True, True)
+        except KafkaException as exc:
+            # The broker is away (or the producer was fenced and replaced): nothing was
+            # committed; keep every answer and event, and try again shortly.
+            log.warning("sender %s: Kafka unavailable (%s); keeping %d answers and %d events "
+                        "until it is back", self.worker_id, exc.args[0] if exc.args else exc,
+                        len(self.finished), len(self.events) + len(self.pending_receipts))
+            await asyncio.sleep(1.0)
+            return True
+        _acknowledge(acks)
         for job in dispatch:
+            self.wire[job.request["request_id"]] = job
             task = asyncio.create_task(self._submit(job))
             self.in_flight.add(task)
             task.add_done_callback(self.in_flight.discard)
@@ -358,8 +499,14 @@ class SenderWorker:
         return bool(dispatch) or bool(self.finished) or bool(self.events)
 
     # --------------------------------------------------------- transaction
-    def _transaction(self, consume: bool, dispatch: bool) -> list[Job]:
+    def _transaction(self, consume: bool, dispatch: bool) -> tuple[list[Job], list[Callable[[], None]]]:
+        """One Kafka transaction; returns the jobs to put on the wire and the acks to send.
+
+        Raises KafkaException only when the broker cannot be reached to abort or rewind:
+        the caller retries later with everything kept.
+        """
         assert self.producer is not None and self.consumer is not None
+        self._finish_failed_transaction()
         producer = self.producer
         msgs = self.consumer.consume(1000, 0) if consume else []
         fatal = self._consumer_failed or next(
@@ -368,23 +515,27 @@ class SenderWorker:
         if fatal is not None:
             self._consumer_failed = None
             self._rejoin(fatal)
-            return []
+            return [], []
         self.consent.poll()
         now = now_ms()
+        sweep = now - self._last_sweep_ms > 60_000
         if not (msgs or self.finished or self.events or self.pending_receipts
-                or self._pending_in_doubt or (self.holds and self.holds[0][0] <= now)
-                or (dispatch and self.queue)):
-            return []
-        # Receipts and replies this transaction publishes: put back if it aborts.
+                or self._parked_due(now) or self._pending_in_doubt or (self.holds and self.holds[0][0] <= now)
+                or (dispatch and self.queue) or sweep):
+            return [], []
+        # Receipts, replies and answers this transaction records: put back if it aborts.
         taken: list[GatewayReceipt | GatewayInbound] = []
         while self.events:
             taken.append(self.events.popleft())
         waiting_before = deque(self.pending_receipts)
+        recorded: list[Job] = []
+        acks: list[Callable[[], None]] = []
+        after_commit: list[Callable[[], None]] = []
         began = time.monotonic()
-        producer.begin_transaction()
         try:
-            self._record_results(producer, now)
-            self._handle_events(producer, now, taken)
+            producer.begin_transaction()
+            self._record_results(producer, now, recorded)
+            self._handle_events(producer, now, taken, acks, after_commit)
             for p, request in self._pending_in_doubt:
                 self._finish(producer, p, request, Reject("failed", "in_doubt_not_resent",
                              "on the wire when a worker stopped; marketing is not resent"), None, now)
@@ -393,37 +544,71 @@ class SenderWorker:
             for msg in msgs:
                 self._handle_request(producer, msg, now)
             self._release_holds(producer, now)
+            if sweep:
+                self._sweep(producer, now)
             out = self._take_for_wire(producer, now) if dispatch else []
             if msgs:
                 positions = self.consumer.position(self.consumer.assignment())
                 producer.send_offsets_to_transaction(
                     [tp for tp in positions if tp.offset >= 0],
                     self.consumer.consumer_group_metadata(), 30)
+            if self.fault == "exit_before_commit" and acks:
+                os._exit(137)  # test hook: die with receipts/replies published, not committed
             started = time.monotonic()
             _commit(producer)
+            if self.fault == "exit_after_commit" and acks:
+                os._exit(137)  # test hook: die with receipts/replies committed, not acked
             ended = time.monotonic()
             self.stats.commit_s += ended - started
             self.stats.transactions += 1
             self.stats.transaction_s += ended - began
             self.stats.longest_transaction_s = max(self.stats.longest_transaction_s, ended - began)
-        except KafkaException:
-            log.exception("transaction failed; aborting and rewinding to the last commit")
+        except KafkaException as exc:
+            log.warning("transaction failed (%s); aborting and rewinding to the last commit",
+                        exc.args[0] if exc.args else exc)
             self.events.extendleft(reversed(taken))
             self.pending_receipts = waiting_before
-            _abort(producer)
-            self._rewind()
-            return []
-        return out
+            self.finished.extendleft(reversed(recorded))
+            self._abort_pending = True
+            self._rewind_pending = set(self.owned)
+            self._finish_failed_transaction()
+            return [], []
+        self._last_sweep_ms = now if sweep else self._last_sweep_ms
+        for job in recorded:
+            self.wire.pop(job.request["request_id"], None)
+        for action in after_commit:
+            action()
+        return out, acks
 
-    def _rewind(self) -> None:
+    def _finish_failed_transaction(self) -> None:
+        """Abort a failed transaction and rewind to the last commit, in steps that can be
+        retried: with the broker away either step raises, and the next cycle goes on."""
+        assert self.producer is not None
+        if self._abort_pending:
+            try:
+                _abort(self.producer)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if err is not None and err.retriable():
+                    raise  # broker away: retried next cycle
+                # Fenced, or the broker timed the transaction out: a new producer (same
+                # transactional id) aborts whatever is left open.
+                log.warning("producer unusable (%s); starting a new one", err)
+                self.producer = self._new_producer()
+            self._abort_pending = False
+        if self._rewind_pending is not None:
+            self._rewind(self._rewind_pending)
+            self._rewind_pending = None
+
+    def _rewind(self, partitions: set[int]) -> None:
         """After an abort, re-read input from the committed offsets and restore state."""
         assert self.consumer is not None
-        owned = set(self.owned)
-        self._on_revoke(self.consumer, [TopicPartition("", p) for p in owned])
+        self._on_revoke(self.consumer, [TopicPartition("", p) for p in partitions])
         committed = self.consumer.committed(self.consumer.assignment(), timeout=30)
         for tp in committed:
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
-        self._on_assign(self.consumer, [TopicPartition("", p) for p in owned])
+        still = {tp.partition for tp in self.consumer.assignment()} & partitions
+        self._on_assign(self.consumer, [TopicPartition("", p) for p in still])
 
     def _handle_request(self, producer: Producer, msg: Any, now: int) -> None:
         p = msg.partition()
@@ -439,6 +624,9 @@ class SenderWorker:
         if problem:
             self._dead_letter(producer, msg, "invalid_request", problem)
             return
+        if self.store.get(p, HOLD + request["request_id"].encode()) is not None:
+            self._redelivered(producer, request, "held", now)  # already waiting for its time
+            return
         self._decide(producer, p, request, raw, now)
 
     def _dead_letter(self, producer: Producer, msg: Any, reason: str, error: str) -> None:
@@ -448,10 +636,23 @@ class SenderWorker:
                          value=avro.encode("dead_letter", record_))
         self.stats.count(f"dead_letter:{reason}")
 
+    def _redelivered(self, producer: Producer, request: dict[str, Any], detail: str,
+                     now: int) -> None:
+        """A request that already has (or will have) its outcome arrived again: publish it
+        on `sms.redeliveries` for analysts, never a second outcome."""
+        self.stats.redelivered_requests += 1
+        producer.produce(self.settings.topic(topics.REDELIVERIES),
+                         key=request["request_id"].encode(),
+                         value=avro.encode("send_outcome", self._outcome_record(
+                             request, "suppressed", "duplicate", detail, None, None, now)))
+
     def _decide(self, producer: Producer, p: int, request: dict[str, Any], raw: bytes, now: int) -> None:
         decision = decide(request, self.policy, _View(self, p), now)
         rid = request["request_id"].encode()
         if isinstance(decision, Reject):
+            if decision.reason == "duplicate":
+                self._redelivered(producer, request, decision.detail or "", now)
+                return
             self._finish(producer, p, request, decision, None, now)
         elif isinstance(decision, Hold):
             self.store.put(producer, p, HOLD + rid, _UNTIL.pack(decision.until_ms) + raw)
@@ -505,9 +706,10 @@ class SenderWorker:
                 break
             self.queue.pop()
             rid = job.request["request_id"].encode()
+            job.token = self.token
+            job.result = None
             self.store.delete(producer, job.partition, QUEUED + rid)
-            self.store.put(producer, job.partition, WIRE + rid, job.raw)
-            job.epoch = self.epochs.get(job.partition, 0)
+            self.store.put(producer, job.partition, WIRE + rid, _wire_value(job.token, job.raw))
             out.append(job)
             budget -= 1
         for job in deferred:
@@ -526,64 +728,92 @@ class SenderWorker:
             esm_class=encoded.esm_class,
             parts=encoded.short_messages(),
             priority=1 if request["lane"] == "transactional" else 0,
+            valid_until_ms=request["expires_at_ms"],
         )
         try:
             result = await self.gateway.send(sms)
         except Exception as exc:  # a gateway bug must not lose the message
             log.exception("gateway send raised")
             result = SubmitResult(request["request_id"], [], False, 0, f"in_doubt: {exc}", True)
-        self.finished.append((job, result))
+        job.result = result
+        job.answered_ms = now_ms()
+        self.finished.append(job)
 
-    def _record_results(self, producer: Producer, now: int) -> None:
+    def _record_results(self, producer: Producer, now: int, recorded: list[Job]) -> None:
+        """Record the gateway's answers of jobs whose partition this worker owns.
+
+        An answer for a partition away right now is kept (the partition may come back,
+        untouched, after a broker outage); one whose WIRE entry was settled by another
+        owner meanwhile is dropped: that owner treated the send as in doubt.
+        """
         while self.finished:
-            job, result = self.finished.popleft()
+            job = self.finished.popleft()
             p, request = job.partition, job.request
-            if p not in self.owned or job.epoch != self.epochs.get(p, 0):
-                continue  # the partition moved (maybe back): its owner treats the send as in doubt
-            rid = request["request_id"].encode()
-            if result.ok:
-                self.store.delete(producer, p, WIRE + rid)
-                self.store.put(producer, p, LEDGER + rid,
-                               record("sent", now, request["dedup_window_s"]).to_bytes())
-                total = len(result.gateway_message_ids)
-                for i, gw_id in enumerate(result.gateway_message_ids, 1):
-                    self.gateway_ids[gw_id] = (p, request["request_id"], i, total)
-                    self.store.put(producer, p, GATEWAY_ID + gw_id.encode(),
-                                   f"{request['request_id']}|{i}|{total}".encode())
-                self._outcome(producer, request, "submitted", None, None, job, result, now)
-                self.stats.submitted += 1
-            elif result.retryable and not (result.error or "").startswith("in_doubt"):
-                self.store.delete(producer, p, WIRE + rid)
-                self.store.put(producer, p, QUEUED + rid, job.raw)
-                job.not_before_ms = now + min(5000, 200 * job.attempts)
-                job.attempts += 1
-                self.queue.push(job, request["lane"], request["priority"])
-            elif result.retryable and request["lane"] == "transactional":
-                self.stats.resent_in_doubt += 1
-                job.attempts += 1
-                self.queue.push(job, request["lane"], request["priority"])
-                self.store.delete(producer, p, WIRE + rid)
-                self.store.put(producer, p, QUEUED + rid, job.raw)
-            else:
-                self.store.delete(producer, p, WIRE + rid)
-                reason = "in_doubt_not_resent" if result.retryable else "gateway_rejected"
-                self._finish(producer, p, request,
-                             Reject("failed", reason, result.error or f"status {result.status}"),
-                             job, now, result)
+            rid = request["request_id"]
+            if p not in self.owned:
+                continue  # kept in `wire` with its answer; `_recover` takes it back
+            value = self.store.get(p, WIRE + rid.encode())
+            if value is None or _wire_parts(value)[0] != job.token:
+                self.wire.pop(rid, None)
+                continue
+            recorded.append(job)
+            self._record_result(producer, job, now)
+
+    def _record_result(self, producer: Producer, job: Job, now: int) -> None:
+        p, request, result = job.partition, job.request, job.result
+        assert result is not None
+        rid = request["request_id"].encode()
+        if result.ok:
+            self.store.delete(producer, p, WIRE + rid)
+            self.store.put(producer, p, LEDGER + rid,
+                           record("sent", now, request["dedup_window_s"]).to_bytes())
+            total = len(result.gateway_message_ids)
+            for i, gw_id in enumerate(result.gateway_message_ids, 1):
+                part = Part(p, request["request_id"], i, total)
+                self.receipts.track(gw_id, part)
+                self.store.put(producer, p, GATEWAY_ID + gw_id.encode(), part.to_bytes())
+            self._outcome(producer, request, "submitted", None, None, job, result, now)
+            self.stats.submitted += 1
+        elif result.retryable and not (result.error or "").startswith("in_doubt"):
+            self._retry_later(producer, job, now, min(5000, 200 * job.attempts))
+        elif result.retryable and request["lane"] == "transactional":
+            self.stats.resent_in_doubt += 1
+            self._retry_later(producer, job, now, 0)
+        else:
+            self.store.delete(producer, p, WIRE + rid)
+            reason = "in_doubt_not_resent" if result.retryable else "gateway_rejected"
+            self._finish(producer, p, request,
+                         Reject("failed", reason, result.error or f"status {result.status}"),
+                         job, now, result)
+
+    def _retry_later(self, producer: Producer, job: Job, now: int, delay_ms: int) -> None:
+        p, request = job.partition, job.request
+        rid = request["request_id"].encode()
+        self.store.delete(producer, p, WIRE + rid)
+        self.store.put(producer, p, QUEUED + rid, job.raw)
+        retry = Job(p, request, job.raw, job.send, job.attempts + 1, now + delay_ms)
+        self.queue.push(retry, request["lane"], request["priority"])
 
     def _finish(self, producer: Producer, p: int, request: dict[str, Any], reject: Reject,
                 job: Job | None, now: int, result: SubmitResult | None = None) -> None:
         rid = request["request_id"].encode()
-        if reject.reason != "duplicate":
-            self.store.put(producer, p, LEDGER + rid,
-                           record("final", now, request["dedup_window_s"]).to_bytes())
+        self.store.put(producer, p, LEDGER + rid,
+                       record("final", now, request["dedup_window_s"]).to_bytes())
         self._outcome(producer, request, reject.status, reject.reason, reject.detail, job, result, now)
 
     def _outcome(self, producer: Producer, request: dict[str, Any], status: str, reason: str | None,
                  detail: str | None, job: Job | None, result: SubmitResult | None, now: int) -> None:
+        outcome = self._outcome_record(request, status, reason, detail, job, result, now)
+        producer.produce(self.settings.topic(topics.OUTCOMES), key=request["request_id"].encode(),
+                         value=avro.encode("send_outcome", outcome))
+        self.stats.count(status if reason is None else f"{status}:{reason}")
+
+    def _outcome_record(self, request: dict[str, Any], status: str, reason: str | None,
+                        detail: str | None, job: Job | None, result: SubmitResult | None,
+                        now: int) -> dict[str, Any]:
         number = job.send.number if job else None
         verdict = job.send.verdict if job else None
-        outcome = {
+        return {
             "request_id": request["request_id"],
             "message_id": request["request_id"],
             "status": status,
@@ -607,52 +837,108 @@ class SenderWorker:
             "decided_at_ms": now,
             "attempts": job.attempts if job else 1,
         }
-        producer.produce(self.settings.topic(topics.OUTCOMES), key=request["request_id"].encode(),
-                         value=avro.encode("send_outcome", outcome))
-        self.stats.count(status if reason is None else f"{status}:{reason}")
 
+    # ------------------------------------------------------ receipts, replies
     def _handle_events(self, producer: Producer, now: int,
-                       taken: list[GatewayReceipt | GatewayInbound]) -> None:
+                       taken: list[GatewayReceipt | GatewayInbound],
+                       acks: list[Callable[[], None]],
+                       after_commit: list[Callable[[], None]]) -> None:
+        """Publish receipts and replies; collect their acks for after the commit.
+
+        A receipt whose SMSC id is not known yet (its submit answer is still on the way)
+        waits, unacknowledged, up to `PARK_RECEIPT_AFTER_MS`; then it is parked in this
+        worker's state and acknowledged (some SMSCs hold a submit's answer until its
+        receipt is acknowledged), and published once its id is known - or, after
+        `uncorrelated_wait_ms`, with an empty message id, so that no receipt is lost.
+        """
+        published: set[object] = set()  # recorded in this transaction already
         for event in taken:
             if isinstance(event, GatewayReceipt):
                 self.pending_receipts.append((now, event))
             else:
-                self._inbound(producer, event, now)
+                self._inbound(producer, event, now, acks, after_commit, published)
         waiting: deque[tuple[int, GatewayReceipt]] = deque()
         while self.pending_receipts:
             arrived, receipt = self.pending_receipts.popleft()
-            known = self.gateway_ids.get(receipt.gateway_message_id)
-            if known is None:
-                if now - arrived < UNCORRELATED_RECEIPT_WAIT_MS:
-                    waiting.append((arrived, receipt))
-                else:
-                    log.warning("receipt for unknown SMSC id %s dropped after %d ms",
-                                receipt.gateway_message_id, UNCORRELATED_RECEIPT_WAIT_MS)
-                    self.stats.count("receipt:uncorrelated")
+            gw_id, state = receipt.gateway_message_id, receipt.state
+            if self.receipts.recorded(gw_id, state) or (gw_id, state) in published \
+                    or (gw_id, state) in self.parked:
+                self.stats.receipts_repeated += 1
+                _add_ack(acks, receipt)
                 continue
-            p, message_id, seg, total = known
-            producer.produce(self.settings.topic(topics.RECEIPTS), key=message_id.encode(),
-                             value=avro.encode("delivery_receipt", {
-                                 "message_id": message_id,
-                                 "gateway_message_id": receipt.gateway_message_id,
-                                 "state": receipt.state,
-                                 "error_code": receipt.error_code,
-                                 "segment": seg,
-                                 "segments": total,
-                                 "received_at_ms": receipt.received_at_ms,
-                                 "gateway": getattr(self.gateway, "name", None),
-                             }))
-            self.stats.receipts += 1
-            if receipt.state in FINAL_RECEIPT_STATES and p in self.owned:
-                self.gateway_ids.pop(receipt.gateway_message_id, None)
-                self.store.delete(producer, p, GATEWAY_ID + receipt.gateway_message_id.encode())
+            part = self.receipts.lookup(gw_id)
+            if part is None and now - arrived >= PARK_RECEIPT_AFTER_MS and self.owned:
+                p = min(self.owned)
+                self.store.put(producer, p, PARKED + f"{gw_id}\x00{state}".encode(),
+                               _park_value(arrived, receipt))
+                self.parked[(gw_id, state)] = (p, arrived, receipt)
+                _add_ack(acks, receipt)
+                continue
+            if part is None and now - arrived < self.uncorrelated_wait_ms:
+                waiting.append((arrived, receipt))
+                continue
+            self._publish_receipt(producer, receipt, part, now, after_commit, published)
+            _add_ack(acks, receipt)
         self.pending_receipts = waiting
+        for key, (p, arrived, receipt) in list(self.parked.items()):
+            part = self.receipts.lookup(key[0])
+            if part is None and now - arrived < self.uncorrelated_wait_ms:
+                continue
+            del self.parked[key]  # restored from the state if this transaction aborts
+            self.store.delete(producer, p, PARKED + f"{key[0]}\x00{key[1]}".encode())
+            if not (self.receipts.recorded(*key) or key in published):
+                self._publish_receipt(producer, receipt, part, now, after_commit, published)
 
-    def _inbound(self, producer: Producer, event: GatewayInbound, now: int) -> None:
+    def _parked_due(self, now: int) -> bool:
+        return any(self.receipts.lookup(gw_id) is not None
+                   or now - arrived >= self.uncorrelated_wait_ms
+                   for (gw_id, _state), (_p, arrived, _r) in self.parked.items())
+
+    def _publish_receipt(self, producer: Producer, receipt: GatewayReceipt, part: Part | None,
+                         now: int, after_commit: list[Callable[[], None]],
+                         published: set[object]) -> None:
+        gw_id, state = receipt.gateway_message_id, receipt.state
+        if part is None:
+            log.warning("receipt for unknown SMSC id %s recorded without a message id "
+                        "after %d ms", gw_id, self.uncorrelated_wait_ms)
+            self.stats.receipts_uncorrelated += 1
+        producer.produce(
+            self.settings.topic(topics.RECEIPTS),
+            key=(part.message_id if part else gw_id).encode(),
+            value=avro.encode("delivery_receipt", {
+                "message_id": part.message_id if part else "",
+                "gateway_message_id": gw_id,
+                "state": state,
+                "error_code": receipt.error_code,
+                "segment": part.segment if part else 0,
+                "segments": part.segments if part else 0,
+                "received_at_ms": receipt.received_at_ms,
+                "gateway": getattr(self.gateway, "name", None),
+            }))
+        self.stats.receipts += 1
+        published.add((gw_id, state))
+        after_commit.append(lambda key=(gw_id, state): self.receipts.seen.add(key))
+        if part is not None and state in FINAL_RECEIPT_STATES and part.partition in self.owned:
+            p = part.partition
+            self.store.delete(producer, p, GATEWAY_ID + gw_id.encode())
+            self.store.put(producer, p, RECEIPT_DONE + gw_id.encode(), _UNTIL.pack(now))
+            self.receipts.finished(gw_id, p, now)
+
+    def _inbound(self, producer: Producer, event: GatewayInbound, now: int,
+                 acks: list[Callable[[], None]], after_commit: list[Callable[[], None]],
+                 published: set[object]) -> None:
+        key = InboundBook.key(event.source, event.destination, event.text,
+                              getattr(event, "gateway_ref", None))
+        if self.replies.recorded(key, now) or key in published:
+            self.stats.inbound_repeated += 1
+            _add_ack(acks, event)
+            return
+        published.add(key)
+        after_commit.append(lambda: self.replies.remember(key, now))
         number = normalise(event.source, "RU", self.policy.allowed_regions | frozenset({"ZZ"}))
         sender = number.e164 if not isinstance(number, Reject) else event.source
         inbound = {
-            "inbound_id": uuid.uuid4().hex,
+            "inbound_id": key,
             "from_number": sender,
             "to": event.destination,
             "text": event.text,
@@ -668,6 +954,16 @@ class SenderWorker:
                              value=avro.encode("consent_change", change))
             self.consent.apply_local(change)
             self.stats.count("opt_out:sms_reply")
+        _add_ack(acks, event)
+
+    def _sweep(self, producer: Producer, now: int) -> None:
+        """Once a minute: forget receipt markers and kept answers that can matter no more."""
+        for p, gw_id in self.receipts.expired(self.owned, now):
+            self.store.delete(producer, p, RECEIPT_DONE + gw_id.encode())
+        for rid, job in list(self.wire.items()):
+            if (job.result is not None and job.partition not in self.owned
+                    and now - job.answered_ms > PARKED_RESULT_KEEP_MS):
+                del self.wire[rid]  # its partition went elsewhere: the new owner decided
 
 
 def invalid_request(request: dict[str, Any]) -> str | None:
@@ -706,6 +1002,21 @@ class _View:
         return CapState.from_bytes(value) if value else None
 
 
+def _add_ack(acks: list[Callable[[], None]], event: GatewayReceipt | GatewayInbound) -> None:
+    ack = getattr(event, "ack", None)
+    if ack is not None:
+        acks.append(ack)
+
+
+def _acknowledge(acks: list[Callable[[], None]]) -> None:
+    """Tell the gateway these receipts and replies are recorded (after the commit)."""
+    for ack in acks:
+        try:
+            ack()
+        except Exception:  # a gateway bug must not stop the sender; the SMSC re-sends
+            log.exception("acknowledging a receipt or reply failed")
+
+
 def _commit(producer: Producer, attempts: int = 3) -> None:
     """Commit the open transaction, retrying what librdkafka says may be retried
     (a broker that restarts makes a commit time out; committing again is safe)."""
@@ -719,7 +1030,7 @@ def _commit(producer: Producer, attempts: int = 3) -> None:
                 raise
 
 
-def _abort(producer: Producer, attempts: int = 10) -> None:
+def _abort(producer: Producer, attempts: int = 3) -> None:
     """Abort the open transaction; retriable failures (broker away) are retried, a fatal
     one (fenced by a newer instance) is raised: this worker must then stop."""
     for attempt in range(attempts):

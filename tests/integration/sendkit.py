@@ -230,3 +230,38 @@ def check_stream(requests: list[dict[str, Any]], got: dict[str, dict[str, Any]],
             if outcome["status"] == "submitted":
                 assert per_number[number] == 1
     return per_number
+
+
+def one_outcome_per_request(settings: Settings, requests: list[dict[str, Any]],
+                            idle: float = 3.0) -> dict[str, dict[str, Any]]:
+    """Read all of sms.outcomes (until quiet for `idle` s) and assert exactly one record per
+    request id and none for anything else; returns request_id -> outcome."""
+    got = kafka_io.read_topic(settings, topics.OUTCOMES, None, 60.0, idle=idle)
+    per_id = Counter(m.record["request_id"] for m in got if m.record is not None)
+    twice = {rid: n for rid, n in per_id.items() if n > 1}
+    assert not twice, f"{len(twice)} requests have more than one outcome record: {list(twice)[:5]}"
+    wanted = {r["request_id"] for r in requests}
+    assert set(per_id) == wanted, (f"{len(wanted - set(per_id))} requests without an outcome, "
+                                   f"{len(set(per_id) - wanted)} outcomes of unknown requests")
+    return {m.record["request_id"]: m.record for m in got if m.record is not None}
+
+
+def one_receipt_per_part(settings: Settings, sim: Simulator, timeout: float = 60.0,
+                         idle: float = 3.0) -> Counter[str]:
+    """Wait until every part the SMSC accepted has a receipt on sms.receipts, then assert
+    each has exactly one (by SMSC id); returns receipt states counted."""
+    accepted = {s["message_id"] for s in sim.submits() if s["status"] == 0 and s["message_id"]}
+
+    def complete(msgs: list[kafka_io.Received]) -> bool:
+        return accepted <= {m.record["gateway_message_id"] for m in msgs if m.record}
+
+    kafka_io.read_topic(settings, topics.RECEIPTS, complete, timeout)
+    got = kafka_io.read_topic(settings, topics.RECEIPTS, None, timeout, idle=idle)
+    per_part = Counter(m.record["gateway_message_id"] for m in got if m.record is not None)
+    missing = accepted - set(per_part)
+    assert not missing, f"{len(missing)} of {len(accepted)} accepted parts have no receipt"
+    twice = {k: n for k, n in per_part.items() if n > 1}
+    assert not twice, f"{len(twice)} parts have more than one receipt: {list(twice.items())[:5]}"
+    assert set(per_part) == accepted, f"receipts for parts the SMSC never accepted: " \
+                                      f"{list(set(per_part) - accepted)[:5]}"
+    return Counter(m.record["state"] for m in got if m.record is not None)

@@ -12,6 +12,8 @@ from sendkit import (
     config_with,
     make_request,
     marketing,
+    one_outcome_per_request,
+    one_receipt_per_part,
     opt_in,
     outcomes,
     phone,
@@ -42,7 +44,8 @@ def test_second_worker_joins_and_leaves_mid_run(ns: Settings, tmp_path: Path) ->
               for i in range(100)]
     requests = payments + promos
     opt_in(cfg, [r["phone"] for r in promos])
-    rate = {"RASSYLKA_RATE_PER_BIND": "30"}  # 60/s per worker: the stream lasts ~7 s
+    rate = {"RASSYLKA_RATE_PER_BIND": "30",  # 60/s per worker: the stream lasts ~7 s
+            "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "5"}
     with simulator(tmp_path, "--latency-ms", "2-20") as sim:
         publish_requests(cfg, requests)
         with sender(cfg, sim, tmp_path, worker_id="0", **rate):
@@ -56,7 +59,9 @@ def test_second_worker_joins_and_leaves_mid_run(ns: Settings, tmp_path: Path) ->
                 sent_when_leaving = len(sim.submits())
             # It leaves cleanly; with static membership its partitions come back after the
             # session timeout (10 s), and the first worker finishes the stream.
-            got = outcomes(cfg, len(requests), timeout=60)
+            outcomes(cfg, len(requests), timeout=60)
+            got = one_outcome_per_request(cfg, requests)
+            one_receipt_per_part(cfg, sim)
         submits = sim.submits()
     assert joined, "the second worker must have sent part of the stream"
     assert sent_when_leaving < len(requests), "the second worker must leave mid-stream"
@@ -72,7 +77,9 @@ def test_second_worker_killed_after_taking_partitions(ns: Settings, tmp_path: Pa
               for i in range(100)]
     requests = payments + promos
     opt_in(cfg, [r["phone"] for r in promos])
-    rate = {"RASSYLKA_RATE_PER_BIND": "30"}
+    # 30/s per worker: the stream lasts ~10 s, long enough for the joiner to start, get
+    # its partitions and send before it is killed.
+    rate = {"RASSYLKA_RATE_PER_BIND": "15", "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "5"}
     with simulator(tmp_path, "--latency-ms", "5-30") as sim:
         publish_requests(cfg, requests)
         with sender(cfg, sim, tmp_path, worker_id="0", **rate):
@@ -83,7 +90,9 @@ def test_second_worker_killed_after_taking_partitions(ns: Settings, tmp_path: Pa
                 joined = wait_for_sessions(sim, 4, timeout=30)
                 time.sleep(0.7)
                 kill(second)
-            got = outcomes(cfg, len(requests), timeout=60)
+            outcomes(cfg, len(requests), timeout=60)
+            got = one_outcome_per_request(cfg, requests)
+            one_receipt_per_part(cfg, sim)
         submits = sim.submits()
     assert joined, "the second worker must have sent part of the stream before it died"
     check_stream(requests, got, submits)

@@ -9,6 +9,10 @@ parametrised ``rig`` fixture; ``behaviour`` (override it with ``parametrize``) s
 the simulator and the gateway are set up, in words both understand. The last section
 holds what only the HTTP connector has (status mapping, timeouts, callback signatures).
 Everything listens on free ports of 127.0.0.1 and every wait is bounded.
+
+Tests consume events as the sender does: they call ``ack()`` on what they have "recorded",
+and the provider hears about an event only then; ``Rig.reopen`` replaces the gateway (a
+sender killed and restarted) to see what the provider delivers again.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import aiohttp
@@ -69,10 +73,25 @@ class Rig:
     text_of: Callable[[str], str]
     # how many submissions the provider accepted
     accepted: Callable[[], int]
-    inject_mo: Callable[[str, str, str], Awaitable[None]]
+    inject_mo: Callable[[str, str, str], Awaitable[Any]]
+    # gateway message id -> the expiry (epoch ms) the provider got, None when none
+    expiry_of: Callable[[str], int | None]
+    # receipts and MO the provider has seen acknowledged (SMPP ESME_ROK / HTTP 2xx)
+    acknowledged: Callable[[], int]
+    # close the gateway and start a new one on the same provider (a restarted sender)
+    new_gateway: Callable[[], Awaitable[SmppGateway | HttpGateway]]
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
         return self.runner.run(asyncio.wait_for(coro, timeout))
+
+    async def reopen(self) -> None:
+        await self.gateway.close()
+        self.gateway = await self.new_gateway()
+
+
+def _smpp_expiry(sim: SmscSimulator, gateway_id: str) -> int | None:
+    (rec,) = [r for r in sim.submits if r.message_id == gateway_id]
+    return rec.valid_until_ms
 
 
 def _smpp_text(sim: SmscSimulator, gateway_id: str) -> str:
@@ -100,32 +119,38 @@ async def _start(
         port = free_port()
         smsc = SmscSimulator(SimConfig(port=port, receipt_outcomes={state: 1.0}, **sim_common))
         await smsc.start()
-        smpp = SmppGateway(
-            SmppRoute(
-                "127.0.0.1",
-                port,
-                "rassylka",
-                "secret",
-                binds=2,
-                window=32,
-                rate_per_bind=rate / 2,
-                throttle_retries=retries,
+
+        async def new_smpp() -> SmppGateway:
+            smpp = SmppGateway(
+                SmppRoute(
+                    "127.0.0.1",
+                    port,
+                    "rassylka",
+                    "secret",
+                    binds=2,
+                    window=32,
+                    rate_per_bind=rate / 2,
+                    throttle_retries=retries,
+                )
             )
-        )
-        await smpp.start()
-        await smpp.wait_bound(timeout=5)
+            await smpp.start()
+            await smpp.wait_bound(timeout=5)
+            return smpp
 
         async def stop_smpp() -> None:
-            await smpp.close()
+            await rig.gateway.close()
             await smsc.stop()
 
         rig = Rig(
             kind,
-            smpp,
+            await new_smpp(),
             runner,
             text_of=lambda gw_id: _smpp_text(smsc, gw_id),
             accepted=lambda: sum(1 for r in smsc.submits if r.status == 0),
             inject_mo=smsc.inject_mo,
+            expiry_of=lambda gw_id: _smpp_expiry(smsc, gw_id),
+            acknowledged=lambda: smsc.stats.delivered,
+            new_gateway=new_smpp,
         )
         return rig, stop_smpp
     provider = HttpProviderSimulator(
@@ -139,36 +164,42 @@ async def _start(
         )
     )
     await provider.start()
-    http = HttpGateway(
-        HttpRoute(
-            url=provider.url,
-            api_key=API_KEY,
-            callback_secret=SECRET,
-            callback_port=0,
-            rate_per_s=rate,
-            concurrency=32,
-            throttle_retries=retries,
-            response_timeout_s=float(b.get("response_timeout_s", 10.0)),
-        )
-    )
-    await http.start()
-    provider.callback_url = http.callback_url
 
-    def http_text(gw_id: str) -> str:
+    async def new_http() -> HttpGateway:
+        http = HttpGateway(
+            HttpRoute(
+                url=provider.url,
+                api_key=API_KEY,
+                callback_secret=SECRET,
+                callback_port=0,
+                rate_per_s=rate,
+                concurrency=32,
+                throttle_retries=retries,
+                response_timeout_s=float(b.get("response_timeout_s", 10.0)),
+            )
+        )
+        await http.start()
+        provider.callback_url = http.callback_url
+        return http
+
+    def http_message(gw_id: str) -> Any:
         (msg,) = [m for m in provider.messages if m.message_id == gw_id]
-        return msg.text
+        return msg
 
     async def stop_http() -> None:
-        await http.close()
+        await rig.gateway.close()
         await provider.stop()
 
     rig = Rig(
         kind,
-        http,
+        await new_http(),
         runner,
-        text_of=http_text,
+        text_of=lambda gw_id: http_message(gw_id).text,
         accepted=lambda: len(provider.messages),
         inject_mo=provider.inject_mo,
+        expiry_of=lambda gw_id: getattr(http_message(gw_id), "valid_until_ms", None),
+        acknowledged=lambda: provider.stats.callbacks_ok,
+        new_gateway=new_http,
     )
     return rig, stop_http
 
@@ -202,19 +233,49 @@ def sms(n: int = 1, text: str = "Your order 42 is ready", **kw: Any) -> Outbound
     return OutboundSms(**fields)
 
 
+def ack(event: GatewayEvent) -> None:
+    """Acknowledge as the sender does after its commit (tolerates gateways without ack)."""
+    done = getattr(event, "ack", None)
+    if done is not None:
+        done()
+
+
 async def collect(
-    gw: Gateway, want: Callable[[GatewayEvent], bool], count: int = 1, timeout: float = 5.0
+    gw: Gateway,
+    want: Callable[[GatewayEvent], bool],
+    count: int = 1,
+    timeout: float = 5.0,
+    acknowledge: bool = True,
 ) -> list[GatewayEvent]:
-    """The first ``count`` events matching ``want``; fails after ``timeout`` seconds."""
+    """The first ``count`` events matching ``want`` (acknowledged unless told not to);
+    fails after ``timeout`` seconds."""
     got: list[GatewayEvent] = []
     async with asyncio.timeout(timeout):
         async with contextlib.aclosing(gw.events()) as events:
             async for ev in events:
                 if want(ev):
+                    if acknowledge:
+                        ack(ev)
                     got.append(ev)
                     if len(got) == count:
                         return got
     raise AssertionError(f"events() ended after {len(got)} of {count}")
+
+
+async def nothing_more(gw: Gateway, quiet_s: float = 0.6) -> list[GatewayEvent]:
+    """Whatever arrives within ``quiet_s`` (expected: nothing)."""
+    got: list[GatewayEvent] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(quiet_s):
+            async for ev in gw.events():
+                got.append(ev)
+    return got
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
 
 
 # ── the contract ──────────────────────────────────────────────────────────────
@@ -290,12 +351,14 @@ def test_inbound_mo_arrives_as_gateway_inbound(rig: Rig) -> None:
         await rig.inject_mo(PHONE, "Shop", "СТОП")
         await rig.inject_mo("+79990001122", "Shop", "stop.")
         events = await collect(rig.gateway, lambda e: isinstance(e, GatewayInbound), count=2)
-        assert [
-            (e.source, e.destination, e.text) for e in events if isinstance(e, GatewayInbound)
-        ] == [
+        inbound = [e for e in events if isinstance(e, GatewayInbound)]
+        # HTTP callbacks travel concurrently: their order is not promised.
+        assert sorted((e.source, e.destination, e.text) for e in inbound) == [
             (PHONE, "Shop", "СТОП"),
             ("+79990001122", "Shop", "stop."),
         ]
+        refs = {e.gateway_ref for e in inbound}
+        assert None not in refs and len(refs) == 2  # the provider's ids, for dedup
         assert rig.gateway.counters.inbound == 2
 
     rig.run(body())
@@ -384,6 +447,106 @@ async def collect_after(seen: list[GatewayEvent], count: int, timeout: float = 5
     async with asyncio.timeout(timeout):
         while len(seen) < count:
             await asyncio.sleep(0.01)
+
+
+# ── acknowledgement: recorded first, then acknowledged ──────────────────────
+
+
+@pytest.mark.parametrize("behaviour", [{"receipt_state": "UNDELIV"}], ids=["undeliv"])
+def test_unacked_receipt_is_redelivered_to_a_new_gateway_acked_one_is_not(rig: Rig) -> None:
+    """Regression (receipts lost on crash): the provider was told "received" before the
+    sender had recorded the receipt. Now what was not acknowledged comes again."""
+
+    async def body() -> None:
+        results = [await rig.gateway.send(sms(1)), await rig.gateway.send(sms(2))]
+        kept, lost = (r.gateway_message_ids[0] for r in results)
+        receipts = await collect(
+            rig.gateway, lambda e: isinstance(e, GatewayReceipt), count=2, acknowledge=False
+        )
+        by_id = {e.gateway_message_id: e for e in receipts if isinstance(e, GatewayReceipt)}
+        assert set(by_id) == {kept, lost}
+        ack(by_id[kept])  # recorded; the other one was in the sender's transaction when it died
+        await rig.reopen()
+        (again,) = await collect(rig.gateway, lambda e: True, acknowledge=False, timeout=10)
+        assert again == replace(by_id[lost], received_at_ms=again.received_at_ms)
+        by_id[lost].ack()  # the dead gateway's ack: harmless, does nothing
+        ack(again)
+        ack(again)  # twice: harmless
+        await eventually(lambda: rig.acknowledged() == 2)
+        assert await nothing_more(rig.gateway) == []  # the acknowledged one never comes back
+        await rig.reopen()
+        assert await nothing_more(rig.gateway) == []
+        assert rig.acknowledged() == 2
+
+    rig.run(body(), timeout=40)
+
+
+def test_unacked_mo_is_redelivered_with_the_same_ref(rig: Rig) -> None:
+    async def body() -> None:
+        await rig.inject_mo(PHONE, "Shop", "STOP")
+        (first,) = await collect(
+            rig.gateway, lambda e: isinstance(e, GatewayInbound), acknowledge=False
+        )
+        assert isinstance(first, GatewayInbound)
+        await rig.reopen()
+        (again,) = await collect(rig.gateway, lambda e: True, acknowledge=False, timeout=10)
+        assert isinstance(again, GatewayInbound)
+        assert (again.source, again.text) == (PHONE, "STOP")
+        assert again.gateway_ref is not None and again.gateway_ref == first.gateway_ref
+        ack(again)
+        await eventually(lambda: rig.acknowledged() == 1)
+        assert await nothing_more(rig.gateway) == []
+
+    rig.run(body(), timeout=40)
+
+
+def test_provider_hears_of_an_event_only_when_it_is_acked(rig: Rig) -> None:
+    async def body() -> None:
+        await rig.gateway.send(sms(1))
+        (receipt,) = await collect(
+            rig.gateway, lambda e: isinstance(e, GatewayReceipt), acknowledge=False
+        )
+        await asyncio.sleep(0.3)
+        assert rig.acknowledged() == 0
+        await asyncio.to_thread(ack, receipt)  # the sender acks from its commit thread
+        await eventually(lambda: rig.acknowledged() == 1)
+
+    rig.run(body())
+
+
+# ── time-to-live reaches the provider ─────────────────────────────────────────
+
+
+def test_expiry_reaches_the_provider(rig: Rig) -> None:
+    """Regression (TTL never reached the SMSC): the provider got no validity at all."""
+
+    async def body() -> None:
+        expires = int(time.time() * 1000) + 3_600_000
+        with_ttl = await rig.gateway.send(sms(1, valid_until_ms=expires))
+        without = await rig.gateway.send(sms(2))
+        assert with_ttl.ok and without.ok
+        got = rig.expiry_of(with_ttl.gateway_message_ids[0])
+        assert got is not None and expires - 1000 < got <= expires
+        assert rig.expiry_of(without.gateway_message_ids[0]) is None
+
+    rig.run(body())
+
+
+@pytest.mark.parametrize("behaviour", [{"receipt_state": "DELIVRD"}], ids=["delivrd"])
+def test_message_past_its_expiry_is_reported_expired(rig: Rig) -> None:
+    async def body() -> None:
+        now = int(time.time() * 1000)
+        late = await rig.gateway.send(sms(1, valid_until_ms=now - 1000))
+        fine = await rig.gateway.send(sms(2, valid_until_ms=now + 3_600_000))
+        assert late.ok and fine.ok
+        receipts = await collect(rig.gateway, lambda e: isinstance(e, GatewayReceipt), count=2)
+        states = {e.gateway_message_id: e.state for e in receipts if isinstance(e, GatewayReceipt)}
+        assert states == {
+            late.gateway_message_ids[0]: "EXPIRED",
+            fine.gateway_message_ids[0]: "DELIVRD",
+        }
+
+    rig.run(body())
 
 
 # ── HTTP only: status mapping, timeouts, callback signatures ─────────────────
@@ -588,9 +751,13 @@ def test_http_callbacks_need_a_valid_fresh_signature() -> None:
             assert refused == [401] * 5
             assert gw.counters.bad_signature == 5 and gw.events_backlog == 0
 
-            assert await post(raw, good) == 200
-            (receipt,) = await collect(gw, lambda e: True)
+            answered = asyncio.create_task(post(raw, good))
+            (receipt,) = await collect(gw, lambda e: True, acknowledge=False)
             assert receipt == GatewayReceipt("abc", "EXPIRED", None, PHONE, receipt.received_at_ms)
+            await asyncio.sleep(0.1)
+            assert not answered.done()  # held open until the receipt is recorded
+            ack(receipt)
+            assert await answered == 200
 
             junk = b'{"type": "nonsense"}'
             signed = {"X-Timestamp": str(now), "X-Signature": sign(SECRET, now, junk)}

@@ -97,14 +97,20 @@ def test_every_suppression_and_rejection_reason(ns: Settings, tmp_path: Path) ->
 
 
 def test_republished_request_is_never_sent_twice(ns: Settings, tmp_path: Path) -> None:
+    """A request delivered again keeps its one outcome; the repeat is counted on
+    sms.redeliveries (regression: it used to add a 'suppressed duplicate' outcome that
+    replaced the real one in analytics)."""
     request = make_request(phone=phone(20))
     with simulator(tmp_path) as sim, sender(ns, sim, tmp_path):
         publish_requests(ns, [request])
         outcomes(ns, 1)
         publish_requests(ns, [request])
-        got = kafka_io.read_topic(ns, topics.OUTCOMES, lambda m: len(m) >= 2, 30)
-    assert [m.record["status"] for m in got] == ["submitted", "suppressed"]
-    assert got[1].record["reason"] == "duplicate"
+        publish_requests(ns, [request])
+        again = kafka_io.read_topic(ns, topics.REDELIVERIES, lambda m: len(m) >= 2, 30)
+        got = settle(ns, topics.OUTCOMES, idle=2.0)
+    assert [m.record["status"] for m in got] == ["submitted"]
+    assert [m.record["reason"] for m in again] == ["duplicate", "duplicate"]
+    assert {m.record["request_id"] for m in again} == {request["request_id"]}
     assert len(sim.submits()) == 1
 
 

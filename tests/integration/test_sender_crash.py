@@ -11,6 +11,8 @@ from sendkit import (
     config_with,
     make_request,
     marketing,
+    one_outcome_per_request,
+    one_receipt_per_part,
     opt_in,
     outcomes,
     phone,
@@ -29,7 +31,8 @@ def test_sigkill_restarts_lose_nothing_and_send_nothing_twice(ns: Settings, tmp_
     promos = [marketing(phone=phone(20_000 + i), text=f"Акция {i}. Отписка: STOP") for i in range(80)]
     requests = payments + promos
     opt_in(cfg, [r["phone"] for r in promos])
-    rate = {"RASSYLKA_RATE_PER_BIND": "60"}  # 120/s: the stream takes ~2 s to send
+    rate = {"RASSYLKA_RATE_PER_BIND": "60",  # 120/s: the stream takes ~2 s to send
+            "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "5"}
     with simulator(tmp_path, "--latency-ms", "2-10") as sim:
         publish_requests(cfg, requests)
         for kill_after in (0.8, 0.9):
@@ -41,7 +44,9 @@ def test_sigkill_restarts_lose_nothing_and_send_nothing_twice(ns: Settings, tmp_
                 kill(proc)
         sent_before_last_start = len(sim.submits())
         with sender(cfg, sim, tmp_path, **rate):
-            got = outcomes(cfg, len(requests), timeout=90)  # asserts one outcome per request
+            outcomes(cfg, len(requests), timeout=90)
+            got = one_outcome_per_request(cfg, requests)  # exactly one record per request
+            one_receipt_per_part(cfg, sim)  # every accepted part: exactly one receipt
         submits = [s for s in sim.submits() if s["status"] == 0]
     assert 0 < sent_before_last_start < len(requests), "the kills must land mid-stream"
     per_number = Counter(s["destination"] for s in submits)

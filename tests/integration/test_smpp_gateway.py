@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -288,40 +289,265 @@ def start_sim_process(port: int, *flags: str) -> subprocess.Popen[str]:
     return proc
 
 
-def test_recovers_when_smpp34_session_dies_silently() -> None:
-    """A stalled event loop overflows smpp34's inbound buffer; the session dies without
-    a Disconnected event. The watchdog must notice, rebind, and lose no receipt."""
-    port = free_port()
-    proc = start_sim_process(port, "--receipt-delay-ms", "100", "--receipt-outcomes", "DELIVRD=1")
-    try:
+def test_stalled_consumer_loses_nothing() -> None:
+    """A consumer that falls behind holds at most ``inbound_capacity`` unacknowledged
+    deliver_sm per bind; the SMSC's further ones are refused "try later" and come again."""
+    sim_cfg = {"receipt_delay_ms": (20.0, 20.0), "redeliver_s": 0.2}
 
-        async def body() -> None:
-            route = SmppRoute("127.0.0.1", port, "rassylka", "secret", binds=1, inbound_capacity=8)
-            async with SmppGateway(route) as gw:
-                first = await asyncio.gather(*(gw.send(sms(i)) for i in range(60)))
-                time.sleep(1.0)  # stall the loop while receipts arrive
-                # A send on the dead session is in doubt; the watchdog then rebinds.
-                async with asyncio.timeout(15):
-                    while not (again := await gw.send(sms(99))).ok:
-                        assert again.retryable, again
-                        await asyncio.sleep(0.1)
-                assert gw.counters.reconnects >= 1
-                accepted = [r for r in [*first, again] if r.ok]
-                assert len(accepted) >= 30
-                want = {i for r in accepted for i in r.gateway_message_ids}
-                seen: set[str] = set()
+    async def body() -> None:
+        async with rig(sim_cfg, binds=1, inbound_capacity=8) as (sim, gw):
+            results = await asyncio.gather(*(gw.send(sms(i)) for i in range(40)))
+            assert all(r.ok for r in results)
+            await wait_for(lambda: gw.counters.refused_inbound > 0)
+            time.sleep(0.5)  # the event loop stalls too, while receipts are due
+            assert gw.unacknowledged <= 8
+            want = {i for r in results for i in r.gateway_message_ids}
+            seen: set[str] = set()
 
-                def collect(ev: GatewayEvent) -> bool:
-                    if isinstance(ev, GatewayReceipt):
-                        seen.add(ev.gateway_message_id)
-                    return want <= seen
+            def take(ev: GatewayEvent) -> bool:
+                assert isinstance(ev, GatewayReceipt)
+                seen.add(ev.gateway_message_id)
+                ack(ev)
+                return want <= seen
 
-                await wait_event(gw, collect, timeout=15)
+            await wait_event(gw, take, timeout=15)
+            await wait_for(lambda: sim.waiting == 0)
+            assert sim.stats.delivered == 40 and sim.stats.refused > 0
 
-        run(body)
-    finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
+    run(body)
+
+
+# ── deferred acknowledgement: nothing is answered before ack() ────────────────
+
+
+def ack(event: GatewayEvent) -> None:
+    """Acknowledge as the sender does after its commit (tolerates gateways without ack)."""
+    done = getattr(event, "ack", None)
+    if done is not None:
+        done()
+
+
+async def next_event(gw: SmppGateway, kind: type, timeout: float = 5.0) -> GatewayEvent:
+    return await wait_event(gw, lambda e: isinstance(e, kind), timeout)
+
+
+async def reconnect(gw: SmppGateway, port: int, **route: Any) -> SmppGateway:
+    """Close ``gw`` (as a sender killed between receipt and commit would) and bind anew."""
+    await gw.close()
+    settings: dict[str, Any] = {"binds": 2, "window": 32, "rate_per_bind": 1000.0} | route
+    fresh = SmppGateway(SmppRoute("127.0.0.1", port, "rassylka", "secret", **settings))
+    await fresh.start()
+    await fresh.wait_bound(timeout=5)
+    return fresh
+
+
+def test_receipt_not_acked_is_redelivered_after_reconnect() -> None:
+    """Regression: smpp34 answered deliver_sm on arrival, so a receipt the sender had not
+    recorded yet was lost when the sender died. Now it comes again on the next bind."""
+    sim_cfg = {"receipt_delay_ms": (5.0, 10.0), "receipt_outcomes": {"UNDELIV": 1.0}}
+
+    async def body() -> None:
+        async with rig(sim_cfg) as (sim, gw):
+            res = await gw.send(sms())
+            first = await next_event(gw, GatewayReceipt)
+            assert isinstance(first, GatewayReceipt) and first.state == "UNDELIV"
+            assert gw.unacknowledged == 1 and gw.counters.acked == 0
+            port = sim.config.port
+            gw2 = await reconnect(gw, port)
+            try:
+                again = await next_event(gw2, GatewayReceipt)
+                assert again == replace(first, received_at_ms=again.received_at_ms)
+                assert again.gateway_message_id == res.gateway_message_ids[0]
+                first.ack()  # the dead session's ack: a no-op, not an error
+                assert gw2.counters.acked == 0
+                ack(again)
+                await wait_for(lambda: gw2.counters.acked == 1 and sim.waiting == 0)
+                assert sim.stats.delivered == 1
+                ack(again)  # twice is harmless
+                # Acknowledged: not delivered again to the next session.
+                gw3 = await reconnect(gw2, port)
+                gw2 = gw3
+                await asyncio.sleep(0.3)
+                assert gw3.events_backlog == 0 and sim.stats.delivered == 1
+            finally:
+                await gw2.close()
+
+    run(body)
+
+
+def test_mo_not_acked_is_redelivered_with_the_same_ref() -> None:
+    async def body() -> None:
+        async with rig() as (sim, gw):
+            await sim.inject_mo("+79161234567", "Shop", "STOP")
+            first = await next_event(gw, GatewayInbound)
+            assert isinstance(first, GatewayInbound) and first.gateway_ref
+            gw2 = await reconnect(gw, sim.config.port)
+            try:
+                again = await next_event(gw2, GatewayInbound)
+                assert isinstance(again, GatewayInbound)
+                assert (again.text, again.source, again.gateway_ref) == (
+                    "STOP",
+                    "+79161234567",
+                    first.gateway_ref,
+                )
+                ack(again)
+                await wait_for(lambda: sim.waiting == 0)
+                assert sim.stats.delivered == 1
+            finally:
+                await gw2.close()
+
+    run(body)
+
+
+def test_ack_from_a_worker_thread_answers_on_the_loop() -> None:
+    async def body() -> None:
+        async with rig({"receipt_delay_ms": (5.0, 10.0)}) as (sim, gw):
+            await gw.send(sms())
+            ev = await next_event(gw, GatewayReceipt)
+            await asyncio.sleep(0.2)
+            assert sim.waiting == 1 and sim.stats.delivered == 0  # not answered yet
+            await asyncio.to_thread(ack, ev)  # the sender commits in a thread
+            await wait_for(lambda: sim.stats.delivered == 1 and sim.waiting == 0)
+            assert gw.counters.acked == 1 and gw.unacknowledged == 0
+
+    run(body)
+
+
+async def fake_smsc(on_bound: Callable[[Any], Awaitable[None]]) -> tuple[asyncio.Server, int]:
+    """A bare SMSC: answers bind_transceiver, then runs ``on_bound(session)``."""
+    from connectors import smpp_session
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        bound = asyncio.Event()
+
+        def on_request(session: smpp_session.SmppSession, pdu: smpp_session.Pdu) -> None:
+            if pdu.command_id == smpp_session.BIND_TRANSCEIVER:
+                session.respond(pdu, 0, b"FAKE\x00")
+                bound.set()
+
+        session = smpp_session.SmppSession(reader, writer, on_request, name="fake-smsc")
+        session.start()
+        await bound.wait()
+        await on_bound(session)
+        session.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+def test_unreadable_deliver_sm_is_refused_at_once() -> None:
+    from connectors import smpp_session
+
+    answers: list[tuple[int, int]] = []
+
+    async def on_bound(session: smpp_session.SmppSession) -> None:
+        bad = await session.call(smpp_session.DELIVER_SM, b"\x00\x00\x00")
+        good = smpp34.DeliverSm(
+            source_addr="79161234567", destination_addr="Shop", short_message=b"STOP"
+        )
+        ok = session.send_request(smpp_session.DELIVER_SM, smpp_session.pdu_body(good.encode()))
+        answers.append((bad.command_id, bad.status))
+        await asyncio.sleep(0.3)
+        answers.append((-1, int(ok.done())))  # the readable one waits for its ack
+        await session.wait_closed()  # until the gateway unbinds
+
+    async def body() -> None:
+        server, port = await fake_smsc(on_bound)
+        route = SmppRoute("127.0.0.1", port, "rassylka", "secret", binds=1)
+        async with SmppGateway(route) as gw:
+            ev = await next_event(gw, GatewayInbound)
+            assert isinstance(ev, GatewayInbound) and ev.text == "STOP" and ev.gateway_ref is None
+            await wait_for(lambda: len(answers) == 2)
+            assert answers == [(0x80000005, 0x65), (-1, 0)]  # ESME_RX_P_APPN; not answered
+            assert gw.counters.refused_inbound == 1
+        server.close()
+
+    run(body)
+
+
+def test_silent_smsc_is_detected_by_enquire_link_and_rebound() -> None:
+    from connectors.smpp_session import Pdu, take_pdus
+
+    binds = 0
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answers the bind, then reads everything and answers nothing (a hung SMSC)."""
+        nonlocal binds
+        buffer = bytearray()
+        while chunk := await reader.read(4096):
+            buffer += chunk
+            for pdu in take_pdus(buffer):
+                if pdu.command_id == 0x09:
+                    binds += 1
+                    writer.write(Pdu(0x80000009, 0, pdu.sequence, b"HUNG\x00").encode())
+
+    async def body() -> None:
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        port = int(server.sockets[0].getsockname()[1])
+        route = SmppRoute(
+            "127.0.0.1",
+            port,
+            "rassylka",
+            "secret",
+            binds=1,
+            enquire_link_s=0.2,
+            response_timeout_s=0.3,
+            reconnect_min_s=0.05,
+        )
+        async with SmppGateway(route) as gw:
+            await wait_for(lambda: binds >= 2, timeout=5)
+            await gw.wait_bound(timeout=2)
+            assert gw.counters.reconnects >= 1
+        server.close()
+
+    run(body)
+
+
+# ── time-to-live reaches the SMSC ─────────────────────────────────────────────
+
+
+def test_validity_period_reaches_the_smsc() -> None:
+    """Regression: validity_period was always empty, so the SMSC could deliver a message
+    long after the pipeline's time-to-live."""
+    from connectors.smpp_session import absolute_time
+
+    async def body() -> None:
+        async with rig() as (sim, gw):
+            expires = int(time.time() * 1000) + 3_600_000
+            assert (await gw.send(sms(1, valid_until_ms=expires))).ok
+            assert (await gw.send(sms(2))).ok
+            with_ttl, without = sim.submits
+            assert with_ttl.validity_period == absolute_time(expires)
+            assert with_ttl.validity_period.endswith("00+") and len(with_ttl.validity_period) == 16
+            assert expires - 100 < (with_ttl.valid_until_ms or 0) <= expires
+            assert (without.validity_period, without.valid_until_ms) == ("", None)
+
+    run(body)
+
+
+def test_message_whose_validity_passed_is_reported_expired() -> None:
+    sim_cfg = {"receipt_delay_ms": (300.0, 300.0), "receipt_outcomes": {"DELIVRD": 1.0}}
+
+    async def body() -> None:
+        async with rig(sim_cfg) as (_, gw):
+            soon = int(time.time() * 1000) + 100
+            late = await gw.send(sms(1, valid_until_ms=soon))
+            fine = await gw.send(sms(2, valid_until_ms=soon + 3_600_000))
+            states: dict[str, str] = {}
+
+            def take(ev: GatewayEvent) -> bool:
+                if isinstance(ev, GatewayReceipt):
+                    states[ev.gateway_message_id] = ev.state
+                    ack(ev)
+                return len(states) == 2
+
+            await wait_event(gw, take)
+            assert states == {
+                late.gateway_message_ids[0]: "EXPIRED",
+                fine.gateway_message_ids[0]: "DELIVRD",
+            }
+
+    run(body)
 
 
 def test_simulator_process_log_and_control_channel(tmp_path: Path) -> None:
@@ -334,22 +560,34 @@ def test_simulator_process_log_and_control_channel(tmp_path: Path) -> None:
         async def body() -> None:
             route = SmppRoute("127.0.0.1", port, "rassylka", "secret", binds=1)
             async with SmppGateway(route) as gw:
-                res = await gw.send(sms())
+                res = await gw.send(sms(valid_until_ms=1_796_139_000_000))
                 assert res.ok
                 logged = list(read_submit_log(log_path))
                 assert logged[-1]["message_id"] == res.gateway_message_ids[0]
                 assert logged[-1]["destination"] == "79161234567"
+                assert logged[-1]["validity_period"] == "261201153000000+"
+                assert logged[-1]["valid_until_ms"] == 1_796_139_000_000
                 base = f"http://127.0.0.1:{control}"
                 async with aiohttp.ClientSession() as http:
                     async with http.get(f"{base}/submits") as resp:
                         listed = await resp.json()
                     assert listed["total"] == 1
                     assert listed["submits"][0]["message_id"] == res.gateway_message_ids[0]
+                    assert listed["submits"][0]["validity_period"] == "261201153000000+"
                     mo = {"from": "+79161234567", "to": "Shop", "text": "СТОП"}
                     async with http.post(f"{base}/mo", data=json.dumps(mo)) as resp:
                         assert resp.status == 200
                 ev = await wait_event(gw, lambda e: isinstance(e, GatewayInbound))
                 assert isinstance(ev, GatewayInbound) and ev.text == "СТОП"
+                ack(ev)
+                async with aiohttp.ClientSession() as http:
+                    for _ in range(100):
+                        async with http.get(f"{base}/health") as resp:
+                            health = await resp.json()
+                        if health["delivered"] >= 1:
+                            break
+                        await asyncio.sleep(0.05)
+                assert health["waiting"] == 0 and health["sessions"] == 1
 
         run(body)
     finally:

@@ -7,6 +7,7 @@ from pipeline.analytics.privacy import phone_hash
 from pipeline.analytics.rows import (
     MAPPINGS,
     MESSAGE_COLUMNS,
+    REDELIVERY_COLUMNS,
     InvalidRecord,
     message_row,
     to_row,
@@ -104,6 +105,16 @@ def test_outcome_row_follows_column_order() -> None:
     assert row["phone_masked"] == "+7916*****67"
     assert row["decided_at"] == 1_700_000_001_000 and row["event_time"] == 1_700_000_000_000
     assert row["cost"] == 0.0 and row["segments"] == 0
+
+
+def test_a_duplicate_delivery_never_becomes_a_message_row() -> None:
+    """Regression: a `suppressed duplicate` record (a request delivered again) went to
+    `messages`, a ReplacingMergeTree on the message id, and replaced the real outcome."""
+    record = {**OUTCOME, "status": "suppressed", "reason": "duplicate", "detail": "already sent"}
+    table, row = to_row("send_outcome", record, KEY)
+    assert table == "redeliveries"
+    assert dict(zip(REDELIVERY_COLUMNS, row, strict=True))["request_id"] == OUTCOME["request_id"]
+    assert to_row("send_outcome", OUTCOME, KEY)[0] == "messages"
 
 
 def test_outcome_without_phone_has_empty_hash() -> None:

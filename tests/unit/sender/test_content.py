@@ -10,7 +10,7 @@ from pipeline.errors import ConfigError
 from pipeline.sender.content import ContentRules, ContentVerdict, check_content
 from pipeline.sender.decision import Reject
 
-CONFIG = Path(__file__).resolve().parents[3] / "config" / "content.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "fixtures" / "config" / "content.yaml"  # the tests' copy
 FOOTER = " Otpiska: STOP"
 
 
@@ -39,7 +39,7 @@ def _ok(result: ContentVerdict | Reject) -> ContentVerdict:
     return result
 
 
-def test_shipped_config_loads() -> None:
+def test_fixture_config_loads() -> None:
     loaded = ContentRules.load(CONFIG)
     assert loaded.max_segments == 6
     assert {"SHOPRU", "SHOP", "RASSYLKA", "INFO"} <= loaded.registered_sender_ids

@@ -12,7 +12,7 @@ from pipeline.sender.decision import Reject
 from pipeline.sender.expiry import Hold
 from pipeline.sender.setup import load_policy
 
-CONFIG = Path(__file__).resolve().parents[3] / "config"
+CONFIG = Path(__file__).resolve().parents[2] / "fixtures" / "config"  # the tests' copy
 
 
 class EmptyState:

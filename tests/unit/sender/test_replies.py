@@ -1,0 +1,65 @@
+"""What the sender remembers to record each receipt and reply exactly once."""
+
+from __future__ import annotations
+
+from pipeline.sender.replies import (
+    DONE_KEEP_MS,
+    FOREIGN_KEEP_MS,
+    INBOUND_DEDUP_WINDOW_MS,
+    InboundBook,
+    Part,
+    ReceiptBook,
+)
+
+
+def test_part_round_trips_through_its_stored_form() -> None:
+    part = Part(3, "a" * 32, 2, 3)
+    assert Part.from_bytes(3, part.to_bytes()) == part
+
+
+def test_a_final_receipt_is_recorded_once_and_its_marker_expires() -> None:
+    book = ReceiptBook()
+    book.track("smsc-1", Part(0, "m1", 1, 1))
+    assert book.lookup("smsc-1") == Part(0, "m1", 1, 1)
+    assert not book.recorded("smsc-1", "DELIVRD")
+    book.finished("smsc-1", 0, now_ms=1_000)
+    assert book.recorded("smsc-1", "DELIVRD") and book.recorded("smsc-1", "UNDELIV")
+    assert book.lookup("smsc-1") is None
+    assert book.expired({0}, 1_000 + DONE_KEEP_MS) == []
+    assert book.expired({0}, 2_000 + DONE_KEEP_MS) == [(0, "smsc-1")]
+    assert not book.recorded("smsc-1", "DELIVRD")
+
+
+def test_an_intermediate_receipt_is_remembered_by_state() -> None:
+    book = ReceiptBook()
+    book.seen.add(("smsc-2", "ENROUTE"))
+    assert book.recorded("smsc-2", "ENROUTE") and not book.recorded("smsc-2", "DELIVRD")
+
+
+def test_ids_of_a_partition_given_up_still_correlate_for_a_while() -> None:
+    book = ReceiptBook()
+    book.track("smsc-3", Part(1, "m3", 1, 1))
+    book.finished("smsc-9", 1, now_ms=0)
+    book.give_up({1}, now_ms=10)
+    assert book.lookup("smsc-3") == Part(1, "m3", 1, 1)  # late receipt, moved partition
+    assert not book.recorded("smsc-9", "DELIVRD")  # the new owner holds that marker now
+    book.expired(set(), 11 + FOREIGN_KEEP_MS)
+    assert book.lookup("smsc-3") is None
+    book.track("smsc-4", Part(1, "m4", 1, 1))  # taken back: owned again
+    assert "smsc-4" not in book.foreign
+
+
+def test_a_reply_sent_again_is_recognised_within_the_window() -> None:
+    book = InboundBook()
+    key = InboundBook.key("+79161234567", "SHOPRU", "STOP", None)
+    assert key == InboundBook.key("+79161234567", "SHOPRU", "STOP", None)
+    assert key != InboundBook.key("+79161234567", "SHOPRU", "СТОП", None)
+    book.remember(key, 1_000)
+    assert book.recorded(key, 1_000 + INBOUND_DEDUP_WINDOW_MS - 1)
+    assert not book.recorded(key, 1_000 + INBOUND_DEDUP_WINDOW_MS)
+
+
+def test_a_reply_with_an_smsc_reference_is_known_by_it() -> None:
+    a = InboundBook.key("+79161234567", "SHOPRU", "STOP", "mo-7")
+    assert a == InboundBook.key("+79161234567", "SHOPRU", "STOP ", "mo-7")
+    assert a != InboundBook.key("+79161234567", "SHOPRU", "STOP", "mo-8")
