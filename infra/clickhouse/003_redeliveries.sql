@@ -1,6 +1,7 @@
 -- Requests delivered to the sender again (sms.redeliveries: a republished event, a
 -- replayed consumer group, a router restart). They never get a second outcome in
--- `messages`; each delivery is one row here, so analysts can count replays.
+-- `messages`; each delivery is one row here, so analysts can count replays. `detail`
+-- names the delivery (topic, partition, offset), so two in the same millisecond differ.
 CREATE TABLE IF NOT EXISTS {db}.redeliveries
 (
     request_id  String,
@@ -13,5 +14,5 @@ CREATE TABLE IF NOT EXISTS {db}.redeliveries
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(day)
-ORDER BY (request_id, seen_at)
+ORDER BY (request_id, seen_at, detail)
 SETTINGS non_replicated_deduplication_window = 10000;

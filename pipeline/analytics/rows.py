@@ -214,7 +214,7 @@ def redelivery_row(r: Record, key: str = "") -> Row:
         r["lane"],
         r["rule_id"],
         _s(r.get("campaign_id")),
-        _s(r.get("detail"))[:200],
+        _s(r.get("detail"))[:300],
         int(r["decided_at_ms"]),
     )
 

@@ -624,10 +624,11 @@ class SenderWorker:
         if problem:
             self._dead_letter(producer, msg, "invalid_request", problem)
             return
+        where = f"{msg.topic()}[{p}]@{msg.offset()}"
         if self.store.get(p, HOLD + request["request_id"].encode()) is not None:
-            self._redelivered(producer, request, "held", now)  # already waiting for its time
+            self._redelivered(producer, request, f"held; delivered again as {where}", now)
             return
-        self._decide(producer, p, request, raw, now)
+        self._decide(producer, p, request, raw, now, where)
 
     def _dead_letter(self, producer: Producer, msg: Any, reason: str, error: str) -> None:
         record_ = dead_letter("sender", reason, error, msg.topic(), msg.partition(), msg.offset(),
@@ -646,12 +647,14 @@ class SenderWorker:
                          value=avro.encode("send_outcome", self._outcome_record(
                              request, "suppressed", "duplicate", detail, None, None, now)))
 
-    def _decide(self, producer: Producer, p: int, request: dict[str, Any], raw: bytes, now: int) -> None:
+    def _decide(self, producer: Producer, p: int, request: dict[str, Any], raw: bytes, now: int,
+                where: str = "a released hold") -> None:
         decision = decide(request, self.policy, _View(self, p), now)
         rid = request["request_id"].encode()
         if isinstance(decision, Reject):
             if decision.reason == "duplicate":
-                self._redelivered(producer, request, decision.detail or "", now)
+                self._redelivered(producer, request,
+                                  f"{decision.detail}; delivered again as {where}", now)
                 return
             self._finish(producer, p, request, decision, None, now)
         elif isinstance(decision, Hold):
