@@ -1,9 +1,10 @@
 """The router's decision, as a pure function: one business event in, notification requests out.
 
 `route()` finds the rules the event triggers for the customer, picks each rule's template
-variant, renders it and builds a `notification_request` record per rule. A rule that
-fails (render error, no locale, bad schedule) becomes a `RouteFailure` with a reason code
-while the other rules still produce their requests. No I/O, no clock: the Faust agent
+variant, renders it (within the rule set's `RenderLimits`) and builds a
+`notification_request` record per rule. A rule that fails (render error, render over its
+time or size limit, unsafe template, no locale, bad schedule) becomes a `RouteFailure`
+with a reason code while the other rules still produce their requests. No I/O, no clock: the Faust agent
 passes the profile and `now_ms` in and moves the results to topics.
 """
 
@@ -85,7 +86,8 @@ def route(
     Called by the router agent per event. Returns an empty result when no rule matches
     (record it as 'no_rule'); a failure with reason 'no_profile' when rules match but the
     customer has no profile; otherwise one request per matching rule, or a RouteFailure
-    (render_error, no_locale, bad_send_at, route_error) for a rule that could not be built.
+    (render_error, render_timeout, render_too_large, render_unsafe, no_locale, bad_send_at,
+    route_error) for a rule that could not be built.
     Never raises on bad event or profile data.
     """
     if profile is None:
@@ -126,8 +128,8 @@ def build_request(
 ) -> dict[str, Any]:
     """The `notification_request` record for one matching rule.
 
-    Raises RenderError / NoLocaleError when the template cannot be rendered and
-    SendAtError when the rule's schedule field is unusable; both are permanent.
+    Raises RenderError (or a subclass: NoLocaleError, RenderTimeout, RenderTooLarge,
+    RenderUnsafe) when the template cannot be rendered within its limits and SendAtError when the rule's schedule field is unusable; both are permanent.
     """
     customer_id = str(event["customer_id"])
     variant = pick_variant(rule, customer_id)
@@ -137,6 +139,7 @@ def build_request(
         customer=profile,
         rule=rule,
         default_locale=ruleset.settings.default_locale,
+        limits=ruleset.settings.render,
     )
     request_id = idempotency_key(str(event["event_id"]), rule.id, customer_id)
     # Tracked short links replace the URLs before the sender measures segments.

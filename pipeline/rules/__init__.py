@@ -12,13 +12,22 @@ from pipeline.rules.model import (
     LANES,
     Condition,
     CustomerFilter,
+    RenderLimits,
     Rule,
     RuleSet,
     RuleSettings,
     Template,
     Variant,
 )
-from pipeline.rules.render import NoLocaleError, Rendered, RenderError, choose_locale
+from pipeline.rules.render import (
+    NoLocaleError,
+    Rendered,
+    RenderError,
+    RenderTimeout,
+    RenderTooLarge,
+    RenderUnsafe,
+    choose_locale,
+)
 
 __all__ = [
     "EVENT_TYPES",
@@ -27,6 +36,10 @@ __all__ = [
     "CustomerFilter",
     "NoLocaleError",
     "RenderError",
+    "RenderLimits",
+    "RenderTimeout",
+    "RenderTooLarge",
+    "RenderUnsafe",
     "Rendered",
     "Rule",
     "RuleSet",

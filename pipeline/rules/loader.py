@@ -36,6 +36,7 @@ from pipeline.rules.model import (
     OPERATORS,
     Condition,
     CustomerFilter,
+    RenderLimits,
     Rule,
     RuleSet,
     RuleSettings,
@@ -49,6 +50,8 @@ from pipeline.rules.render import (
     build_environment,
     compile_source,
 )
+from pipeline.rules.sandbox import MAX_BUILD
+from pipeline.rules.template_check import JINJA_NAMES, check_template, field_uses
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,11 @@ _SETTINGS_FIELDS = (
     "default_ttl",
     "default_dedup_window",
 )
+_OPTIONAL_SETTINGS = ("render",)
+_RENDER_FIELDS = {  # name: (lowest, highest)
+    "timeout_ms": (1, 5_000),
+    "max_chars": (1, MAX_BUILD),
+}
 _RULE_FIELDS = (
     "id",
     "description",
@@ -250,9 +258,11 @@ class _Schemas:
 
 @dataclass
 class _TemplateRefs:
-    """Where a template reads `event.<field>`: (field, locale, line)."""
+    """Where a template reads `event.<field>`: (field, locale, line); and where it loops
+    over or prints one: (field, 'loop' or 'print', locale, line)."""
 
     event_fields: list[tuple[str, str, int]] = field(default_factory=list)
+    event_uses: list[tuple[str, str, str, int]] = field(default_factory=list)
 
 
 def _join(values: Any) -> str:
@@ -355,7 +365,7 @@ class _Builder:
         if not isinstance(raw, Mapping):
             self.problem(f"{where}: expected a mapping")
             return fallback
-        self._unknown_fields(where, raw, _SETTINGS_FIELDS)
+        self._unknown_fields(where, raw, _SETTINGS_FIELDS + _OPTIONAL_SETTINGS)
         for key in _SETTINGS_FIELDS:
             if key not in raw:
                 self.problem(f"{where}: missing field '{key}'")
@@ -386,7 +396,30 @@ class _Builder:
             default_sender_id=str(sender),
             default_ttl_s=ttl or fallback.default_ttl_s,
             default_dedup_window_s=dedup or fallback.default_dedup_window_s,
+            render=self._render_limits(f"{where}.render", raw.get("render")),
         )
+
+    def _render_limits(self, where: str, raw: Any) -> RenderLimits:
+        """`settings.render`: {timeout_ms, max_chars}; absent keys keep their defaults."""
+        defaults = RenderLimits()
+        if raw is None:
+            return defaults
+        if not isinstance(raw, Mapping):
+            self.problem(f"{where}: expected a mapping with {_join(_RENDER_FIELDS)}")
+            return defaults
+        self._unknown_fields(where, raw, tuple(_RENDER_FIELDS))
+        values: dict[str, int] = {}
+        for key, (low, high) in _RENDER_FIELDS.items():
+            if key not in raw:
+                continue
+            value = raw[key]
+            if not _is_int(value) or not low <= value <= high:
+                self.problem(
+                    f"{where}.{key}: expected a whole number from {low} to {high:,}, got {value!r}"
+                )
+            else:
+                values[key] = value
+        return RenderLimits(**{**defaults.__dict__, **values})
 
     # -- small checks ------------------------------------------------------------------
 
@@ -768,6 +801,7 @@ class _Builder:
         event: str,
     ) -> None:
         reported: set[str] = set()
+        used_by = where.split(": ", 1)[1]
         for name, locale, line in refs.event_fields:
             if name in fields or name == "get" or name in reported:
                 continue
@@ -775,8 +809,16 @@ class _Builder:
             self.problem(
                 f"config/{TEMPLATES_DIR}/{template_id}.yaml: template {template_id}, locale {locale}, "
                 f"line {line}: event.{name}: no field '{name}' in event {event}{_suggest(name, fields)} "
-                f"(the template is used by {where.split(': ', 1)[1]})"
+                f"(the template is used by {used_by})"
             )
+        for name, use, locale, line in dict.fromkeys(refs.event_uses):
+            problem = _use_problem("event", name, use, fields.get(name))
+            if problem:
+                self.problem(
+                    f"config/{TEMPLATES_DIR}/{template_id}.yaml: template {template_id}, "
+                    f"locale {locale}, line {line}: {problem} in event {event} "
+                    f"(the template is used by {used_by})"
+                )
 
     # -- templates -----------------------------------------------------------------------
 
@@ -836,12 +878,33 @@ class _Builder:
                 continue
             try:
                 ast = self.env.parse(source)
-                compiled[locale] = compile_source(self.env, stem, locale, source)
             except jinja2.TemplateSyntaxError as exc:
                 self.problem(f"{where}, line {exc.lineno}: syntax error: {exc.message}")
                 continue
+            unsafe = check_template(ast)
+            for line, message in unsafe:
+                self.problem(f"{where}, line {line}: {message}")
+            if not unsafe:
+                try:
+                    compiled[locale] = compile_source(self.env, stem, locale, source)
+                except jinja2.TemplateSyntaxError as exc:
+                    self.problem(f"{where}, line {exc.lineno}: syntax error: {exc.message}")
+                    continue
             sources[locale] = source
-            for unknown in sorted(meta.find_undeclared_variables(ast) - CONTEXT_NAMES):
+            profile = self.schemas.fields.get(PROFILE_SCHEMA, {})
+            for use in dict.fromkeys(field_uses(ast)):
+                if use.root == "event":
+                    template_refs.event_uses.append((use.field, use.use, locale, use.line))
+                    continue
+                kind = profile.get(use.field) if use.root == "customer" else _RULE_FIELD_TYPE
+                problem = _use_problem(use.root, use.field, use.use, kind)
+                if problem:
+                    self.problem(f"{where}, line {use.line}: {problem}")
+            try:
+                undeclared = meta.find_undeclared_variables(ast) - CONTEXT_NAMES - JINJA_NAMES
+            except jinja2.TemplateSyntaxError:  # an unknown filter, already reported
+                undeclared = set()
+            for unknown in sorted(undeclared):
                 self.problem(
                     f"{where}, line {_first_line(ast, unknown)}: unknown variable '{unknown}'"
                     f"{_suggest(unknown, CONTEXT_NAMES)} "
@@ -872,6 +935,26 @@ class _Builder:
             locales=MappingProxyType(sources),
             compiled=MappingProxyType(compiled),
         )
+
+
+_RULE_FIELD_TYPE = _FieldType(("string",), False, '"string" (rule)')
+
+
+def _use_problem(root: str, name: str, use: str, kind: _FieldType | None) -> str | None:
+    """Why looping over / printing `<root>.<name>` of type `kind` is refused, or None."""
+    if kind is None:
+        return None
+    if use == "loop" and "string" in kind.kinds and not {"map", "array"} & set(kind.kinds):
+        return (
+            f"{root}.{name}: a loop over a text field iterates its characters "
+            f"(field type {kind.avro})"
+        )
+    if use == "print" and {"map", "array"} & set(kind.kinds):
+        return (
+            f"{root}.{name}: prints a {'mapping' if 'map' in kind.kinds else 'list'} "
+            f"({kind.avro}): its Python form would be sent; print one of its items"
+        )
+    return None
 
 
 def _freeze(value: Any) -> Any:

@@ -101,6 +101,20 @@ class Template:
 
 
 @dataclass(frozen=True)
+class RenderLimits:
+    """How long one template render may run and how long a text it may produce.
+
+    `timeout_ms` is CPU time of the rendering thread (time spent waiting for the CPU on a
+    busy host does not count); `max_chars` bounds the text after whitespace is tidied, a
+    few SMS segments' worth. A render over either limit fails with reason
+    `render_timeout` / `render_too_large` and its event is dead-lettered.
+    """
+
+    timeout_ms: int = 50
+    max_chars: int = 1000
+
+
+@dataclass(frozen=True)
 class RuleSettings:
     """The `settings:` block of rules.yaml, defaults for every rule."""
 
@@ -109,6 +123,7 @@ class RuleSettings:
     default_sender_id: str
     default_ttl_s: int
     default_dedup_window_s: int
+    render: RenderLimits = RenderLimits()
 
 
 @dataclass(frozen=True)

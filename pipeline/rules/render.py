@@ -3,15 +3,18 @@
 Templates are compiled once, when the rule set is loaded (`compile_source`), and rendered
 per event with a context of exactly three names: `event` (the event record), `customer`
 (the profile record) and `rule` (id, lane, sender_id, priority). Anything that goes wrong
-while rendering, including a sandbox violation, is a `RenderError`: a permanent failure
-of that one (event, rule) pair, never of the worker.
+while rendering is a `RenderError`: a permanent failure of that one (event, rule) pair,
+never of the worker. Its `reason` says what happened: `render_error` (bad data, undefined
+field, filter error), `render_timeout` and `render_too_large` (over the `RenderLimits`,
+enforced while rendering) and `render_unsafe` (the template reached for internals or
+would print a Python repr). What the sandbox allows is in `pipeline.rules.sandbox`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from types import TracebackType
@@ -20,34 +23,48 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from pipeline.errors import PermanentError
-from pipeline.rules.model import Rule, Template
+from pipeline.rules.model import RenderLimits, Rule, Template
+from pipeline.rules.sandbox import (
+    HELPER_FILTERS,
+    NoLocaleError,
+    RenderError,
+    RenderTimeout,
+    RenderTooLarge,
+    RenderUnsafe,
+    SmsSandbox,
+    end_budget,
+    finalize,
+    guard_loops_and_concat,
+    install_filters,
+    start_budget,
+)
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "CONTEXT_NAMES",
+    "HELPER_FILTERS",
+    "RULE_FIELDS",
+    "NoLocaleError",
+    "RenderError",
+    "RenderTimeout",
+    "RenderTooLarge",
+    "RenderUnsafe",
+    "Rendered",
+    "build_environment",
+    "choose_locale",
+    "compile_source",
+    "render",
+    "tidy",
+]
 
 CONTEXT_NAMES: frozenset[str] = frozenset({"event", "customer", "rule"})
 """The only top-level names a template may use."""
 RULE_FIELDS: frozenset[str] = frozenset({"id", "lane", "sender_id", "priority"})
 """What `rule.<name>` offers inside a template."""
-HELPER_FILTERS: tuple[str, ...] = ("money", "date", "datetime")
 
 _LOCALE_KEY = "_render_locale"  # hidden context entry the locale-aware filters read
-_MAX_REPEAT = 1000  # largest `'x' * n` / `[..] * n` a template may build
-_MAX_POWER = 64
-
-
-class RenderError(PermanentError):
-    """A template could not be rendered for this event and customer; retrying cannot help."""
-
-    reason = "render_error"
-
-
-class NoLocaleError(RenderError):
-    """The template has no text in any locale usable for this customer."""
-
-    reason = "no_locale"
 
 
 @dataclass(frozen=True)
@@ -59,46 +76,16 @@ class Rendered:
     locale: str
 
 
-class _SmsSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, plus a cap on repetition and powers (no memory bombs)."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(
-        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
-    ) -> Any:
-        if operator == "*":
-            for seq, count in ((left, right), (right, left)):
-                if (
-                    isinstance(seq, str | list | tuple)
-                    and isinstance(count, int)
-                    and count > _MAX_REPEAT
-                ):
-                    raise SecurityError(f"repetition by {count} exceeds {_MAX_REPEAT}")
-        if operator == "**" and isinstance(right, int | float) and abs(right) > _MAX_POWER:
-            raise SecurityError(f"power {right} exceeds {_MAX_POWER}")
-        return super().call_binop(context, operator, left, right)
-
-
-def _refuse_none(value: Any) -> Any:
-    """`finalize` hook: printing a null field is a bug in the template, not 'None' in an SMS."""
-    if value is None:
-        raise RenderError("the template prints a null value; guard it with {% if %} or `or`")
-    return value
-
-
 def build_environment() -> jinja2.Environment:
     """The sandboxed environment templates are compiled in; called once per rule-set load."""
-    env = _SmsSandbox(
+    env = SmsSandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
-        finalize=_refuse_none,
+        finalize=finalize,
         keep_trailing_newline=False,
     )
     env.globals.clear()  # only event/customer/rule exist; validation relies on it
-    env.filters["money"] = money_filter
-    env.filters["date"] = date_filter
-    env.filters["datetime"] = datetime_filter
+    install_filters(env, {"money": money_filter, "date": date_filter, "datetime": datetime_filter})
     return env
 
 
@@ -107,11 +94,16 @@ def compile_source(
 ) -> jinja2.Template:
     """Compile one locale of a template; jinja2.TemplateSyntaxError when it is malformed.
 
-    The filename carries template id and locale so runtime errors can name them.
+    Every loop and `~` is routed through the sandbox's guards first (see
+    `pipeline.rules.sandbox`). The filename carries template id and locale so runtime
+    errors can name them.
     """
-    code = env.compile(
-        source, name=f"{template_id}:{locale}", filename=_filename(template_id, locale)
+    filename = _filename(template_id, locale)
+    ast = guard_loops_and_concat(
+        env.parse(source, name=f"{template_id}:{locale}", filename=filename)
     )
+    ast.set_environment(env)
+    code = env.compile(ast, name=f"{template_id}:{locale}", filename=filename)
     return env.template_class.from_code(env, code, env.make_globals(None), None)
 
 
@@ -153,12 +145,17 @@ def render(
     customer: Mapping[str, Any],
     rule: Rule,
     default_locale: str,
+    limits: RenderLimits = RenderLimits(),
 ) -> Rendered:
     """Render `template` for one event and customer; called by the router per matching rule.
 
-    Raises RenderError (reason render_error) on undefined names, null values printed,
-    sandbox violations or filter errors, and NoLocaleError (reason no_locale) when the
-    template has no usable locale. Both are permanent for this (event, rule).
+    The render gets `limits.timeout_ms` of CPU time and may produce at most
+    `limits.max_chars` characters (after `tidy`); both are enforced while it runs, so a
+    hostile template stops early instead of stalling the router. Raises RenderError
+    (reason render_error) on undefined names, null values printed or filter errors;
+    RenderTimeout, RenderTooLarge and RenderUnsafe (render_timeout, render_too_large,
+    render_unsafe) on the limits and the sandbox; NoLocaleError (no_locale) when the
+    template has no usable locale. All are permanent for this (event, rule).
     """
     locale = choose_locale(template, customer.get("locale"), default_locale)
     compiled = template.compiled.get(locale)
@@ -176,29 +173,59 @@ def render(
         _LOCALE_KEY: locale,
     }
     where = f"template {template.id} ({locale})"
+    chunks = compiled.generate(context)
+    deadline = start_budget(limits.timeout_ms)
     try:
-        raw = compiled.render(context)
-    except RenderError as exc:
-        raise RenderError(
+        text = _collect(chunks, limits.max_chars)
+    except RenderError as exc:  # the subclasses keep their reason
+        raise type(exc)(
             f"{where}{_line_of(exc.__traceback__, template.id, locale)}: {exc}"
         ) from exc
     except SecurityError as exc:
-        raise RenderError(
+        raise RenderUnsafe(
             f"{where}{_line_of(exc.__traceback__, template.id, locale)}: sandbox violation: {exc}"
         ) from exc
     except jinja2.UndefinedError as exc:
         raise RenderError(
             f"{where}{_line_of(exc.__traceback__, template.id, locale)}: undefined: {exc}"
         ) from exc
+    except RecursionError as exc:
+        raise RenderUnsafe(f"{where}: the template recurses without end") from exc
     except Exception as exc:  # filters and operators raise all kinds on bad data
         raise RenderError(
             f"{where}{_line_of(exc.__traceback__, template.id, locale)}: "
             f"{exc.__class__.__name__}: {exc}"
         ) from exc
-    text = tidy(raw)
+    finally:
+        chunks.close()
+        end_budget(deadline)
     if not text:
         raise RenderError(f"{where}: rendered an empty text")
     return Rendered(text=text, template_id=template.id, locale=locale)
+
+
+def _collect(chunks: Iterator[str], max_chars: int) -> str:
+    """The tidied text of `chunks`, stopping as soon as it is sure to exceed `max_chars`.
+
+    Chunks are kept as they come while they are short; once they add up to more than
+    twice the limit they are squeezed (runs of blanks to one, as `tidy` does) and, if
+    still over, rendering stops. So an endless stream of output or of blanks never
+    piles up in memory, and a normal text is tidied once, at the end.
+    """
+    parts: list[str] = []
+    size = 0
+    for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > 2 * max_chars:
+            squeezed = _squeeze("".join(parts)).lstrip()
+            if len(squeezed) > max_chars + 1:  # one trailing blank may still go
+                raise RenderTooLarge(f"the text grows past the limit of {max_chars} characters")
+            parts, size = [squeezed], len(squeezed)
+    text = tidy("".join(parts))
+    if len(text) > max_chars:
+        raise RenderTooLarge(f"the text has {len(text)} characters (limit {max_chars})")
+    return text
 
 
 def _line_of(tb: TracebackType | None, template_id: str, locale: str) -> str:
@@ -218,7 +245,11 @@ _BREAKS = re.compile(r" ?\n[ \n]*")
 
 def tidy(text: str) -> str:
     """Strip the text, collapse runs of spaces to one space and runs of line breaks to one."""
-    return _BREAKS.sub("\n", _SPACES.sub(" ", text)).strip()
+    return _squeeze(text).strip()
+
+
+def _squeeze(text: str) -> str:
+    return _BREAKS.sub("\n", _SPACES.sub(" ", text))
 
 
 # ---------------------------------------------------------------------------- filters

@@ -2,21 +2,29 @@
 
 Every bad input ends dead-lettered (with its reason and original bytes) or rejected (with
 its reason); template syntax inside event fields is printed, never evaluated; every good
-input still goes out, once.
+input still goes out, once. A hostile template (one that would stall the router, build a
+huge text or print Python internals) costs only its own events, each dead-lettered with
+the limit it hit, and the router keeps routing and answers SIGTERM.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+from confluent_kafka import Consumer, TopicPartition
 from sendkit import NOW, make_request, outcomes, phone, sender, simulator
 from stages import changelog, read_raw, settle, stage, wait_for
 
 from pipeline import avro, kafka_io, topics
+from pipeline.procs import stop
+from pipeline.rules.loader import validate
 from pipeline.samples import make_profile, order_event
 from pipeline.settings import Settings
 
@@ -79,8 +87,9 @@ def test_poison_into_the_router(ns: Settings, tmp_path: Path) -> None:
 
     good_events = [shipped(p) for p in good]
     odd_events = ([shipped(p) for p in odd_phone] + [shipped(p) for p in odd_name]
-                  + [shipped(good[i], order_id=s) for i, s in enumerate(INJECTIONS)]
-                  + [shipped(good[10], order_id="9" * HUGE)])
+                  + [shipped(good[i], order_id=s) for i, s in enumerate(INJECTIONS)])
+    # A 900 KB order number would make a 900 KB SMS text: the render's size limit stops it.
+    huge_event = shipped(good[10], order_id="9" * HUGE)
     bad: list[tuple[bytes | None, bytes | None, str]] = [
         (b"k%d" % i, v, "undecodable") for i, v in enumerate(garbage(rng, 120))]
     bad += [(b"wrong", avro.encode("inbound_message", {
@@ -93,6 +102,8 @@ def test_poison_into_the_router(ns: Settings, tmp_path: Path) -> None:
                    {"occurred_at_ms": -(2**62)}):
         bad.append((b"inv", avro.encode("order_status_changed", shipped(good[1], **fields)),
                     "invalid_event"))
+    bad.append((huge_event["customer_id"].encode(),
+                avro.encode("order_status_changed", huge_event), "render_too_large"))
     wanted_requests = len(good_events) + len(odd_events)
     with simulator(tmp_path) as sim, stage(ns, ["router"], tmp_path) as router, \
             sender(ns, sim, tmp_path) as snd:
@@ -131,8 +142,7 @@ def test_poison_into_the_router(ns: Settings, tmp_path: Path) -> None:
             assert outcome["status"] == "submitted", (typed, outcome)
         else:
             assert (outcome["status"], outcome["reason"]) == ("rejected", reason), (typed, outcome)
-    huge = got[by_event[odd_events[-1]["event_id"]]["request_id"]]
-    assert (huge["status"], huge["reason"]) == ("rejected", "too_many_segments"), huge
+    assert huge_event["event_id"] not in by_event
     assert max(per_number.values()) == 1
 
 
@@ -208,3 +218,120 @@ def test_letters_in_a_number_are_not_dialled_as_keypad_digits() -> None:
 
     got = normalise("+7-916-ABC-45-67", "RU", frozenset({"RU"}))
     assert getattr(got, "reason", None) == "invalid_number", got
+
+
+HOSTILE_TEMPLATE = (
+    "{% set mode = event.attributes.get('mode', '') %}"
+    "{% set blob = event.attributes.get('blob', '') %}"
+    # slow: two loops over a 20,000-character attribute, 4e8 steps (minutes) without a limit
+    "{% if mode == 'slow' %}{% for a in blob %}{% for b in blob %}{% endfor %}{% endfor %}."
+    "{% elif mode == 'big' %}{{ blob }}"  # a 20,000-character SMS
+    "{% elif mode == 'leak' %}{{ event.get('attributes') }}"  # a Python dict repr as an SMS
+    "{% else %}Заказ {{ event.order_id }} отправлен{% endif %}"
+)
+EXPECTED = {"slow": "render_timeout", "big": "render_too_large", "leak": "render_unsafe"}
+
+
+def _config_with_hostile_template(src: Path, dst: Path) -> None:
+    """A config whose order_shipped template passes `rules validate` but turns hostile on
+    events whose attributes ask it to."""
+    shutil.copytree(src, dst)
+    path = dst / "templates" / "order_shipped.yaml"
+    template = yaml.safe_load(path.read_text(encoding="utf-8"))
+    template["locales"] = {"ru": HOSTILE_TEMPLATE, "en": HOSTILE_TEMPLATE}
+    path.write_text(yaml.safe_dump(template, allow_unicode=True), encoding="utf-8")
+
+
+def _outcomes(cfg: Settings, event_ids: set[str], timeout: float = 45.0) -> dict[str, set[Any]]:
+    """Each event's distinct visible outcomes, read until every one of `event_ids` has one
+    (bounded by `timeout`): ('request', request_id) or ('dead_letter', reason)."""
+    found: dict[str, set[Any]] = {}
+    deadline = time.monotonic() + timeout
+
+    def note(msgs: list[Any], kind: str) -> None:
+        for m in msgs:
+            key = m.record["request_id"] if kind == "request" else m.record["reason"]
+            found.setdefault(m.record["event_id"], set()).add((kind, key))
+
+    while time.monotonic() < deadline:
+        found.clear()
+        note(settle(cfg, topics.REQUESTS_TRANSACTIONAL, idle=0.5, timeout=10), "request")
+        note(settle(cfg, topics.DEAD_LETTERS, idle=0.5, timeout=10), "dead_letter")
+        if event_ids <= set(found):
+            break
+    return found
+
+
+def test_hostile_templates_cost_only_their_own_events(ns: Settings, tmp_path: Path) -> None:
+    cfg = replace(ns, config_dir=tmp_path / "config")
+    _config_with_hostile_template(ns.config_dir, cfg.config_dir)
+    assert validate(cfg.config_dir) == [], "the hostile template must pass validation"
+    rng = random.Random(7)
+    profiles = [make_profile(rng, i) for i in range(20)]
+
+    def events(modes: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for i, mode in enumerate(modes):
+            event = order_event(rng, profiles[i % len(profiles)]["customer_id"], "shipped", NOW())
+            if mode != "good":
+                event["attributes"] = {"mode": mode, "blob": "x" * 20_000}
+            out.append(event)
+        return out
+
+    def publish(batch: list[dict[str, Any]]) -> None:
+        kafka_io.publish(cfg, topics.ORDER_STATUS, ((e["customer_id"], e) for e in batch),
+                         "order_status_changed")
+
+    first = events(["good"] * 30 + ["slow"] * 6 + ["big"] * 4 + ["leak"] * 4)
+    rng.shuffle(first)
+    second = events(["slow"] * 40 + ["good"] * 10)
+    with stage(cfg, ["router"], tmp_path) as router:
+        kafka_io.publish(cfg, topics.PROFILES, ((p["customer_id"], p) for p in profiles),
+                         "customer_profile")
+        read_raw(cfg, changelog(cfg, "router", "profiles"),
+                 lambda msgs: len({m.key for m in msgs}) >= len(profiles))
+        publish(first)
+        found = _outcomes(cfg, {e["event_id"] for e in first}, timeout=30)
+        assert router.poll() is None, "the router must survive hostile templates"
+        # Busy with 40 renders that each run to their time limit, it still stops on SIGTERM.
+        publish(second)
+        wait_for(cfg, topics.DEAD_LETTERS, 15, timeout=30)
+        asked = time.monotonic()
+        code = stop(router, timeout=20)
+        took = time.monotonic() - asked
+    assert code in (0, -15) and took < 15, f"SIGTERM answered in {took:.1f} s (exit {code})"
+    for event in first:
+        mode = event["attributes"].get("mode", "good")
+        want = {("dead_letter", EXPECTED[mode])} if mode in EXPECTED else None
+        got = found.get(event["event_id"], set())
+        if want is None:
+            assert len(got) == 1 and next(iter(got))[0] == "request", (mode, got)
+        else:
+            assert got == want, (mode, got)
+    # Stopped mid-work, the router committed no offset past an event it had not finished:
+    # every event below the committed offsets has its outcome (the rest are routed by
+    # the next router to read the partitions).
+    committed = _committed(cfg, f"{cfg.app_id}-router", topics.ORDER_STATUS)
+    below = [m for m in wait_for(cfg, topics.ORDER_STATUS, len(first) + len(second))
+             if m.offset < committed.get(m.partition, 0)]
+    assert len(below) >= len(first)
+    found = _outcomes(cfg, {m.record["event_id"] for m in below}, timeout=30)
+    for m in below:
+        mode = m.record["attributes"].get("mode", "good")
+        got = found.get(m.record["event_id"], set())
+        assert got, f"offset {m.partition}@{m.offset} ({mode}) committed without an outcome"
+        if mode == "slow":
+            assert got == {("dead_letter", "render_timeout")}, got
+
+
+def _committed(cfg: Settings, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition of catalog topic `topic` (absent: none)."""
+    name = cfg.topic(topic)
+    consumer = Consumer({"bootstrap.servers": cfg.kafka_bootstrap, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        parts = consumer.list_topics(name, timeout=10).topics[name].partitions
+        done = consumer.committed([TopicPartition(name, p) for p in parts], timeout=10)
+        return {tp.partition: tp.offset for tp in done if tp.offset >= 0}
+    finally:
+        consumer.close()

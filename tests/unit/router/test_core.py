@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 import yaml
@@ -57,7 +58,7 @@ def order(status: str, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def ruleset():
-    return load_ruleset(ROOT / "config")
+    return load_ruleset(ROOT / "tests" / "fixtures" / "config")  # not the live config/
 
 
 def assert_schema_valid(request: dict) -> None:
@@ -290,3 +291,51 @@ def test_sparse_profile_still_gives_a_valid_request(ruleset):
     assert_schema_valid(req)
     assert req["country"] == "RU" and req["time_zone"] is None and req["locale"] == "ru"
     assert req["text"].startswith("Здравствуйте, заказ")
+
+
+def _bundle_with(templates: dict[str, str], settings: dict | None = None) -> dict[str, str]:
+    """One rule per template, all on shipped orders; each template the same in ru and en."""
+    files = _two_rule_bundle()
+    data = yaml.safe_load(files["rules.yaml"])
+    data["settings"] |= settings or {}
+    data["rules"] = [
+        {"id": f"r_{tid}", "event": "order_status_changed", "when": {"status": "shipped"},
+         "template": tid, "lane": "transactional", "priority": 100 - i}
+        for i, tid in enumerate(templates)
+    ]
+    files = {"rules.yaml": yaml.safe_dump(data, allow_unicode=True)}
+    for tid, source in templates.items():
+        files[f"templates/{tid}.yaml"] = yaml.safe_dump(
+            {"id": tid, "locales": {"ru": source, "en": source}}, allow_unicode=True
+        )
+    return files
+
+
+def test_hostile_templates_fail_alone_with_their_reason_and_quickly():
+    """Templates that pass validation but blow up on the data: each rule fails with the
+    limit it hit, the good rule still produces its request, and nothing runs long."""
+    ruleset = load_bundle(_bundle_with({
+        "good": "Заказ {{ event.order_id }} отправлен",
+        "slow": "{% set s = event.attributes.get('blob', '') %}"
+                "{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}.",
+        "big": "{{ event.attributes.get('blob', '') ~ event.attributes.get('blob', '') }}",
+        "leak": "{{ event.get('attributes') }}",
+    }))
+    event = order("shipped", attributes={"blob": "x" * 20_000})
+    started = time.monotonic()
+    result = route(ruleset, "order_status_changed", event, PROFILE, NOW)
+    assert time.monotonic() - started < 3.0
+    (req,) = result.requests
+    assert req["rule_id"] == "r_good" and req["text"] == "Заказ A-1001 отправлен"
+    reasons = {f.rule_id: f.reason for f in result.failures}
+    assert reasons == {"r_slow": "render_timeout", "r_big": "render_too_large",
+                       "r_leak": "render_unsafe"}
+
+
+def test_render_limits_come_from_the_rule_set():
+    files = _bundle_with({"good": "Заказ {{ event.order_id }} отправлен"},
+                         {"render": {"max_chars": 20}})
+    result = route(load_bundle(files), "order_status_changed", order("shipped"), PROFILE, NOW)
+    assert result.requests == []
+    (failure,) = result.failures
+    assert failure.reason == "render_too_large" and "limit 20" in failure.error

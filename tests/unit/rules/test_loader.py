@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +14,7 @@ import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.rules.loader import load_bundle, load_ruleset, parse_duration, read_bundle, validate
+from pipeline.rules.model import RenderLimits
 from pipeline.settings import ROOT
 
 SETTINGS = {
@@ -299,12 +305,13 @@ def test_template_syntax_error_names_template_locale_and_line():
     )
 
 
-def test_unknown_filter_is_a_syntax_error():
+def test_unknown_filter_is_refused():
     template = shipped_template()
     template["locales"]["ru"] = "{{ event.amount_minor | rubles }}"
     problems = problems_of(bundle(templates=[template]))
     assert any(
-        "locale ru, line 1: syntax error: No filter named 'rubles'" in p for p in problems
+        "locale ru, line 1: filter 'rubles' is not allowed (filters: abs, capitalize," in p
+        for p in problems
     ), problems
 
 
@@ -427,3 +434,106 @@ def test_disabled_rule_is_validated_but_not_loaded():
     assert ruleset.rules == ()
     problems = problems_of(bundle([shipped_rule() | {"enabled": False, "lane": "x"}]))
     assert any("unknown lane 'x'" in p for p in problems)
+
+
+# ---------------------------------------------------------------------------- hostile templates
+# `rules validate` refuses what would stall the router, build huge values or send Jinja
+# and Python internals as SMS text, naming the file, template, locale and line.
+
+HOSTILE = [
+    (
+        "{% for a in event.order_id %}{% for b in event.order_id %}"
+        "{% for c in event.order_id %}{% endfor %}{% endfor %}{% endfor %}",
+        ["loops nested 3 deep (at most 2): too slow to render",
+         "event.order_id: a loop over a text field iterates its characters"],
+    ),
+    ('{{ "%02000000d" % 1 }}', ["the %-format field '%02000000d' is 2,000,000 characters wide"]),
+    ('{{ "%099999999d" % 1 }}', ["is 99,999,999 characters wide (limit 100)"]),
+    ('{{ "%099999999d"|format(1) }}', ["is 99,999,999 characters wide (limit 100)"]),
+    ("{{ '{:099999999}'.format(1) }}", ["is 99,999,999 characters wide (limit 100)"]),
+    ("{{ '{!r}'.format(event) }}", ["!r in a format prints a Python representation"]),
+    ("{{ self }}", ["'self' is Jinja's template object"]),
+    ("{{ 'x' ~ self.__class__ }}", ["'self' is Jinja's template object",
+                                     "attribute '__class__' is Python-internal"]),
+    ("{% for x in event.attributes %}{{ loop }}{{ loop.__class__ }}{{ loop.cycle('a') }}"
+     "{% endfor %}",
+     ["use 'loop' only as loop.<field>", "attribute '__class__' is Python-internal",
+      "loop.cycle is not available"]),
+    ("{{ cycler('a') }}{{ joiner() }}{{ namespace() }}{{ lipsum() }}{{ range(10 ** 9)|join }}",
+     ["'cycler' is a Jinja built-in", "'joiner' is a Jinja built-in",
+      "'namespace' is a Jinja built-in", "'lipsum' is a Jinja built-in",
+      "'range' is a Jinja built-in"]),
+    ("{{ event }}", ["prints the whole 'event'"]),
+    ("{{ event.attributes }}", ["event.attributes: prints a mapping"]),
+    ("{{ customer.segments }}", ["customer.segments: prints a list"]),
+    ("{% for c in customer.first_name %}{% endfor %}",
+     ["customer.first_name: a loop over a text field iterates its characters"]),
+    ("{{ 'x' * 100000000 }}", ["repetition builds 100,000,000 characters"]),
+    ("{{ 10 ** 100000 }}", ["power 100000 exceeds 64"]),
+    ("{{ event.order_id.center(99) }}", ["calling .center() is not allowed"]),
+    ("{{ event.order_id|center(99) }}", ["filter 'center' is not allowed"]),
+    ("{{ event|pprint }}", ["filter 'pprint' is not allowed"]),
+    ("{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}", ["{% macro %} is not allowed"]),
+    ("{% for x in event.attributes recursive %}{{ loop(x) }}{% endfor %}",
+     ["recursive loops are not allowed"]),
+]
+
+
+@pytest.mark.parametrize(("source", "expected"), HOSTILE, ids=[h[0][:40] for h in HOSTILE])
+def test_hostile_templates_are_refused_with_file_locale_and_line(source, expected):
+    template = shipped_template()
+    template["locales"]["en"] = "Order {{ event.order_id }} shipped.\n" + source
+    started = time.monotonic()
+    problems = problems_of(bundle(templates=[template]))
+    assert time.monotonic() - started < 2.0  # nothing is built or run while validating
+    where = "config/templates/order_shipped.yaml: template order_shipped, locale en, line 2: "
+    for text in expected:
+        assert any(p.startswith(where) and text in p for p in problems), (text, problems)
+
+
+def test_a_loop_over_an_event_text_field_names_the_rule():
+    template = shipped_template()
+    template["locales"]["ru"] = "{% for c in event.status %}{{ c }}{% endfor %}"
+    problems = problems_of(bundle(templates=[template]))
+    assert (
+        "config/templates/order_shipped.yaml: template order_shipped, locale ru, line 1: "
+        "event.status: a loop over a text field iterates its characters (field type "
+    ) in problems[0]
+    assert problems[0].endswith("(the template is used by rules[0] (order_shipped))")
+
+
+def test_rules_validate_command_refuses_the_reported_templates(tmp_path: Path):
+    config = tmp_path / "config"
+    shutil.copytree(ROOT / "config", config)
+    path = config / "templates" / "order_shipped.yaml"
+    template = yaml.safe_load(path.read_text(encoding="utf-8"))
+    template["locales"]["ru"] = (
+        "{% for a in event.order_id %}{% for b in event.order_id %}{% for c in event.order_id %}"
+        "{% endfor %}{% endfor %}{% endfor %}"
+    )
+    template["locales"]["en"] = 'Order\n{{ "%02000000d" % 1 }}\n{{ self }}'
+    path.write_text(yaml.safe_dump(template, allow_unicode=True), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "rules", "validate", "--config-dir", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    out = " ".join(done.stdout.split())
+    assert done.returncode == 1, out
+    for text in (
+        "template order_shipped, locale ru, line 1: loops nested 3 deep",
+        "template order_shipped, locale en, line 2: the %-format field '%02000000d'",
+        "template order_shipped, locale en, line 3: 'self' is Jinja's template object",
+    ):
+        assert text in out, out
+
+
+def test_render_limits_are_settings_with_defaults():
+    assert load_bundle(bundle()).settings.render == RenderLimits(timeout_ms=50, max_chars=1000)
+    tuned = SETTINGS | {"render": {"timeout_ms": 20, "max_chars": 480}}
+    assert load_bundle(bundle(settings=tuned)).settings.render == RenderLimits(20, 480)
+    bad = SETTINGS | {"render": {"timeout_ms": 0, "max_chars": "lots", "depth": 3}}
+    text = "\n".join(problems_of(bundle(settings=bad)))
+    assert "settings.render: unknown field 'depth'" in text
+    assert "settings.render.timeout_ms: expected a whole number from 1 to 5,000, got 0" in text
+    assert "settings.render.max_chars: expected a whole number from 1 to 100,000, got 'lots'" in text

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import gc
+import time
+
 import pytest
 
 from pipeline.errors import PermanentError
 from pipeline.rules.loader import load_bundle
-from pipeline.rules.model import Template
+from pipeline.rules.model import RenderLimits, Template
 from pipeline.rules.render import (
     NoLocaleError,
     RenderError,
+    RenderTimeout,
+    RenderTooLarge,
     build_environment,
     choose_locale,
     compile_source,
@@ -19,6 +24,7 @@ from pipeline.rules.render import (
     render,
     tidy,
 )
+from pipeline.rules.sandbox import FILTERS, end_budget, start_budget, tick
 from pipeline.settings import ROOT
 
 PROFILE = {
@@ -290,8 +296,6 @@ def test_printing_a_null_field_is_a_render_error():
         "{{ event.__class__.__init__.__globals__ }}",
         "{{ customer.update({'phone': '1'}) }}",
         "{{ event.attributes.clear() }}",
-        "{{ 'x' * 100000000 }}",
-        "{{ 10 ** 100000 }}",
         "{{ rule.id.__len__() }}",
     ],
 )
@@ -307,7 +311,14 @@ def test_sandbox_blocks_escapes_and_mutation(source):
             default_locale="ru",
         )
     assert "sandbox violation" in str(info.value)
+    assert info.value.reason == "render_unsafe"
     assert customer["phone"] == "+79160000000"
+
+
+@pytest.mark.parametrize("source", ["{{ 'x' * 100000000 }}", "{{ 10 ** 100000 }}"])
+def test_sandbox_refuses_memory_bombs(source):
+    with pytest.raises(RenderTooLarge):
+        render(make_template(ru=source), event={}, customer={}, rule=_rule(), default_locale="ru")
 
 
 def test_filter_errors_are_render_errors():
@@ -333,3 +344,196 @@ def test_tidy_whitespace():
         tidy("  Заказ   A-1\t\tотправлен.  \n\n\n  Трек:  x  \n") == "Заказ A-1 отправлен.\nТрек: x"
     )
     assert tidy("one\ntwo") == "one\ntwo"
+
+
+# ---------------------------------------------------------------------------- limits
+# A template must never stall or crash the router: render time and text size are limited
+# while rendering, every value-building operation is bounded before it builds, and no
+# Python repr of Jinja internals or records ever becomes SMS text.
+
+LONG = "x" * 1000  # three nested loops over it: 10^9 iterations, minutes without a limit
+
+
+def render_with(source: str, event: dict | None = None, limits: RenderLimits | None = None):
+    return render(
+        make_template(ru=source),
+        event=event if event is not None else {"text": LONG, "attributes": {"a": "b"}},
+        customer={"locale": "ru"},
+        rule=_rule(),
+        default_locale="ru",
+        **({"limits": limits} if limits else {}),
+    )
+
+
+def timed_failure(source: str, event: dict | None = None, limits: RenderLimits | None = None):
+    started = time.monotonic()
+    with pytest.raises(RenderError) as info:
+        render_with(source, event, limits)
+    return info.value, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for a in event.text %}{% for b in event.text %}{% for c in event.text %}"
+        "{% endfor %}{% endfor %}{% endfor %}",
+        # the same through a variable, which no static check can see through
+        "{% set s = event.text %}{% for a in s %}{% for b in s %}{% for c in s %}"
+        "{% endfor %}{% endfor %}{% endfor %}",
+        "{% for a in event.text %}{% for b in event.text %}{% set x = a ~ b %}{% endfor %}"
+        "{% endfor %}",
+    ],
+)
+def test_render_time_is_limited_even_for_loops_that_print_nothing(source):
+    error, elapsed = timed_failure(source)
+    assert isinstance(error, RenderTimeout) and error.reason == "render_timeout"
+    assert str(error).startswith("template t (ru), line 1: rendering took more than 50 ms")
+    assert elapsed < 2.0, f"the 50 ms limit let the render run {elapsed:.1f} s"
+
+
+def test_render_time_limit_is_configurable():
+    source = "{% for a in event.text %}{% for b in event.text %}{% endfor %}{% endfor %}"
+    assert render_with(source + "ok", {"text": "x" * 300}).text == "ok"  # 90k steps: fine
+    error, _ = timed_failure(source + "ok", {"text": "x" * 300}, RenderLimits(timeout_ms=1))
+    assert error.reason == "render_timeout" and "more than 1 ms" in str(error)
+
+
+def test_the_budget_is_cpu_time_of_the_rendering_thread():
+    token = start_budget(50)
+    try:
+        time.sleep(0.1)  # waiting (for the CPU, for I/O) is not rendering
+        tick()
+        deadline = time.thread_time() + 0.2
+        with pytest.raises(RenderTimeout):
+            while time.thread_time() < deadline:
+                tick()
+    finally:
+        end_budget(token)
+    tick()  # outside any budget nothing times out
+
+
+def test_garbage_collection_does_not_count_against_a_render():
+    """A full collection of a big worker's heap can take longer than a render's budget;
+    an ordinary template must not fail because of it."""
+    junk = [[i] for i in range(1_000_000)]  # a full collection takes ~100 ms here
+    token = start_budget(20)
+    try:
+        gc.collect()
+        gc.collect()
+        tick()
+    finally:
+        end_budget(token)
+    del junk
+
+
+def test_text_size_is_limited_after_tidying():
+    assert len(render_with("{{ event.text }}", {"text": "я" * 1000}).text) == 1000
+    assert render_with("a{{ event.text }}b", {"text": " \n " * 5000}).text == "a\nb"
+    error, _ = timed_failure("{{ event.text }}", {"text": "я" * 1001})
+    assert error.reason == "render_too_large" and "limit 1000" in str(error)
+    error, _ = timed_failure("{{ event.text }}", {"text": "я" * 200}, RenderLimits(max_chars=160))
+    assert error.reason == "render_too_large"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for a in event.text %}{% for b in event.text %}xy{% endfor %}{% endfor %}",
+        "{% for a in event.text %}{% for b in event.text %}{{ event.text }}{% endfor %}{% endfor %}",
+        "{% for a in event.text %}{% for b in event.text %}{{ a }}  {% endfor %}{% endfor %}",
+    ],
+)
+def test_output_size_is_enforced_while_rendering(source):
+    """A template that would print megabytes stops at the limit, long before its deadline."""
+    error, elapsed = timed_failure(source, limits=RenderLimits(timeout_ms=60_000))
+    assert error.reason == "render_too_large", error
+    assert elapsed < 2.0
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        '{{ "%02000000d" % 1 }}',  # 2 MB in one operation
+        '{{ "%099999999d" % 1 }}',  # 100 MB
+        '{{ "%.99999999f" % 1.5 }}',
+        '{{ "%099999999d"|format(1) }}',
+        "{{ '{:099999999d}'.format(1) }}",
+        "{{ '{:{w}}'.format('x', w=99999999) }}",
+        "{{ '{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}'.format(event.text * 100) }}",
+        "{{ 'x' * 100000000 }}",
+        "{{ event.text * 1000 }}",
+        "{{ ([event.text] * 1000)|join }}",
+        "{{ event.text.join([event.text] * 100) }}",
+        "{{ event.text|replace('', event.text) }}",
+        "{{ event.text.replace('x', event.text) }}",
+        "{% set a = event.text * 99 %}{{ a ~ a }}",
+        "{% set a = event.text * 99 %}{{ a + a }}",
+        "{% set b %}{% for c in event.text %}{{ event.text }}{% endfor %}{% endset %}{{ b|length }}",
+        "{{ 10 ** 100000 }}",
+        "{{ (10 ** 60) ** 60 }}",
+        "{% set n = 10 ** 64 %}{% set m = n * n * n * n * n * n * n * n %}{{ m * m * m }}",
+        "{{ (event.text * 99 ~ event.text ~ 'x')|length }}",
+    ],
+)
+def test_value_bombs_are_refused_before_they_are_built(source):
+    error, elapsed = timed_failure(source)
+    assert error.reason == "render_too_large", error
+    assert elapsed < 2.0
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ self }}",
+        "{{ 'Hi ' ~ self }}",
+        "{{ self|upper }}",
+        "{{ [self]|join }}",
+        "{{ '%s' % self }}",
+        "{{ '{}'.format(self) }}",
+        "{{ 'x'|replace('x', self) }}",
+        "{% for a in event.attributes %}{{ loop }}{% endfor %}",
+        "{% for a in event.attributes %}{{ loop.cycle('a', 'b') }}{% endfor %}",
+        "{% for a in event.attributes %}{{ loop.__class__ }}{% endfor %}",
+        "{{ event }}",
+        "{{ event.attributes }}",
+        "{{ event.get('attributes') }}",
+        "{{ event.get }}",
+        "{{ event.attributes.items() }}",
+        "{{ 'x' ~ event.attributes }}",
+        "{{ event.text.startswith('x') }}",
+        "{{ '{!r}'.format('x') }}",
+        "{{ '%r' % 'x' }}",
+        "{{ 'x'.center(9) }}",
+        "{{ 'x'.zfill(9) }}",
+        "{{ event.text.encode() }}",
+    ],
+)
+def test_internals_and_python_reprs_never_reach_the_text(source):
+    error, _ = timed_failure(source)
+    assert error.reason == "render_unsafe", error
+    message = str(error)
+    assert "<" not in message and "{'" not in message, message  # no repr in the reason either
+
+
+@pytest.mark.parametrize(
+    ("source", "text"),
+    [
+        ("{% for k, v in event.attributes|dictsort %}{{ loop.index }}:{{ k }}={{ v }}{% endfor %}",
+         "1:a=b"),
+        ("{{ event.attributes.get('a', '-') | upper }} {{ event.attributes.a ~ '!' }}", "B b!"),
+        ("{{ '%05.1f' % 3.14159 }} {{ '%s/%d' % ('a', 7) }} {{ '{:>4}|{}'.format('x', 2) }}",
+         "003.1 a/7 x|2"),
+        ("{{ ['a', 'b']|join(', ') }} {{ event.text|truncate(6, true, '..') }}", "a, b xxxx.."),
+        ("{{ event.text|replace('x', 'y')|length }} {{ event.text.upper()[:3] }}", "1000 XXX"),
+        ("{{ (event.attributes|list)[0] }}{% if event.text is string %}+{% endif %}", "a+"),
+        ("{{ 7 * 6 }} {{ 2 ** 10 }} {{ 10 % 3 }} {{ 'ab' * 3 }}", "42 1024 1 ababab"),
+    ],
+)
+def test_ordinary_templates_still_render(source, text):
+    assert render_with(source).text == text
+
+
+def test_only_allowed_filters_exist():
+    env = build_environment()
+    assert set(env.filters) == set(FILTERS)
+    assert not {"center", "indent", "wordwrap", "pprint", "string", "tojson", "attr"} & set(FILTERS)
