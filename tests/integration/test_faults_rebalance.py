@@ -44,7 +44,7 @@ def test_second_worker_joins_and_leaves_mid_run(ns: Settings, tmp_path: Path) ->
               for i in range(100)]
     requests = payments + promos
     opt_in(cfg, [r["phone"] for r in promos])
-    rate = {"RASSYLKA_RATE_PER_BIND": "30",  # 60/s per worker: the stream lasts ~7 s
+    rate = {"RASSYLKA_RATE_PER_BIND": "15",  # 30/s per worker: the stream lasts ~13 s
             "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "5"}
     with simulator(tmp_path, "--latency-ms", "2-20") as sim:
         publish_requests(cfg, requests)
