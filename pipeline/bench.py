@@ -5,7 +5,7 @@ Three measurements in one run, on one broker:
 1. ceiling — a plain confluent-kafka consume → produce loop over the same event payloads;
 2. throughput — N payment-due events published as fast as the broker takes them, timed
    from the first publish to the last accepted submit_sm at the simulator, through the
-   router (Faust) and the sender with every check on;
+   router and the sender with every check on;
 3. latency — events offered at a fixed rate; per event, publish → submit_sm at the
    simulator (each bench customer has its own number, so the simulator's log tells
    which event each submit_sm belongs to).
@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import avro, kafka_io, topics
+from pipeline.offsets import wait_committed_to_end
 from pipeline.procs import start_simulator, start_stage, stop
 from pipeline.settings import ROOT, Settings
 from pipeline.topics import create_topics
@@ -267,7 +268,8 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
             procs.append(sim)
             env = {"RASSYLKA_SMPP_PORT": str(port), "RASSYLKA_RATE_PER_BIND": "100000"}
             for i in range(routers):
-                procs.append(start_stage(settings, ["router"], log_dir / f"router{i}.log"))
+                procs.append(start_stage(settings, ["router", "--worker-id", str(i)],
+                                         log_dir / f"router{i}.log"))
             for i in range(senders):
                 procs.append(start_stage(settings, ["sender", "--worker-id", str(i)],
                                          log_dir / f"sender{i}.log", env))
@@ -275,9 +277,8 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
             kafka_io.publish(settings, topics.PROFILES,
                              ((f"b{i:07d}", avro.encode("customer_profile", _profile(i)))
                               for i in range(total)))
-            changelog = replace(settings, topic_prefix="")
-            kafka_io.read_topic(changelog, f"{settings.app_id}-router-profiles-changelog",
-                                lambda m: len(m) >= total, 180)
+            if not wait_committed_to_end(settings, "router", topics.PROFILES, 180):
+                raise RuntimeError("the routers did not read the profiles within 180 s")
             status.update("[bold]warming up ...")
             seen: dict[str, int] = {}
             kafka_io.publish(settings, topics.PAYMENT_DUE,

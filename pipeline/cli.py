@@ -117,36 +117,32 @@ def rules_validate(
     console.print(f"[green]✓[/green] rules and templates in {folder} are valid")
 
 
-def _run_faust(stage: str, loglevel: str) -> None:
-    import faust
+@app.command()
+def router(
+    worker_id: str = typer.Option("0", help="Unique per router process: names its Kafka transactions."),
+    loglevel: str = typer.Option("warning", help="Python log level (debug, info, warning, error)."),
+) -> None:
+    """Run a router worker: business events -> notification requests, exactly once."""
+    import signal
 
-    from pipeline.app import create_app
+    from pipeline.router.worker import RouterWorker
     from pipeline.topics import CATALOG, create_topics, wait_until_ready
 
+    logging.getLogger().setLevel({"warn": "WARNING", "crit": "CRITICAL"}.get(
+        loglevel.lower(), loglevel.upper()))
     settings = _settings()
-    if stage == "router":
-        check_rules(settings)
+    check_rules(settings)
     wait_for_kafka(settings)
     create_topics(settings)
     wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
-    faust_app = create_app(settings, stage)
-    if stage == "router":
-        from pipeline.router.agents import install_router
-
-        try:
-            install_router(faust_app, settings)
-        except ConfigError as exc:  # changed since check_rules
-            raise rules_error(settings.config_dir, exc.problems) from exc
-    else:  # pragma: no cover - typer restricts the choices
-        raise typer.BadParameter(stage)
-    worker = faust.Worker(faust_app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
-
-
-@app.command()
-def router(loglevel: str = typer.Option("warn", help="crit, error, warn, info or debug.")) -> None:
-    """Run a router worker (Faust): business events -> notification requests."""
-    _run_faust("router", loglevel)
+    try:
+        worker = RouterWorker(settings, worker_id=worker_id)
+    except ConfigError as exc:  # changed since check_rules
+        raise rules_error(settings.config_dir, exc.problems) from exc
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    stats = worker.run()
+    console.print(f"router {worker_id} stopped: {stats.line()}", highlight=False)
 
 
 @app.command()

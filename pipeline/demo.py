@@ -28,6 +28,7 @@ from rich.table import Table
 
 from pipeline import kafka_io, topics
 from pipeline.kafka_io import Received
+from pipeline.offsets import wait_committed_to_end
 from pipeline.procs import free_port, start_simulator, start_stage, stop
 from pipeline.samples import demo_samples, promotion_event
 from pipeline.sender.decision import Reject
@@ -71,8 +72,8 @@ def run_demo(base: Settings, console: Console) -> int:
                                                  "--receipt-delay-ms", "200-1500", "--seed", "7")
             procs.append(sim)
             console.log(f"SMSC simulator listening on 127.0.0.1:{port} (SMPP 3.4)")
-            status.update("[bold]starting the router (Faust) and sender workers ...")
-            procs.append(start_stage(settings, ["router", "--loglevel", "warn"],
+            status.update("[bold]starting the router and sender workers ...")
+            procs.append(start_stage(settings, ["router", "--loglevel", "info"],
                                      log_dir / f"router-{tag}.log"))
             procs.append(start_stage(settings, ["sender"], log_dir / f"sender-{tag}.log",
                                      {"RASSYLKA_SMPP_PORT": str(port)}))
@@ -97,9 +98,9 @@ def run_demo(base: Settings, console: Console) -> int:
                     "source": "web_form", "changed_at_ms": now - 86_400_000,
                     "customer_id": cid, "evidence": "checkout checkbox"})
                 for cid in opted_in if not isinstance(numbers[cid], Reject)], "consent_change")
-            changelog = f"{settings.app_id}-router-profiles-changelog"
-            loaded = _wait(settings, changelog, len(samples.profiles), 60, full_name=True)
-            console.log(f"router table holds {len(loaded)} profiles (from its changelog); "
+            read = wait_committed_to_end(settings, "router", topics.PROFILES, 60)
+            console.log(f"router {'has read' if read else 'has NOT yet read'} all "
+                        f"{len(samples.profiles)} profiles; "
                         f"{len(opted_in)} customers opted in to marketing")
             status.update(f"[bold]publishing {len(samples.events)} events and {len(samples.bad)} bad inputs ...")
             by_topic: dict[str, list[Any]] = {}

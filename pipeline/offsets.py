@@ -176,6 +176,25 @@ def committed_offsets(admin: AdminClient, group: str,
             for tp in answer.topic_partitions}
 
 
+def wait_committed_to_end(settings: Settings, stage: str, name: str, timeout: float) -> bool:
+    """Wait (at most `timeout` s) until `stage`'s group has committed every partition of
+    catalog topic `name` up to its current end; True when it has. For the router and the
+    profiles topic: every profile published so far was read (and checked) by a router."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    full = settings.topic(name)
+    meta = admin.list_topics(full, timeout=15).topics[full]
+    tps = [TopicPartition(full, p) for p in meta.partitions]
+    ends = _offsets(admin, tps, OffsetSpec.latest())
+    deadline = time.monotonic() + timeout
+    while True:
+        got = committed_offsets(admin, group_of(settings, stage), tps)
+        if all(end == 0 or (got[tp] or 0) >= end for tp, end in ends.items()):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
 def _offsets(admin: AdminClient, tps: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:
     futures = admin.list_offsets({tp: spec for tp in tps}, request_timeout=15)
     return {(tp.topic, tp.partition): fut.result(timeout=30).offset for tp, fut in futures.items()}

@@ -4,7 +4,7 @@
 variant, renders it (within the rule set's `RenderLimits`) and builds a
 `notification_request` record per rule. A rule that fails (render error, render over its
 time or size limit, unsafe template, no locale, bad schedule) becomes a `RouteFailure`
-with a reason code while the other rules still produce their requests. No I/O, no clock: the Faust agent
+with a reason code while the other rules still produce their requests. No I/O, no clock: the router worker
 passes the profile and `now_ms` in and moves the results to topics.
 """
 
@@ -25,7 +25,7 @@ from pipeline.rules.render import RenderError, render
 
 log = logging.getLogger(__name__)
 
-# Optional customer_profile fields and their schema defaults: a profile kept by the agent
+# Optional customer_profile fields and their schema defaults: a profile kept by the worker
 # in a table may be sparser than a decoded record, and templates may read any of them.
 PROFILE_DEFAULTS: dict[str, Any] = {
     "country": "RU",

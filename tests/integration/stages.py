@@ -14,9 +14,12 @@ from pipeline.procs import kill, start_stage, stop
 from pipeline.settings import Settings
 
 
-def changelog(settings: Settings, stage: str, table: str) -> str:
-    """The Faust changelog topic of `table` in `stage` (a full topic name, no prefix added)."""
-    return f"{settings.app_id}-{stage}-{table}-changelog"
+def profiles_read(settings: Settings, timeout: float = 45.0) -> None:
+    """Wait until a running router has read every profile published so far."""
+    from pipeline.offsets import wait_committed_to_end
+
+    assert wait_committed_to_end(settings, "router", topics.PROFILES, timeout), \
+        f"the router did not read the profiles within {timeout} s"
 
 
 def read_raw(settings: Settings, full_topic: str, until: Callable[[list[Received]], bool],
@@ -55,4 +58,4 @@ def stage(settings: Settings, args: list[str], log_dir: Path,
             print(log.read_text(errors="replace")[-4000:])
 
 
-__all__ = ["changelog", "kill", "read_raw", "settle", "stage", "topics", "wait_for"]
+__all__ = ["profiles_read", "kill", "read_raw", "settle", "stage", "topics", "wait_for"]

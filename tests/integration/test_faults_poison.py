@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 from sendkit import NOW, make_request, outcomes, phone, sender, simulator
-from stages import changelog, read_raw, settle, stage, wait_for
+from stages import profiles_read, settle, stage, wait_for
 
 from pipeline import avro, kafka_io, topics
 from pipeline.procs import stop
@@ -109,8 +109,7 @@ def test_poison_into_the_router(ns: Settings, tmp_path: Path) -> None:
             sender(ns, sim, tmp_path) as snd:
         kafka_io.publish(ns, topics.PROFILES, ((p["customer_id"], p) for p in profiles),
                          "customer_profile")
-        read_raw(ns, changelog(ns, "router", "profiles"),
-                 lambda msgs: len({m.key for m in msgs}) >= len(profiles))
+        profiles_read(ns)
         mixed: list[tuple[bytes | None, bytes | None]] = [(k, v) for k, v, _ in bad]
         mixed += [(e["customer_id"].encode(), avro.encode("order_status_changed", e))
                   for e in good_events + odd_events]
@@ -288,8 +287,7 @@ def test_hostile_templates_cost_only_their_own_events(ns: Settings, tmp_path: Pa
     with stage(cfg, ["router"], tmp_path) as router:
         kafka_io.publish(cfg, topics.PROFILES, ((p["customer_id"], p) for p in profiles),
                          "customer_profile")
-        read_raw(cfg, changelog(cfg, "router", "profiles"),
-                 lambda msgs: len({m.key for m in msgs}) >= len(profiles))
+        profiles_read(cfg)
         publish(first)
         found = _outcomes(cfg, {e["event_id"] for e in first}, timeout=30)
         assert router.poll() is None, "the router must survive hostile templates"

@@ -64,15 +64,9 @@ def _publish_events(settings: Settings, events: list[tuple[str, str, dict]]) -> 
                                            if t == topic], schema)
 
 
-ROUTER_LOSES_EVENTS = pytest.mark.xfail(
-    strict=False,
-    reason="known open defect: after a SIGKILL or a reset, the Faust router can skip an "
-           "unacked event while committing (events lost, issue 8 items 3 and 9)")
-
-
 @pytest.mark.parametrize("restarts", [
     pytest.param(False, id="replays"),
-    pytest.param(True, id="replays-kill-reset", marks=ROUTER_LOSES_EVENTS),
+    pytest.param(True, id="replays-kill-reset"),
 ])
 def test_replays_leave_one_outcome_per_request_and_exact_analytics(
         ns: Settings, tmp_path: Path, restarts: bool) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from sendkit import outcomes, phone, sender, simulator
-from stages import changelog, read_raw, stage, wait_for
+from stages import profiles_read, read_raw, stage, wait_for
 
 from pipeline import kafka_io, topics
 from pipeline.offsets import committed_offsets
@@ -90,8 +90,7 @@ def test_reset_to_earliest_rereads_every_partition_and_sends_nothing_twice(
         with stage(cfg, ["router"], tmp_path):
             kafka_io.publish(cfg, topics.PROFILES, [(p["customer_id"], p) for p in profiles],
                              "customer_profile")
-            read_raw(cfg, changelog(cfg, "router", "profiles"),
-                     lambda m: len({x.key for x in m}) >= CUSTOMERS)
+            profiles_read(cfg)
             kafka_io.publish(cfg, topics.ORDER_STATUS, [(e["customer_id"], e) for e in shipped],
                              "order_status_changed")
             kafka_io.publish(cfg, topics.PAYMENT_DUE, [(e["customer_id"], e) for e in due],

@@ -1,0 +1,507 @@
+"""The router stage: business events in, notification requests out, exactly once.
+
+One router process is a transactional consume → route → produce loop (confluent-kafka),
+the same shape as the sender:
+
+* A batch of events, every request and dead letter they produced, and the batch's input
+  offsets are one Kafka transaction, committed together or not at all. A SIGKILL, a
+  rebalance, a broker restart or a consumer-group reset can neither lose an event nor put
+  a second copy of its requests on the lanes (every reader uses `read_committed`).
+* Decisions live in `pipeline.router.core.route` (pure); this module only moves records.
+* Customer profiles are a global table: every router reads the whole compacted profiles
+  topic at start and keeps following it. The topic is the table's changelog, so a
+  restarted or added worker has every profile without a changelog of its own, and events
+  need not be partitioned like profiles. When an event names a customer the table does
+  not hold, the worker first catches up with the topic's end as it is now: a profile
+  published before its event is always found.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from pipeline import avro, topics
+from pipeline.deadletter import dead_letter, without_payload
+from pipeline.errors import ConfigError
+from pipeline.router.core import route
+from pipeline.rules.loader import load_ruleset
+from pipeline.settings import Settings
+from pipeline.state.store import watermarks
+
+log = logging.getLogger(__name__)
+
+LANE_TOPICS = {
+    "transactional": topics.REQUESTS_TRANSACTIONAL,
+    "marketing": topics.REQUESTS_MARKETING,
+}
+BATCH_MAX = 2000
+"""Most events one transaction routes."""
+BATCH_BUDGET_S = 5.0
+"""Longest one transaction keeps routing (slow templates): the rest of the batch is read
+again for the next one, so transactions stay short and the group never waits long."""
+CATCH_UP_S = 10.0
+"""Longest the worker waits for the profiles topic's end when an event's customer is unknown."""
+CLOCK_MARGIN_MS = 2_000
+"""Events stamped this close before the last catch-up may still have a profile after it."""
+PRODUCE_FAILED = "produce_failed"
+STATS_EVERY_S = 30.0
+
+
+class RuleBook:
+    """The live rule set: loaded at start-up, reloaded when a file under `config/` changes.
+
+    A reload that fails validation keeps the previous rules and logs every problem.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.config_dir = settings.config_dir
+        self.ruleset = load_ruleset(self.config_dir)
+        self.version = self._stamp()
+        self.reloads = 0
+
+    def _stamp(self) -> tuple[tuple[str, float], ...]:
+        files = sorted(p for p in self.config_dir.rglob("*.yaml") if p.is_file())
+        return tuple((str(p), p.stat().st_mtime) for p in files)
+
+    def maybe_reload(self) -> bool:
+        """Reload if any config file changed; True when new rules took effect."""
+        stamp = self._stamp()
+        if stamp == self.version:
+            return False
+        self.version = stamp
+        try:
+            self.ruleset = load_ruleset(self.config_dir)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("config reload rejected, keeping previous rules: %s", problem)
+            return False
+        self.reloads += 1
+        log.info("rules reloaded from %s", self.config_dir)
+        return True
+
+
+class ProfileTable:
+    """Every customer profile, by customer id (raw Avro), read from the profiles topic.
+
+    `load()` reads the topic to its end; `poll()` applies what arrived since, without
+    waiting; `catch_up()` waits (bounded) until everything on the topic *now* is applied.
+    Undecodable profiles are skipped here: the router's group dead-letters them once.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic(topics.PROFILES)
+        self.bootstrap = settings.kafka_bootstrap
+        self.rows: dict[bytes, bytes] = {}
+        self.consumer: Consumer | None = None
+        self.partitions: list[int] = []
+        self.caught_up_ms = 0
+        self.catch_ups = 0
+
+    def load(self) -> int:
+        consumer = Consumer({
+            "bootstrap.servers": self.bootstrap,
+            "group.id": f"profiles-view-{id(self):x}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+            "fetch.wait.max.ms": 20,
+        })
+        meta = consumer.list_topics(self.topic, timeout=15).topics[self.topic]
+        self.partitions = sorted(meta.partitions)
+        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self.partitions])
+        self.consumer = consumer
+        if not self.catch_up(timeout=300.0):
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT,
+                                            f"could not read {self.topic} to its end in 300 s"))
+        return len(self.rows)
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        if value is None:
+            if key is not None:
+                self.rows.pop(key, None)
+            return
+        try:
+            customer = avro.decode("customer_profile", value)["customer_id"]
+        except avro.DecodeError:
+            return
+        self.rows[customer.encode()] = value
+
+    def poll(self) -> None:
+        assert self.consumer is not None
+        for msg in self.consumer.consume(5000, 0):
+            if not msg.error():
+                self.apply(msg.key(), msg.value())
+
+    def catch_up(self, timeout: float = CATCH_UP_S) -> bool:
+        """Apply everything on the topic up to its end as of now; False if not in time."""
+        assert self.consumer is not None
+        self.catch_ups += 1
+        started_ms = int(time.time() * 1000)
+        ends = {p: watermarks(self.consumer, self.topic, p)[1] for p in self.partitions}
+        deadline = time.monotonic() + timeout
+        while True:
+            for msg in self.consumer.consume(5000, 0.05):
+                if not msg.error():
+                    self.apply(msg.key(), msg.value())
+            positions = self.consumer.position(
+                [TopicPartition(self.topic, p) for p in self.partitions])
+            behind = [tp for tp in positions if ends[tp.partition] > 0
+                      and tp.offset < ends[tp.partition]]
+            if not behind:
+                self.caught_up_ms = started_ms
+                return True
+            if time.monotonic() > deadline:
+                log.warning("profiles: %d partition(s) of %s not read to their end in %.0f s",
+                            len(behind), self.topic, timeout)
+                return False
+
+    def get(self, customer_id: str, event_ms: int) -> bytes | None:
+        """The customer's profile; catches up with the topic first when it is unknown and
+        the event may be newer than the last catch-up."""
+        key = customer_id.encode()
+        raw = self.rows.get(key)
+        if raw is None and event_ms >= self.caught_up_ms - CLOCK_MARGIN_MS:
+            self.catch_up()
+            raw = self.rows.get(key)
+        return raw
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+
+
+@dataclass
+class RouterStats:
+    """What the router did: counts by outcome, and its transactions."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    events: int = 0
+    transactions: int = 0
+    aborted: int = 0
+
+    def line(self) -> str:
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+        return (f"{self.events} events in {self.transactions} transactions "
+                f"({self.aborted} aborted); {counts or 'nothing routed'}")
+
+
+class RouterWorker:
+    """One router process. `run()` until `stop()` (SIGTERM/SIGINT in the CLI)."""
+
+    def __init__(self, settings: Settings, worker_id: str = "0") -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.group = f"{settings.app_id}-router"
+        self.rules = RuleBook(settings)
+        self.profiles = ProfileTable(settings)
+        self.stats = RouterStats()
+        self.schema_of = {settings.topic(name): schema for name, schema in topics.EVENT_TOPICS.items()}
+        self.profiles_topic = settings.topic(topics.PROFILES)
+        self.lane_names = {lane: settings.topic(name) for lane, name in LANE_TOPICS.items()}
+        self.dlq = settings.topic(topics.DEAD_LETTERS)
+        self.producer: Producer | None = None
+        self.consumer: Consumer | None = None
+        self.stopping = False
+        self.reg = avro.registry()
+        # Input positions whose output the broker refused for good (a record too large
+        # for the topic, say): routed again after the abort, they become dead letters.
+        self.refused: dict[tuple[str, int, int], str] = {}
+        self._source: tuple[str, int, int] | None = None
+        self._rewind_pending = False
+        self._delivery_errors: list[tuple[tuple[str, int, int] | None, KafkaError]] = []
+
+    # ---------------------------------------------------------------- set-up
+    def _new_producer(self) -> Producer:
+        producer = Producer({
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "transactional.id": f"{self.group}-{self.worker_id}",
+            "linger.ms": 5,
+            "batch.num.messages": 10_000,
+            "compression.type": "lz4",
+            "transaction.timeout.ms": 60_000,
+        })
+        producer.init_transactions(60)
+        return producer
+
+    def _new_consumer(self) -> Consumer:
+        consumer = Consumer({
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "group.id": self.group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+            "max.poll.interval.ms": 120_000,
+            "fetch.wait.max.ms": 10,
+            "enable.partition.eof": False,
+        })
+        consumer.subscribe([*self.schema_of, self.profiles_topic],
+                           on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_revoke)
+        return consumer
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("router %s reads %s", self.worker_id,
+                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing")
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("router %s gives up %d partition(s)", self.worker_id, len(partitions))
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> RouterStats:
+        """Read the profiles, join the group and route until `stop()`; returns the stats."""
+        loaded = self.profiles.load()
+        log.info("router %s: %d profiles loaded from %s", self.worker_id, loaded,
+                 self.profiles_topic)
+        self.producer = self._new_producer()
+        self.consumer = self._new_consumer()
+        next_reload = next_stats = time.monotonic()
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                if now >= next_reload:
+                    self.rules.maybe_reload()
+                    next_reload = now + 2.0
+                if now >= next_stats:
+                    log.info("router %s: %s", self.worker_id, self.stats.line())
+                    next_stats = now + STATS_EVERY_S
+                self._cycle()
+        finally:
+            self.consumer.close()
+            self.profiles.close()
+        return self.stats
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def _cycle(self) -> None:
+        assert self.consumer is not None and self.producer is not None
+        if self._rewind_pending:
+            try:
+                self._abort_and_rewind()
+            except KafkaException as exc:  # the broker is away: try again shortly
+                log.warning("router %s: cannot abort or rewind yet (%s)", self.worker_id,
+                            exc.args[0] if exc.args else exc)
+                time.sleep(1.0)
+                return
+            self._rewind_pending = False
+        msgs = self.consumer.consume(BATCH_MAX, 0.2)
+        errors = [m.error() for m in msgs if m.error() is not None]
+        for err in errors:
+            if err.fatal():
+                raise KafkaException(err)
+            log.warning("router %s: consumer: %s", self.worker_id, err)
+        msgs = [m for m in msgs if m.error() is None]
+        self.profiles.poll()
+        if not msgs:
+            return
+        try:
+            self._transaction(msgs)
+        except KafkaException as exc:
+            self.stats.aborted += 1
+            log.warning("router %s: transaction failed (%s); aborting and reading the batch "
+                        "again from the last commit", self.worker_id,
+                        exc.args[0] if exc.args else exc)
+            self._rewind_pending = True
+
+    def _transaction(self, msgs: list[Message]) -> None:
+        assert self.consumer is not None and self.producer is not None
+        producer = self.producer
+        self._delivery_errors = []
+        producer.begin_transaction()
+        done: dict[tuple[str, int], int] = {}
+        rest: dict[tuple[str, int], int] = {}
+        budget_ends = time.monotonic() + BATCH_BUDGET_S
+        now_ms = int(time.time() * 1000)
+        for msg in msgs:
+            tp = (msg.topic(), msg.partition())
+            if tp in rest or (done and time.monotonic() > budget_ends):
+                rest.setdefault(tp, msg.offset())
+                continue
+            self._source = (msg.topic(), msg.partition(), msg.offset())
+            self._handle(msg, now_ms)
+            done[tp] = msg.offset() + 1
+        self._source = None
+        for (topic, partition), offset in rest.items():  # routed by the next transaction
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+        producer.send_offsets_to_transaction(
+            [TopicPartition(t, p, o) for (t, p), o in done.items()],
+            self.consumer.consumer_group_metadata(), 30)
+        _commit(producer)
+        if self._delivery_errors:  # commit_transaction raises first; kept as a guard
+            raise KafkaException(self._delivery_errors[0][1])
+        self.stats.transactions += 1
+        self.stats.events += sum(1 for m in msgs if (m.topic(), m.partition()) not in rest
+                                 or m.offset() < rest[(m.topic(), m.partition())])
+
+    def _abort_and_rewind(self) -> None:
+        """Abort the open transaction and read every owned partition again from its
+        committed offset. Refused outputs are remembered, so the next try dead-letters
+        their events instead of failing again."""
+        assert self.consumer is not None and self.producer is not None
+        for source, err in self._delivery_errors:
+            if source is not None and not err.retriable():
+                self.refused[source] = f"{err.name()}: {err.str()}"
+        self._delivery_errors = []
+        try:
+            _abort(self.producer)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if err is not None and err.retriable():
+                raise  # broker away: retried next cycle
+            log.warning("router %s: producer unusable (%s); starting a new one",
+                        self.worker_id, err or exc)
+            self.producer = self._new_producer()
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        for tp in self.consumer.committed(assignment, timeout=30):
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        time.sleep(0.5)
+
+    # ------------------------------------------------------------- one event
+    def _handle(self, msg: Message, now_ms: int) -> None:
+        source = (msg.topic(), msg.partition(), msg.offset())
+        if source in self.refused:
+            self._dead_letter(msg, PRODUCE_FAILED, "output not stored: " + self.refused.pop(source))
+            return
+        if msg.topic() == self.profiles_topic:
+            self._check_profile(msg)
+            return
+        try:
+            self._route(msg, now_ms)
+        except KafkaException:
+            raise
+        except Exception as exc:  # a bug on one event must not cost the others
+            log.exception("routing %s[%d]@%d failed", *source)
+            self._dead_letter(msg, "route_error", f"{exc.__class__.__name__}: {exc}")
+
+    def _check_profile(self, msg: Message) -> None:
+        if msg.value() is None:
+            return
+        try:
+            avro.decode("customer_profile", msg.value(), self.reg)
+        except avro.DecodeError as exc:
+            self._dead_letter(msg, exc.reason, str(exc))
+            return
+        self.stats.counts["profile"] += 1
+
+    def _route(self, msg: Message, now_ms: int) -> None:
+        schema = self.schema_of[msg.topic()]
+        try:
+            record = avro.decode(schema, msg.value() or b"", self.reg)
+        except avro.DecodeError as exc:
+            self._dead_letter(msg, exc.reason, str(exc))
+            return
+        problem = invalid_event(record)
+        if problem:
+            self._dead_letter(msg, "invalid_event", problem, record.get("event_id"))
+            return
+        _kind, stamped = msg.timestamp()
+        raw_profile = self.profiles.get(record["customer_id"], stamped if stamped > 0 else now_ms)
+        if raw_profile is None:
+            self._dead_letter(msg, "unknown_customer",
+                              f"no profile for customer {record['customer_id']!r} on "
+                              f"{self.profiles_topic}", record["event_id"])
+            return
+        profile = avro.decode("customer_profile", raw_profile, self.reg)
+        result = route(self.rules.ruleset, schema, record, profile, now_ms)
+        for failure in result.failures:
+            self._dead_letter(msg, failure.reason, f"rule {failure.rule_id}: {failure.error}",
+                              record["event_id"])
+        if not result.requests and not result.failures:
+            self.stats.counts["no_rule"] += 1
+        for request in result.requests:
+            try:
+                self._produce(self.lane_names[request["lane"]], request["customer_id"].encode(),
+                              avro.encode("notification_request", request))
+            except KafkaException as exc:  # refused at once, e.g. larger than the limit
+                err = exc.args[0] if exc.args else None
+                if err is None or err.retriable():
+                    raise
+                self._dead_letter(msg, PRODUCE_FAILED, f"request of rule {request['rule_id']}: "
+                                  f"{err.name()}: {err.str()}", record["event_id"])
+                continue
+            self.stats.counts[f"request:{request['lane']}"] += 1
+
+    def _dead_letter(self, msg: Message, reason: str, error: str,
+                     event_id: str | None = None) -> None:
+        self.stats.counts[f"dead_letter:{reason}"] += 1
+        record = dead_letter("router", reason, error, msg.topic(), msg.partition(), msg.offset(),
+                             msg.key(), msg.value(), event_id)
+        try:
+            self._produce(self.dlq, msg.key(), avro.encode("dead_letter", record))
+        except KafkaException as exc:  # e.g. the original is close to the size limit
+            err = exc.args[0] if exc.args else None
+            if err is not None and err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                raise
+            slim = without_payload(record, "the dead letter with them was too large")
+            self._produce(self.dlq, None, avro.encode("dead_letter", slim))
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        assert self.producer is not None
+        source = self._source
+        while True:
+            try:
+                self.producer.produce(topic, key=key, value=value,
+                                      on_delivery=lambda err, _msg: self._delivered(source, err))
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _delivered(self, source: tuple[str, int, int] | None, err: KafkaError | None) -> None:
+        if err is not None:
+            self._delivery_errors.append((source, err))
+
+
+def invalid_event(record: dict[str, Any]) -> str | None:
+    """Why a decoded business event cannot be routed, or None when it can."""
+    if not record.get("event_id"):
+        return "event_id is empty"
+    if not record.get("customer_id"):
+        return "customer_id is empty"
+    if record.get("occurred_at_ms", 0) <= 0:
+        return "occurred_at_ms must be a positive epoch-milliseconds timestamp"
+    return None
+
+
+def _commit(producer: Producer, attempts: int = 3) -> None:
+    """Commit the open transaction, retrying what librdkafka says may be retried."""
+    for attempt in range(attempts):
+        try:
+            producer.commit_transaction(30)
+            return
+        except KafkaException as exc:
+            err = exc.args[0]
+            if attempt + 1 == attempts or not err.retriable() or err.txn_requires_abort():
+                raise
+
+
+def _abort(producer: Producer, attempts: int = 3) -> None:
+    """Abort the open transaction; retriable failures (broker away) are retried."""
+    for attempt in range(attempts):
+        try:
+            producer.abort_transaction(30)
+            return
+        except KafkaException as exc:
+            err = exc.args[0]
+            if attempt + 1 == attempts or err.fatal() or not err.retriable():
+                raise
+            time.sleep(1.0)
