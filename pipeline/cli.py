@@ -212,6 +212,10 @@ app.add_typer(analytics_cli, name="analytics")
 app.command("report")(report_command)
 app.command("sink")(sink_command)
 
+from pipeline.campaigns.cli import segments_cli  # noqa: E402
+
+app.add_typer(segments_cli, name="segments")
+
 from pipeline.offsets import reset_offsets_command  # noqa: E402
 
 app.command("reset-offsets")(reset_offsets_command)

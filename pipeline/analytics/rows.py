@@ -6,13 +6,22 @@ left to ClickHouse (`DEFAULT toDate(...)`). Times stay epoch milliseconds: the
 DateTime64(3) columns take them as they are. Absent optional strings become ''.
 Phone numbers are hashed with the deployment's key and masked here, before anything
 leaves the process. A record missing a required field raises `InvalidRecord`.
+
+Profiles are the one versioned table: their rows carry the record's Kafka timestamp
+(`published_ms`), and a tombstone on the compacted profiles topic becomes a
+`deleted_profile_row`, since a deletion has nothing else to order it by.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberFormat
+from phonenumbers import carrier as _carrier
 
 from pipeline.analytics.privacy import mask, phone_hash, scrub
 from pipeline.errors import PermanentError
@@ -219,13 +228,119 @@ def redelivery_row(r: Record, key: str = "") -> Row:
     )
 
 
+PROFILE_COLUMNS = (
+    "customer_id",
+    "phone_hash",
+    "phone_masked",
+    "country",
+    "region",
+    "city",
+    "locale",
+    "time_zone",
+    "operator",
+    "segments",
+    "attributes",
+    "deleted",
+    "updated_at",
+    "published_at",
+)
+
+
+def profile_row(r: Record, key: str, published_ms: int = 0) -> Row:
+    """`customer_profile` → `profiles`, versioned by `published_ms` (the Kafka timestamp).
+
+    The number is hashed in E.164 (read in the profile's country), so the hash matches the
+    one in messages, inbound and consent_changes; region and city come from the attributes,
+    which are kept with the number masked wherever they repeat it. Names are not kept.
+    """
+    country = _s(r.get("country")) or "RU"
+    e164, operator = profile_number(r["phone"], country)
+    attributes = {str(k): _s(scrub(str(v), e164) if e164 else v)
+                  for k, v in (r.get("attributes") or {}).items()}
+    return (
+        r["customer_id"],
+        phone_hash(e164, key) if e164 else "",
+        mask(e164) if e164 else "",
+        country,
+        attributes.get("region", ""),
+        attributes.get("city", ""),
+        _s(r.get("locale")),
+        _s(r.get("time_zone")),
+        operator,
+        [str(s) for s in r.get("segments") or ()],
+        attributes,
+        0,
+        int(r.get("updated_at_ms") or 0) or int(published_ms),
+        int(published_ms),
+    )
+
+
+def deleted_profile_row(customer_id: str, published_ms: int) -> Row:
+    """A tombstone on the profiles topic → a `profiles` row marked deleted, fields empty."""
+    if not customer_id:
+        raise InvalidRecord("a profile tombstone without a key (customer_id)")
+    return (customer_id, "", "", "", "", "", "", "", "", [], {}, 1, published_ms, published_ms)
+
+
+@lru_cache(maxsize=65536)
+def profile_number(phone: str, country: str) -> tuple[str, str]:
+    """(E.164, operator) of a profile's number as typed, national numbers read in `country`.
+
+    The operator is phonenumbers' range holder (as the sender reports it in messages), ''
+    when unknown. A number phonenumbers cannot read keeps its typed digits, so it is still
+    hashed and masked, never stored in clear; an empty one gives ('', '').
+    """
+    if not any(ch.isdigit() for ch in phone):
+        return "", ""
+    try:
+        number = phonenumbers.parse(phone, country or None)
+    except NumberParseException:
+        return phone.strip(), ""
+    if not phonenumbers.is_valid_number(number):
+        return phone.strip(), ""
+    e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
+    return e164, _carrier.name_for_number(number, "en") or ""
+
+
+ORDER_COLUMNS = (
+    "event_id",
+    "order_id",
+    "customer_id",
+    "status",
+    "previous_status",
+    "amount_minor",
+    "currency",
+    "source",
+    "occurred_at",
+)
+
+
+def order_row(r: Record, key: str = "") -> Row:
+    """`order_status_changed` → `orders`: one row per status event (`key` unused)."""
+    return (
+        r["event_id"],
+        r["order_id"],
+        r["customer_id"],
+        r["status"],
+        _s(r.get("previous_status")),
+        int(r.get("amount_minor") or 0),
+        r.get("currency") or "RUB",
+        _s(r.get("source")),
+        int(r["occurred_at_ms"]),
+    )
+
+
 @dataclass(frozen=True)
 class TableMapping:
-    """Where records of one schema go: the table, its insert columns, the row function."""
+    """Where records of one schema go: the table, its insert columns, the row function.
+
+    A `versioned` mapping's row function also takes the record's Kafka timestamp.
+    """
 
     table: str
     columns: tuple[str, ...]
-    to_row: Callable[[Record, str], Row]
+    to_row: Callable[..., Row]
+    versioned: bool = False
 
 
 # Keyed by the schema's file name in schemas/ (without .avsc).
@@ -236,18 +351,25 @@ MAPPINGS: dict[str, TableMapping] = {
     "conversion": TableMapping("conversions", CONVERSION_COLUMNS, conversion_row),
     "inbound_message": TableMapping("inbound", INBOUND_COLUMNS, inbound_row),
     "consent_change": TableMapping("consent_changes", CONSENT_COLUMNS, consent_row),
+    "customer_profile": TableMapping("profiles", PROFILE_COLUMNS, profile_row, versioned=True),
+    "order_status_changed": TableMapping("orders", ORDER_COLUMNS, order_row),
 }
 REDELIVERIES = TableMapping("redeliveries", REDELIVERY_COLUMNS, redelivery_row)
 
 
-def to_row(schema: str, record: Record, key: str) -> tuple[str, Row]:
-    """The table and row for a record of `schema`; `InvalidRecord` when it cannot be mapped."""
+def to_row(schema: str, record: Record, key: str, published_ms: int = 0) -> tuple[str, Row]:
+    """The table and row for a record of `schema`; `InvalidRecord` when it cannot be mapped.
+
+    `published_ms` is the record's Kafka timestamp, used only by versioned tables (profiles).
+    """
     mapping = MAPPINGS.get(schema)
     if schema == "send_outcome" and record.get("reason") == "duplicate":
         mapping = REDELIVERIES  # also what senders before sms.redeliveries wrote as outcomes
     if mapping is None:
         raise InvalidRecord(f"no analytics table for schema {schema!r}")
     try:
+        if mapping.versioned:
+            return mapping.table, mapping.to_row(record, key, published_ms)
         return mapping.table, mapping.to_row(record, key)
     except KeyError as exc:
         raise InvalidRecord(f"{schema} record lacks field {exc.args[0]!r}") from exc

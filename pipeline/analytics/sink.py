@@ -5,7 +5,9 @@ consumer group `<app_id>-sink`. The loop:
 
 1. `consume` up to 5,000 records (read_committed: the sender writes outcomes in Kafka
    transactions, aborted ones are never seen), decode each with its Avro contract and
-   map it to a row (`rows.to_row`, phone numbers hashed). Tombstones are skipped; records
+   map it to a row (`rows.to_row`, phone numbers hashed). Tombstones are skipped, except
+   on the profiles topic, where a tombstone deletes the profile: a `profiles` row marked
+   deleted, versioned like every profile row by the record's Kafka timestamp. Records
    that cannot be decoded or mapped go to the dead-letter topic with their reason. Both
    still advance the offsets.
 2. When the `SinkBuffer` is due (5,000 rows or 1 s; a consume never reads more than
@@ -47,7 +49,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from fastavro.schema import parse_schema
 
 from connectors.clickhouse import (
@@ -58,7 +68,7 @@ from connectors.clickhouse import (
     migrate,
 )
 from pipeline import avro, topics
-from pipeline.analytics.rows import MAPPINGS, REDELIVERIES, to_row
+from pipeline.analytics.rows import MAPPINGS, REDELIVERIES, deleted_profile_row, to_row
 from pipeline.analytics.writer import Batch, BatchWriter, Offset, SinkBuffer, write_with_retry
 from pipeline.deadletter import dead_letter
 from pipeline.errors import PermanentError, RassylkaError, RetryableError
@@ -74,6 +84,8 @@ SOURCE_TOPICS = (
     topics.CONVERSIONS,
     topics.INBOUND,
     topics.CONSENT,
+    topics.PROFILES,
+    topics.ORDER_STATUS,
 )
 FAULT_ENV = "RASSYLKA_CH_FAULT_FILE"
 AFTER_INSERT = "after_insert"
@@ -104,7 +116,7 @@ class SinkStats:
     batches: int = 0  # batches stored and committed
     retries: int = 0  # failed write attempts (ClickHouse down, busy or refusing)
     dead_letters: int = 0  # records sent to the dead-letter topic
-    tombstones: int = 0  # null values on compacted topics, skipped
+    tombstones: int = 0  # null values on compacted topics (profiles: stored as deleted)
     dropped_rows: int = 0  # buffered rows given up on a rebalance (re-read by the new owner)
     commit_failures: int = 0  # stored batches whose offset commit failed (re-read, deduped)
 
@@ -215,6 +227,7 @@ class Sink:
             settings.topic(name): topics.BY_NAME[name].schema for name in SOURCE_TOPICS
         }
         self.deadletter_topic = settings.topic(topics.DEAD_LETTERS)
+        self.profiles_topic = settings.topic(topics.PROFILES)
         self._registry = decode_registry()
         self._pending: Batch | None = None  # a drained batch not stored yet (outage)
         self._retry_at = 0.0
@@ -311,9 +324,14 @@ class Sink:
             topic = msg.topic()
             source = Offset(topic, msg.partition(), msg.offset())
             value = msg.value()
-            if value is None:  # a tombstone on a compacted topic: nothing to store
+            # the Kafka timestamp versions profile rows: a tombstone has no other time
+            published = published_ms(msg) if topic == self.profiles_topic else 0
+            if value is None:
                 self.stats.tombstones += 1
-                skip(source)
+                if topic == self.profiles_topic and msg.key():  # a deleted profile
+                    add("profiles", deleted_profile_row(_text(msg.key()), published), source)
+                else:  # a consent tombstone (the next change replaces it): nothing to store
+                    skip(source)
                 continue
             try:
                 schema, record = avro.decode_any(value, registry)
@@ -321,7 +339,7 @@ class Sink:
                     raise avro.DecodeError(
                         f"a {schema} record on {topic}, which carries {expected[topic]}"
                     )
-                table, row = to_row(schema, record, key)
+                table, row = to_row(schema, record, key, published)
             except PermanentError as exc:
                 self._dead_letter(msg, exc.reason, f"{exc.__class__.__name__}: {exc}")
                 skip(source)
@@ -500,6 +518,18 @@ class Sink:
                 signal.signal(sig, old)
 
         return restore
+
+
+def published_ms(msg: Message) -> int:
+    """The record's Kafka timestamp in epoch ms; 0 when the broker reports none."""
+    kind, stamp = msg.timestamp()
+    return 0 if kind == TIMESTAMP_NOT_AVAILABLE else int(stamp)
+
+
+def _text(key: bytes | str | None) -> str:
+    if isinstance(key, bytes):
+        return key.decode("utf-8", errors="replace")
+    return key or ""
 
 
 def run_sink(settings: Settings, config: SinkConfig | None = None) -> SinkStats:

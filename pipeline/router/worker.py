@@ -58,6 +58,12 @@ CATCH_UP_S = 10.0
 CLOCK_MARGIN_MS = 2_000
 """Events stamped this close before the last catch-up may still have a profile after it."""
 PRODUCE_FAILED = "produce_failed"
+REFUSALS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
+                      KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE,
+                      KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.POLICY_VIOLATION})
+"""Delivery errors that refuse the records themselves: trying again the same way fails again."""
+Source = tuple[str, int, int]
+"""An input record's position: topic, partition, offset."""
 STATS_EVERY_S = 30.0
 
 
@@ -218,12 +224,18 @@ class RouterWorker:
         self.consumer: Consumer | None = None
         self.stopping = False
         self.reg = avro.registry()
-        # Input positions whose output the broker refused for good (a record too large
-        # for the topic, say): routed again after the abort, they become dead letters.
-        self.refused: dict[tuple[str, int, int], str] = {}
-        self._source: tuple[str, int, int] | None = None
+        # The broker refuses a whole produce batch when one record is too large for the
+        # topic, so a refusal makes every event in that batch a suspect: routed again after
+        # the abort, each suspect's output goes in a batch of its own. An event refused
+        # alone is guilty: routed again, it becomes a dead letter with the broker's answer.
+        self.suspects: set[Source] = set()
+        self.refused: dict[Source, str] = {}
+        self._source: Source | None = None
         self._rewind_pending = False
-        self._delivery_errors: list[tuple[tuple[str, int, int] | None, KafkaError]] = []
+        self._fresh_producer = False
+        self._delivery_errors: list[tuple[Source | None, bool, KafkaError]] = []
+        self._routed: list[Source] = []  # the open transaction's input records
+        self._counts: Counter[str] = Counter()  # the open transaction's, added on commit
 
     # ---------------------------------------------------------------- set-up
     def _new_producer(self) -> Producer:
@@ -301,6 +313,7 @@ class RouterWorker:
                 time.sleep(1.0)
                 return
             self._rewind_pending = False
+        self._fresh_producer = False
         msgs = self.consumer.consume(BATCH_MAX, 0.2)
         errors = [m.error() for m in msgs if m.error() is not None]
         for err in errors:
@@ -315,6 +328,9 @@ class RouterWorker:
             self._transaction(msgs)
         except KafkaException as exc:
             self.stats.aborted += 1
+            err = exc.args[0] if exc.args else None
+            if err is not None and err.code() == KafkaError._STATE:
+                self._fresh_producer = True
             log.warning("router %s: transaction failed (%s); aborting and reading the batch "
                         "again from the last commit", self.worker_id,
                         exc.args[0] if exc.args else exc)
@@ -324,6 +340,8 @@ class RouterWorker:
         assert self.consumer is not None and self.producer is not None
         producer = self.producer
         self._delivery_errors = []
+        self._routed = []
+        self._counts = Counter()
         producer.begin_transaction()
         done: dict[tuple[str, int], int] = {}
         rest: dict[tuple[str, int], int] = {}
@@ -335,7 +353,13 @@ class RouterWorker:
                 rest.setdefault(tp, msg.offset())
                 continue
             self._source = (msg.topic(), msg.partition(), msg.offset())
-            self._handle(msg, now_ms)
+            self._routed.append(self._source)
+            if self._source in self.suspects:
+                producer.flush(30)  # nothing else in its produce batches
+                self._handle(msg, now_ms)
+                producer.flush(30)
+            else:
+                self._handle(msg, now_ms)
             done[tp] = msg.offset() + 1
         self._source = None
         for (topic, partition), offset in rest.items():  # routed by the next transaction
@@ -345,7 +369,13 @@ class RouterWorker:
             self.consumer.consumer_group_metadata(), 30)
         _commit(producer)
         if self._delivery_errors:  # commit_transaction raises first; kept as a guard
-            raise KafkaException(self._delivery_errors[0][1])
+            raise KafkaException(self._delivery_errors[0][2])
+        if self.suspects or self.refused:  # settled by this commit
+            for source in [*self.suspects, *self.refused]:
+                if source[2] < done.get(source[:2], -1):
+                    self.suspects.discard(source)
+                    self.refused.pop(source, None)
+        self.stats.counts.update(self._counts)
         self.stats.transactions += 1
         self.stats.events += sum(1 for m in msgs if (m.topic(), m.partition()) not in rest
                                  or m.offset() < rest[(m.topic(), m.partition())])
@@ -355,9 +385,24 @@ class RouterWorker:
         committed offset. Refused outputs are remembered, so the next try dead-letters
         their events instead of failing again."""
         assert self.consumer is not None and self.producer is not None
-        for source, err in self._delivery_errors:
-            if source is not None and not err.retriable():
+        # A failed transaction makes the next produce() raise before the refused records'
+        # delivery reports were served: serve them now, to learn which events they were.
+        self.producer.poll(0)
+        for source, alone, err in self._delivery_errors:
+            if source is None or err.code() not in REFUSALS:
+                continue
+            # After a refused record the idempotent producer's sequence has a gap it does
+            # not recover from (its next produce says "erroneous state"): start a new one.
+            self._fresh_producer = True
+            if alone:
+                self.suspects.discard(source)
                 self.refused[source] = f"{err.name()}: {err.str()}"
+            else:  # every event of the transaction: the next try finds the culprit at once
+                self.suspects.update(s for s in self._routed if s not in self.refused)
+        if self._delivery_errors:
+            log.warning("router %s: %d record(s) refused; %d event(s) now produced alone, %d "
+                        "refused alone", self.worker_id, len(self._delivery_errors),
+                        len(self.suspects), len(self.refused))
         self._delivery_errors = []
         try:
             _abort(self.producer)
@@ -367,7 +412,10 @@ class RouterWorker:
                 raise  # broker away: retried next cycle
             log.warning("router %s: producer unusable (%s); starting a new one",
                         self.worker_id, err or exc)
-            self.producer = self._new_producer()
+            self._fresh_producer = True
+        if self._fresh_producer:
+            self.producer = self._new_producer()  # same transactional id: fences the old one
+            self._fresh_producer = False
         assignment = self.consumer.assignment()
         if not assignment:
             return
@@ -378,9 +426,10 @@ class RouterWorker:
 
     # ------------------------------------------------------------- one event
     def _handle(self, msg: Message, now_ms: int) -> None:
-        source = (msg.topic(), msg.partition(), msg.offset())
+        source: Source = (msg.topic(), msg.partition(), msg.offset())
         if source in self.refused:
-            self._dead_letter(msg, PRODUCE_FAILED, "output not stored: " + self.refused.pop(source))
+            self._dead_letter(msg, PRODUCE_FAILED, "output not stored: " + self.refused[source],
+                              self._event_id(msg))
             return
         if msg.topic() == self.profiles_topic:
             self._check_profile(msg)
@@ -393,6 +442,13 @@ class RouterWorker:
             log.exception("routing %s[%d]@%d failed", *source)
             self._dead_letter(msg, "route_error", f"{exc.__class__.__name__}: {exc}")
 
+    def _event_id(self, msg: Message) -> str | None:
+        schema = self.schema_of.get(msg.topic())
+        try:
+            return avro.decode(schema, msg.value() or b"", self.reg).get("event_id") if schema else None
+        except avro.DecodeError:
+            return None
+
     def _check_profile(self, msg: Message) -> None:
         if msg.value() is None:
             return
@@ -401,7 +457,7 @@ class RouterWorker:
         except avro.DecodeError as exc:
             self._dead_letter(msg, exc.reason, str(exc))
             return
-        self.stats.counts["profile"] += 1
+        self._counts["profile"] += 1
 
     def _route(self, msg: Message, now_ms: int) -> None:
         schema = self.schema_of[msg.topic()]
@@ -427,23 +483,23 @@ class RouterWorker:
             self._dead_letter(msg, failure.reason, f"rule {failure.rule_id}: {failure.error}",
                               record["event_id"])
         if not result.requests and not result.failures:
-            self.stats.counts["no_rule"] += 1
+            self._counts["no_rule"] += 1
         for request in result.requests:
             try:
                 self._produce(self.lane_names[request["lane"]], request["customer_id"].encode(),
                               avro.encode("notification_request", request))
             except KafkaException as exc:  # refused at once, e.g. larger than the limit
                 err = exc.args[0] if exc.args else None
-                if err is None or err.retriable():
+                if err is None or err.code() not in REFUSALS:
                     raise
                 self._dead_letter(msg, PRODUCE_FAILED, f"request of rule {request['rule_id']}: "
                                   f"{err.name()}: {err.str()}", record["event_id"])
                 continue
-            self.stats.counts[f"request:{request['lane']}"] += 1
+            self._counts[f"request:{request['lane']}"] += 1
 
     def _dead_letter(self, msg: Message, reason: str, error: str,
                      event_id: str | None = None) -> None:
-        self.stats.counts[f"dead_letter:{reason}"] += 1
+        self._counts[f"dead_letter:{reason}"] += 1
         record = dead_letter("router", reason, error, msg.topic(), msg.partition(), msg.offset(),
                              msg.key(), msg.value(), event_id)
         try:
@@ -458,17 +514,19 @@ class RouterWorker:
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         assert self.producer is not None
         source = self._source
+        alone = source in self.suspects
         while True:
             try:
-                self.producer.produce(topic, key=key, value=value,
-                                      on_delivery=lambda err, _msg: self._delivered(source, err))
+                self.producer.produce(
+                    topic, key=key, value=value,
+                    on_delivery=lambda err, _msg: self._delivered(source, alone, err))
                 return
             except BufferError:
                 self.producer.poll(0.05)
 
-    def _delivered(self, source: tuple[str, int, int] | None, err: KafkaError | None) -> None:
+    def _delivered(self, source: Source | None, alone: bool, err: KafkaError | None) -> None:
         if err is not None:
-            self._delivery_errors.append((source, err))
+            self._delivery_errors.append((source, alone, err))
 
 
 def invalid_event(record: dict[str, Any]) -> str | None:

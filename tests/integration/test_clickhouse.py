@@ -49,7 +49,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
 @pytest.fixture
 def db(client: Client) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
-    assert migrate(client, name) == ["001_facts", "002_funnel", "003_redeliveries"]
+    assert migrate(client, name) == ["001_facts", "002_funnel", "003_redeliveries", "004_segments"]
     yield name
     client.command(f"DROP DATABASE IF EXISTS {name}")
 
@@ -171,9 +171,11 @@ def test_migrations_are_idempotent(client: Client, db: str) -> None:
         "consent_changes",
         "funnel_daily",
         "redeliveries",
+        "profiles",
+        "orders",
         "schema_migrations",
     } <= tables
-    assert client.command(f"SELECT count() FROM {db}.schema_migrations") == 3
+    assert client.command(f"SELECT count() FROM {db}.schema_migrations") == 4
 
 
 def test_funnel_counts_messages_once_each(client: Client, db: str) -> None:

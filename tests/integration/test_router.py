@@ -5,9 +5,17 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 from stages import kill, profiles_read, settle, stage, wait_for
 
 from pipeline import avro, kafka_io, topics
@@ -140,8 +148,11 @@ def test_render_error_is_dead_lettered(ns: Settings, tmp_path: Path) -> None:
     assert dead[0].record["event_id"] == event["event_id"]
 
 
-def _copy_config_with_broken_template(src: Path, dst: Path) -> None:
-    """A config whose 'shipped' template reads an event attribute that events do not carry."""
+def _copy_config_with_broken_template(
+        src: Path, dst: Path,
+        text: str = "Order {{ event.order_id }}: gift card {{ event.attributes.gift_card }}") -> None:
+    """A config whose 'shipped' template is `text` (by default it reads an event attribute
+    that events do not carry)."""
     import shutil
 
     import yaml
@@ -153,7 +164,7 @@ def _copy_config_with_broken_template(src: Path, dst: Path) -> None:
     path = dst / "templates" / f"{template_id}.yaml"
     template = yaml.safe_load(path.read_text(encoding="utf-8"))
     for locale in template["locales"]:
-        template["locales"][locale] = "Order {{ event.order_id }}: gift card {{ event.attributes.gift_card }}"
+        template["locales"][locale] = text
     path.write_text(yaml.safe_dump(template, allow_unicode=True), encoding="utf-8")
 
 
@@ -221,3 +232,45 @@ def test_killed_router_routes_every_event_exactly_once(ns: Settings, tmp_path: P
     assert set(per_event) == {e["event_id"] for e in events}, "an event was lost"
     assert len(more) == len(events) and set(per_event.values()) == {1}, \
         f"{len(more) - len(per_event)} requests more than events"
+
+
+def test_a_record_the_broker_refuses_dead_letters_its_event_and_no_other(
+        ns: Settings, tmp_path: Path) -> None:
+    """The transactional lane takes records of at most 1,500 bytes (the topic's
+    `max.message.bytes`); two events render texts of 900 CJK characters (2.7 KB). The
+    broker refuses whole produce batches, so the batches those two were in fail, their
+    transactions abort and nothing of them is visible; routed again, each event of a
+    refused batch goes in a batch of its own, and an event refused alone becomes a dead
+    letter `produce_failed`. Every other event has exactly one request. Regression (issue 8
+    item 3): the Faust router committed the offset of an event whose output was refused."""
+    rules = tmp_path / "config"
+    _copy_config_with_broken_template(ns.config_dir, rules,
+                                      "Order {{ event.order_id }} {{ event.attributes.note }}")
+    cfg = replace(ns, config_dir=rules)
+    lane = cfg.topic(topics.REQUESTS_TRANSACTIONAL)
+    admin = AdminClient({"bootstrap.servers": cfg.kafka_bootstrap})
+    limit = ConfigResource(ResourceType.TOPIC, lane, incremental_configs=[
+        ConfigEntry("max.message.bytes", "1500",
+                    incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([limit])[limit].result(30)
+    rng = random.Random(12)
+    profiles = [make_profile(rng, i) for i in range(30)]
+    events = [order_event(rng, p["customer_id"], "shipped", NOW) for p in profiles * 2]
+    for e in events:
+        e["attributes"] = {"note": "ok"}
+    huge = [events[7], events[41]]
+    for e in huge:
+        e["attributes"] = {"note": "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(900))}
+    with stage(cfg, ["router"], tmp_path):
+        load_profiles(cfg, profiles)
+        kafka_io.publish(cfg, topics.ORDER_STATUS, ((e["customer_id"], e) for e in events),
+                         "order_status_changed")
+        wait_for(cfg, topics.REQUESTS_TRANSACTIONAL, len(events) - len(huge), timeout=90)
+        dead = wait_for(cfg, topics.DEAD_LETTERS, len(huge), timeout=60)
+        lanes = settle(cfg, topics.REQUESTS_TRANSACTIONAL, idle=3.0, timeout=30)
+    assert {d.record["reason"] for d in dead} == {"produce_failed"}
+    assert {d.record["event_id"] for d in dead} == {e["event_id"] for e in huge}
+    assert "MSG_SIZE_TOO_LARGE" in dead[0].record["error"], dead[0].record["error"]
+    per_event = Counter(m.record["event_id"] for m in lanes)
+    assert set(per_event) == {e["event_id"] for e in events} - {e["event_id"] for e in huge}
+    assert set(per_event.values()) == {1}, "a request twice"

@@ -1,0 +1,1 @@
+"""Campaigns: segments, test on a small group, automatic decision and rollout, variants that learn."""
