@@ -216,6 +216,10 @@ from pipeline.campaigns.cli import segments_cli  # noqa: E402
 
 app.add_typer(segments_cli, name="segments")
 
+from pipeline.campaigns.commands import campaign_cli  # noqa: E402
+
+app.add_typer(campaign_cli, name="campaign")
+
 from pipeline.offsets import reset_offsets_command  # noqa: E402
 
 app.command("reset-offsets")(reset_offsets_command)

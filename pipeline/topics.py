@@ -40,6 +40,10 @@ CLICKS = "sms.clicks"
 CONVERSIONS = "sms.conversions"
 DEAD_LETTERS = "deadletter"
 CONFIG = "config.rules"
+CAMPAIGN_CONTROL = "campaigns.control"
+CAMPAIGN_AUDIENCE = "campaigns.audience"
+CAMPAIGN_PROGRESS = "campaigns.progress"
+CAMPAIGN_DECISIONS = "campaigns.decisions"
 
 CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(ORDER_STATUS, "order_status_changed", "customer_id", doc="Order status changes"),
@@ -60,6 +64,14 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(DEAD_LETTERS, "dead_letter", "original key", doc="Bad input with its reason"),
     TopicSpec(CONFIG, "yaml bundle", "config file name", compacted=True, partitions=1,
               doc="Published rules and templates"),
+    TopicSpec(CAMPAIGN_CONTROL, "json: campaign command", "campaign id", compacted=True,
+              partitions=1, doc="start / pause / resume / cancel, newest wins"),
+    TopicSpec(CAMPAIGN_AUDIENCE, "json: audience member", "<campaign>|<customer>", partitions=1,
+              doc="Audience snapshots frozen at start, with each member's phase and variant"),
+    TopicSpec(CAMPAIGN_PROGRESS, "json: campaign state", "campaign id", compacted=True,
+              partitions=1, doc="Fan-out cursors and status, in the fan-out's transactions"),
+    TopicSpec(CAMPAIGN_DECISIONS, "json: decision with its inputs", "campaign id",
+              doc="Every automatic decision of a campaign"),
 )
 
 EVENT_TOPICS: dict[str, str] = {

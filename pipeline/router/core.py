@@ -19,7 +19,13 @@ from typing import Any
 
 from pipeline.errors import PermanentError
 from pipeline.links import link_base, link_secret, shorten
-from pipeline.rules.matching import event_matches, lookup, matching_rules, pick_variant
+from pipeline.rules.matching import (
+    event_matches,
+    forced_variant,
+    lookup,
+    matching_rules,
+    pick_variant,
+)
 from pipeline.rules.model import Rule, RuleSet
 from pipeline.rules.render import RenderError, render
 
@@ -132,7 +138,7 @@ def build_request(
     RenderUnsafe) when the template cannot be rendered within its limits and SendAtError when the rule's schedule field is unusable; both are permanent.
     """
     customer_id = str(event["customer_id"])
-    variant = pick_variant(rule, customer_id)
+    variant = forced_variant(rule, event) or pick_variant(rule, customer_id)
     rendered = render(
         ruleset.templates[variant.template],
         event=event,

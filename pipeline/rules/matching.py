@@ -27,11 +27,31 @@ def matching_rules(
 
     Called by the router once per event. An empty list means no rule applies ("no_rule").
     """
+    only = campaign_rule(event)
     return [
         rule
         for rule in ruleset.rules_for(event_type)
-        if event_matches(rule, event) and customer_matches(rule.customer, profile)
+        if (only is None or rule.id == only)
+        and event_matches(rule, event) and customer_matches(rule.customer, profile)
     ]
+
+
+def campaign_rule(event: Mapping[str, Any]) -> str | None:
+    """The one rule a campaign's promotion event is for (`attributes.campaign_rule`), or
+    None for any other event: a campaign message never triggers a second rule."""
+    if not event.get("campaign_id"):
+        return None
+    attributes = event.get("attributes") or {}
+    return attributes.get("campaign_rule") or None
+
+
+def forced_variant(rule: Rule, event: Mapping[str, Any]) -> Variant | None:
+    """The variant a campaign assigned to this recipient (`attributes.campaign_variant` of
+    a promotion event with a campaign id), when `rule` has it; else None."""
+    if not event.get("campaign_id"):
+        return None
+    name = (event.get("attributes") or {}).get("campaign_variant")
+    return next((v for v in rule.variants if v.name == name), None) if name else None
 
 
 def event_matches(rule: Rule, event: Mapping[str, Any]) -> bool:

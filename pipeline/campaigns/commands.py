@@ -1,0 +1,230 @@
+"""`rassylka campaign ...`: validate, plan, start, status, pause, resume, cancel, worker.
+
+`plan` and `start` read the audience from ClickHouse at CLICKHOUSE_URL (with embedded
+chDB, while no sink holds the store); everything else talks to Kafka only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from pipeline.campaigns.cli import _client, console, err_console
+from pipeline.campaigns.model import Campaign, assign, check_references, load_campaigns
+from pipeline.settings import Settings
+
+campaign_cli = typer.Typer(help="Campaigns: plan, start and follow them (config/campaigns/).",
+                           no_args_is_help=True)
+CONFIG_DIR_HELP = "Folder with campaigns/, segments.yaml and rules.yaml (default: config/)."
+
+
+def _load(config_dir: Path | None) -> tuple[Settings, dict[str, Campaign], dict[str, tuple[str, ...]],
+                                            dict[str, Any]]:
+    """Settings, campaigns, promotion rules (id → variant names) and segments; exit 1 with
+    every problem when the campaigns do not check out."""
+    from pipeline.campaigns.segments import load_segments
+    from pipeline.rules.loader import load_ruleset
+
+    settings = Settings.from_env()
+    folder = config_dir or settings.config_dir
+    campaigns = load_campaigns(folder)
+    ruleset = load_ruleset(folder)
+    rules = {r.id: tuple(v.name for v in r.variants) for r in ruleset.rules_for("promotion")}
+    segments = load_segments(folder)
+    problems = [p for c in campaigns.values() for p in check_references(c, set(segments), rules)]
+    if problems:
+        for problem in problems:
+            err_console.print(f"[red]✗[/red] {problem}", highlight=False)
+        raise typer.Exit(1)
+    return settings, campaigns, rules, segments
+
+
+def _campaign(campaigns: dict[str, Campaign], campaign_id: str) -> Campaign:
+    if campaign_id not in campaigns:
+        err_console.print(f"[red]no campaign {campaign_id!r} in config/campaigns/ "
+                          f"(known: {', '.join(sorted(campaigns)) or 'none'})[/red]", highlight=False)
+        raise typer.Exit(1)
+    return campaigns[campaign_id]
+
+
+def audience(settings: Settings, segments: dict[str, Any], campaign: Campaign,
+             now_ms: int) -> list[tuple[str, str]]:
+    """(customer_id, time_zone) of every member: the segment minus the exclusions."""
+    from pipeline.campaigns.segments import audience_sql, compile_segment
+
+    sql = audience_sql(segments, campaign.audience.segment, now_ms, "customer_id, time_zone")
+    for name in campaign.audience.exclude:
+        sql += f"\n  AND customer_id NOT IN ({compile_segment(segments, name, now_ms)})"
+    client = _client(settings)
+    try:
+        rows = client.query(sql)
+    finally:
+        client.close()
+    return [(str(r["customer_id"]), str(r.get("time_zone") or "")) for r in rows]
+
+
+@campaign_cli.command("validate")
+def validate_command(config_dir: Path = typer.Option(None, help=CONFIG_DIR_HELP)) -> None:
+    """Check every campaign file and what it names (segments, rule, variants)."""
+    _settings, campaigns, _rules, _segments = _load(config_dir)
+    console.print(f"[green]✓[/green] {len(campaigns)} campaign(s) valid: "
+                  f"{', '.join(sorted(campaigns)) or 'none'}", highlight=False)
+
+
+@campaign_cli.command("plan")
+def plan_command(campaign_id: str, config_dir: Path = typer.Option(None, help=CONFIG_DIR_HELP)) -> None:
+    """Dry run, sends nothing: audience, split by phase and variant, SMS size, duration."""
+    from pipeline.rules.loader import load_ruleset
+    from pipeline.rules.render import render
+    from pipeline.sms.encoding import segment_count
+
+    settings, campaigns, rules, segments = _load(config_dir)
+    campaign = _campaign(campaigns, campaign_id)
+    variants = campaign.variants or rules[campaign.rule]
+    members = audience(settings, segments, campaign, int(time.time() * 1000))
+    split: dict[tuple[str, str | None], int] = {}
+    for customer_id, _zone in members:
+        key = assign(campaign, variants, customer_id)
+        split[key] = split.get(key, 0) + 1
+    table = Table(title=f"Campaign {campaign.id}: {len(members):,} in the audience "
+                        f"({campaign.audience.segment}"
+                        f"{' minus ' + ', '.join(campaign.audience.exclude) if campaign.audience.exclude else ''})",
+                  title_justify="left")
+    for column in ("phase", "variant", "members", "SMS (example)"):
+        table.add_column(column)
+    ruleset = load_ruleset(config_dir or settings.config_dir)
+    rule = next(r for r in ruleset.rules_for("promotion") if r.id == campaign.rule)
+    sample_event = {"event_id": "plan", "customer_id": "plan", "occurred_at_ms": 0,
+                    "source": "plan", "attributes": {}, "campaign_id": campaign.id,
+                    **campaign.promotion}
+    sizes = {}
+    for v in rule.variants:
+        text = render(ruleset.templates[v.template], event=sample_event,
+                      customer={"first_name": "Анна", "locale": "ru", "segments": [],
+                                "attributes": {}, "country": "RU"},
+                      rule=rule, default_locale=ruleset.settings.default_locale,
+                      limits=ruleset.settings.render).text
+        size = segment_count(text)
+        sizes[v.name] = f"{size.encoding}, {size.segments} segment(s)"
+    for (phase, variant), n in sorted(split.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        table.add_row(phase, variant or ("—" if phase == "holdout" else "the winner"), f"{n:,}",
+                      sizes.get(variant or "", "") if variant else "")
+    console.print(table)
+    sendable = sum(n for (phase, _v), n in split.items() if phase != "holdout")
+    if campaign.budget.max_messages is not None:
+        sendable = min(sendable, campaign.budget.max_messages)
+    rate = campaign.pacing.rate_per_s(len(members))
+    hours = sendable / rate / 3600 if rate else 0.0
+    window = (f", only {campaign.window.start}–{campaign.window.end} local time (longer)"
+              if campaign.window else "")
+    console.print(f"to send: {sendable:,} messages at {rate * 60:,.0f}/min ≈ {hours:.1f} h of "
+                  f"sending{window}, plus the evaluation wait of {campaign.test.evaluate_after}; "
+                  f"variant sizes: " + "; ".join(f"{k}: {v}" for k, v in sizes.items()),
+                  highlight=False)
+    console.print("the sender still applies consent, number checks, quiet hours and caps to "
+                  "each message", highlight=False)
+
+
+@campaign_cli.command("start")
+def start_command(campaign_id: str, config_dir: Path = typer.Option(None, help=CONFIG_DIR_HELP)) -> None:
+    """Freeze the audience now and start the campaign (once)."""
+    from pipeline.campaigns.runner import CampaignError, start_campaign
+
+    settings, campaigns, rules, segments = _load(config_dir)
+    campaign = _campaign(campaigns, campaign_id)
+    members = audience(settings, segments, campaign, int(time.time() * 1000))
+    try:
+        phases = start_campaign(settings, campaign, campaign.variants or rules[campaign.rule], members)
+    except CampaignError as exc:
+        err_console.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(1) from exc
+    console.print(f"campaign {campaign_id} started: {len(members):,} members frozen "
+                  f"({', '.join(f'{k} {v:,}' for k, v in sorted(phases.items()))}); "
+                  f"a `rassylka campaign worker` sends it", highlight=False)
+
+
+def _command(name: str, help_text: str) -> None:
+    def command(campaign_id: str) -> None:
+        from pipeline.campaigns.runner import read_latest, send_command
+        from pipeline.topics import CAMPAIGN_CONTROL
+
+        settings = Settings.from_env()
+        if campaign_id not in read_latest(settings, CAMPAIGN_CONTROL):
+            err_console.print(f"[red]campaign {campaign_id} was never started[/red]", highlight=False)
+            raise typer.Exit(1)
+        send_command(settings, campaign_id, name)
+        console.print(f"{name} sent to campaign {campaign_id}", highlight=False)
+
+    command.__doc__ = help_text
+    campaign_cli.command(name)(command)
+
+
+_command("pause", "Stop sending until `resume` (the worker keeps its place).")
+_command("resume", "Go on sending a paused campaign.")
+_command("cancel", "Stop the campaign for good.")
+
+
+@campaign_cli.command("status")
+def status_command(campaign_id: str) -> None:
+    """Where a campaign is: status, phase, sent per phase, the decision and its numbers."""
+    from pipeline.campaigns.runner import read_latest
+    from pipeline.topics import CAMPAIGN_CONTROL, CAMPAIGN_PROGRESS
+
+    settings = Settings.from_env()
+    state = read_latest(settings, CAMPAIGN_PROGRESS).get(campaign_id)
+    started = read_latest(settings, CAMPAIGN_CONTROL).get(campaign_id)
+    if started is None:
+        err_console.print(f"[red]campaign {campaign_id} was never started[/red]", highlight=False)
+        raise typer.Exit(1)
+    if state is None:
+        console.print(f"campaign {campaign_id}: started, not picked up by a worker yet "
+                      f"(last command: {started.get('command')})", highlight=False)
+        return
+    console.print(f"campaign {campaign_id}: [bold]{state['status']}[/bold], phase {state['phase']}"
+                  f"{' — ' + state['reason'] if state.get('reason') else ''}", highlight=False)
+    table = Table(title="Sent", title_justify="left")
+    table.add_column("phase")
+    table.add_column("members")
+    table.add_column("sent")
+    for phase, n in sorted((started.get("phases") or {}).items()):
+        table.add_row(phase, f"{n:,}", f"{state['sent'].get(phase, 0):,}")
+    console.print(table)
+    decision = state.get("decision")
+    if decision:
+        result = Table(title=f"Decision: {decision['action']} → {decision.get('winner') or 'none'}",
+                       title_justify="left")
+        for column in ("variant", "targeted", "delivered", decision["metric"] + "s",
+                       "opt-outs", "failed", "P(best)"):
+            result.add_column(column)
+        for v in decision["inputs"].get("variants", []):
+            result.add_row(str(v.get("variant")), str(v.get("targeted")), str(v.get("delivered")),
+                           str(v.get("successes")), str(v.get("opt_outs")), str(v.get("failed")),
+                           f"{decision['probabilities'].get(v.get('variant'), 0):.3f}")
+        console.print(result)
+        console.print(decision["reason"], highlight=False)
+
+
+@campaign_cli.command("worker")
+def worker_command(worker_id: str = typer.Option("0", help="Names its Kafka transactions."),
+                   config_dir: Path = typer.Option(None, help=CONFIG_DIR_HELP),
+                   loglevel: str = typer.Option("info", help="Python log level.")) -> None:
+    """Run the campaign worker: fan out running campaigns, decide, roll out."""
+    from pipeline.campaigns.runner import CampaignRunner
+    from pipeline.topics import create_topics
+
+    logging.getLogger().setLevel(loglevel.upper())
+    settings, campaigns, _rules, _segments = _load(config_dir)
+    create_topics(settings)
+    runner = CampaignRunner(settings, campaigns, worker_id=worker_id)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: runner.stop())
+    runner.run()
+    console.print(json.dumps({cid: r.state["status"] for cid, r in runner.running.items()}),
+                  highlight=False)

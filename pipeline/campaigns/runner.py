@@ -1,0 +1,477 @@
+"""The campaign worker: audience snapshot → paced promotion events → decision → rollout.
+
+`start_campaign` (CLI `rassylka campaign start ID`) resolves the audience once in
+ClickHouse (the segment minus the exclusions), gives every member a reproducible phase
+and variant (`model.assign`: hold-out, test with a variant, or rollout), publishes that
+snapshot to `campaigns.audience` and then a `start` command to `campaigns.control`. A
+campaign is started once: a second `start` is refused, so a restart never re-targets.
+
+`CampaignRunner` (CLI `rassylka campaign worker`, one process) follows the commands and
+fans each running campaign out at its pace, inside its sending window in each
+recipient's local time, up to its budget. Each tick is one Kafka transaction holding the
+`promotion` events it publishes *and* the campaign's new cursors on `campaigns.progress`:
+after a SIGKILL the worker resumes from the last committed cursors, so every member gets
+exactly one event. The event id is `campaign:<id>:<customer>`, so even a replayed event
+makes the same request id and the sender's ledger sends nobody twice.
+
+When the test phase is out and `test.evaluate_after` has passed, the worker counts the
+test group's results from the fact topics (outcomes, receipts, clicks, conversions,
+consent) and calls `decision.decide`; the decision and its inputs go to
+`campaigns.decisions` and into the campaign's state; then the rollout phase goes out
+with the winner (or stops, per `on_no_winner` and the guardrails).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from pipeline import avro, kafka_io, topics
+from pipeline.campaigns.decision import DecisionRule, VariantResult, decide
+from pipeline.campaigns.model import Campaign, assign, duration_s
+from pipeline.settings import Settings
+from pipeline.state.store import read_partitions
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ZONE = "Europe/Moscow"
+TERMINAL = {"done", "cancelled", "stopped"}
+FAILED_RECEIPTS = {"UNDELIV", "REJECTD", "EXPIRED", "DELETED", "UNKNOWN"}
+
+
+class CampaignError(RuntimeError):
+    """A campaign command that cannot be carried out (unknown, already started, ...)."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------- commands
+def read_latest(settings: Settings, name: str) -> dict[str, dict[str, Any]]:
+    """The newest JSON value per key of a compacted catalog topic (tombstones removed)."""
+    out: dict[str, dict[str, Any]] = {}
+    topic = settings.topic(name)
+    for _p, key, value in read_partitions(settings.kafka_bootstrap, topic, [0]):
+        if value is None:
+            out.pop(key.decode(), None)
+        else:
+            out[key.decode()] = json.loads(value)
+    return out
+
+
+def send_command(settings: Settings, campaign_id: str, command: str, **extra: Any) -> None:
+    """Publish a control command (pause, resume, cancel); the worker applies it."""
+    producer = kafka_io.producer(settings)
+    value = {"command": command, "at_ms": now_ms(), **extra}
+    producer.produce(settings.topic(topics.CAMPAIGN_CONTROL), key=campaign_id.encode(),
+                     value=json.dumps(value).encode())
+    if producer.flush(30):
+        raise KafkaException("the control command was not acknowledged within 30 s")
+
+
+def start_campaign(settings: Settings, campaign: Campaign, variants: tuple[str, ...],
+                   members: list[tuple[str, str]]) -> dict[str, int]:
+    """Freeze the audience `members` ((customer_id, time_zone) pairs) and start the campaign.
+
+    Returns the members per phase. Raises CampaignError if it was started before."""
+    commands = read_latest(settings, topics.CAMPAIGN_CONTROL)
+    if campaign.id in commands:
+        raise CampaignError(f"campaign {campaign.id} was already started "
+                            f"({commands[campaign.id].get('command')}); a campaign is started once")
+    snapshot = uuid.uuid4().hex
+    producer = kafka_io.producer(settings, **{"linger.ms": 20})
+    audience_topic = settings.topic(topics.CAMPAIGN_AUDIENCE)
+    phases: Counter[str] = Counter()
+    for customer_id, zone in sorted(set(members)):
+        phase, variant = assign(campaign, variants, customer_id)
+        phases[phase] += 1
+        member = {"snapshot": snapshot, "customer_id": customer_id, "zone": zone or "",
+                  "phase": phase, "variant": variant}
+        while True:
+            try:
+                producer.produce(audience_topic, key=f"{campaign.id}|{customer_id}".encode(),
+                                 value=json.dumps(member).encode())
+                break
+            except BufferError:
+                producer.poll(0.1)
+    if producer.flush(120):
+        raise KafkaException("the audience snapshot was not acknowledged within 120 s")
+    send_command(settings, campaign.id, "start", snapshot=snapshot, members=len(set(members)),
+                 variants=list(variants), phases=dict(phases))
+    return dict(phases)
+
+
+# -------------------------------------------------------------------- state
+@dataclass
+class Member:
+    customer_id: str
+    zone: str
+    phase: str
+    variant: str | None
+
+
+@dataclass
+class Running:
+    """A started campaign in this worker: its snapshot by phase and zone, and its state."""
+
+    campaign: Campaign
+    variants: tuple[str, ...]
+    by_phase: dict[str, dict[str, list[Member]]]
+    state: dict[str, Any]
+    tokens: float = 0.0
+    last_tick: float = field(default_factory=time.monotonic)
+
+    def remaining(self, phase: str) -> int:
+        cursors = self.state["cursors"].get(phase, {})
+        return sum(len(group) - cursors.get(zone, 0)
+                   for zone, group in self.by_phase.get(phase, {}).items())
+
+
+def initial_state(campaign_id: str, command: dict[str, Any]) -> dict[str, Any]:
+    return {"campaign_id": campaign_id, "status": "running", "phase": "test",
+            "snapshot": command["snapshot"], "cursors": {}, "sent": {},
+            "test_done_at_ms": None, "decision": None, "winner": None,
+            "reason": None, "updated_at_ms": now_ms()}
+
+
+class CampaignRunner:
+    """One campaign worker process: `run()` until `stop()`."""
+
+    def __init__(self, settings: Settings, campaigns: dict[str, Campaign], worker_id: str = "0",
+                 tick_s: float = 0.2) -> None:
+        self.settings = settings
+        self.campaigns = campaigns
+        self.worker_id = worker_id
+        self.tick_s = tick_s
+        self.running: dict[str, Running] = {}
+        self.commands: dict[str, dict[str, Any]] = {}
+        self.stopping = False
+        self.producer: Producer | None = None
+        self.control: Consumer | None = None
+        self.promotion_topic = settings.topic(topics.PROMOTION)
+        self.progress_topic = settings.topic(topics.CAMPAIGN_PROGRESS)
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def run(self, until_idle_s: float | None = None) -> None:
+        states = read_latest(self.settings, topics.CAMPAIGN_PROGRESS)
+        self.commands = read_latest(self.settings, topics.CAMPAIGN_CONTROL)
+        self.producer = Producer({
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "transactional.id": f"{self.settings.app_id}-campaigns-{self.worker_id}",
+            "linger.ms": 5,
+        })
+        self.producer.init_transactions(60)
+        self.control = _follower(self.settings, topics.CAMPAIGN_CONTROL)
+        for campaign_id, command in self.commands.items():
+            self._apply(campaign_id, command, states.get(campaign_id))
+        try:
+            while not self.stopping:
+                for msg in self.control.consume(100, 0):
+                    if msg.error() is None and msg.value() is not None:
+                        self._apply(msg.key().decode(), json.loads(msg.value()), None)
+                busy = False
+                for run in list(self.running.values()):
+                    busy |= self._tick(run)
+                time.sleep(0 if busy else self.tick_s)
+        finally:
+            self.control.close()
+
+    # ------------------------------------------------------------ commands
+    def _apply(self, campaign_id: str, command: dict[str, Any], state: dict[str, Any] | None) -> None:
+        run = self.running.get(campaign_id)
+        kind = command.get("command")
+        if kind == "start" and run is None:
+            campaign = self.campaigns.get(campaign_id)
+            if campaign is None:
+                log.error("campaign %s was started but config/campaigns/%s.yaml is not here",
+                          campaign_id, campaign_id)
+                return
+            state = state if state and state.get("snapshot") == command["snapshot"] \
+                else initial_state(campaign_id, command)
+            members = self._snapshot(campaign_id, command["snapshot"])
+            by_phase: dict[str, dict[str, list[Member]]] = defaultdict(lambda: defaultdict(list))
+            for member in sorted(members.values(), key=lambda m: m.customer_id):
+                by_phase[member.phase][member.zone or DEFAULT_ZONE].append(member)
+            self.running[campaign_id] = Running(campaign, tuple(command["variants"]),
+                                                by_phase, state)
+            log.info("campaign %s: %d members, status %s", campaign_id, len(members),
+                     state["status"])
+        elif run is not None and run.state["status"] not in TERMINAL:
+            if kind == "pause" and run.state["status"] != "paused":
+                run.state["resume_to"] = run.state["status"]
+                self._save(run, "paused", [])
+            elif kind == "resume" and run.state["status"] == "paused":
+                self._save(run, run.state.pop("resume_to", "running"), [])
+            elif kind == "cancel":
+                self._save(run, "cancelled", [], reason="cancelled by an operator")
+
+    def _snapshot(self, campaign_id: str, snapshot: str) -> dict[str, Member]:
+        members: dict[str, Member] = {}
+        prefix = f"{campaign_id}|".encode()
+        topic = self.settings.topic(topics.CAMPAIGN_AUDIENCE)
+        for _p, key, value in read_partitions(self.settings.kafka_bootstrap, topic, [0]):
+            if not key.startswith(prefix) or value is None:
+                continue
+            m = json.loads(value)
+            if m.get("snapshot") == snapshot:
+                members[m["customer_id"]] = Member(m["customer_id"], m["zone"], m["phase"],
+                                                   m["variant"])
+        return members
+
+    # ---------------------------------------------------------------- ticks
+    def _tick(self, run: Running) -> bool:
+        """Advance one campaign; True when it published anything."""
+        status = run.state["status"]
+        c = run.campaign
+        now = now_ms()
+        if status in TERMINAL or status == "paused":
+            return False
+        if c.end_at and now >= _epoch_ms(c.end_at):
+            self._save(run, "done", [], reason="the campaign's end time passed")
+            return False
+        if c.start_at and now < _epoch_ms(c.start_at):
+            return False
+        if status == "evaluating":
+            if now >= run.state["test_done_at_ms"] + duration_s(c.test.evaluate_after) * 1000:
+                self._evaluate(run)
+            return False
+        phase = run.state["phase"]
+        if run.remaining(phase) == 0:
+            if phase == "test":
+                run.state["test_done_at_ms"] = now
+                self._save(run, "evaluating", [])
+            else:
+                self._save(run, "done", [], reason="every member of the audience was sent to")
+            return False
+        elapsed = time.monotonic() - run.last_tick
+        run.last_tick = time.monotonic()
+        rate = c.pacing.rate_per_s(sum(len(g) for p in run.by_phase.values() for g in p.values()))
+        run.tokens = min(run.tokens + elapsed * rate, max(rate, 1.0))
+        allowed = int(run.tokens)
+        if c.budget.max_messages is not None:
+            allowed = min(allowed, c.budget.max_messages - sum(run.state["sent"].values()))
+            if allowed <= 0 and run.tokens >= 1:
+                self._save(run, "done", [], reason="the budget (max_messages) is spent")
+                return False
+        if allowed <= 0:
+            return False
+        before = json.dumps(run.state)
+        batch = self._next(run, phase, allowed, now)
+        if not batch:
+            return False
+        run.tokens -= len(batch)
+        if phase == "test" and not run.state.get("test_started_at_ms"):
+            run.state["test_started_at_ms"] = now
+        self._publish(run, phase, batch, now, before)
+        return True
+
+    def _next(self, run: Running, phase: str, allowed: int, now: int) -> list[Member]:
+        """Up to `allowed` members of `phase` whose local time is in the sending window,
+        taking from each open time zone in turn."""
+        cursors = run.state["cursors"].setdefault(phase, {})
+        window = run.campaign.window
+        groups = [(zone, group) for zone, group in sorted(run.by_phase[phase].items())
+                  if cursors.get(zone, 0) < len(group)
+                  and (window is None or window.is_open(_local_minute(zone, now)))]
+        out: list[Member] = []
+        while groups and len(out) < allowed:
+            for zone, group in list(groups):
+                i = cursors.get(zone, 0)
+                if i >= len(group) or len(out) >= allowed:
+                    groups.remove((zone, group))
+                    continue
+                out.append(group[i])
+                cursors[zone] = i + 1
+        return out
+
+    def _publish(self, run: Running, phase: str, batch: list[Member], now: int,
+                 before: str) -> None:
+        assert self.producer is not None
+        c = run.campaign
+        variant_of = run.state.get("winner")
+        records = []
+        for m in batch:
+            variant = m.variant if phase == "test" else self._rollout_variant(run, m, variant_of)
+            event = {
+                "event_id": f"campaign:{c.id}:{m.customer_id}",
+                "customer_id": m.customer_id,
+                "occurred_at_ms": now,
+                "source": f"campaign:{c.id}",
+                "attributes": {"campaign_rule": c.rule, "campaign_variant": variant or "",
+                               "campaign_phase": phase},
+                "campaign_id": c.id,
+                "promo_code": _opt_str(c.promotion.get("promo_code")),
+                "discount_percent": _opt_int(c.promotion.get("discount_percent")),
+                "valid_until": _opt_str(c.promotion.get("valid_until")),
+                "landing_url": _opt_str(c.promotion.get("landing_url")),
+            }
+            records.append((m.customer_id.encode(), avro.encode("promotion", event)))
+        sent = run.state["sent"]
+        sent[phase] = sent.get(phase, 0) + len(batch)
+        self._save(run, run.state["status"], records, previous=before)
+
+    @staticmethod
+    def _rollout_variant(run: Running, m: Member, winner: str | None) -> str | None:
+        if winner:
+            return winner
+        # on_no_winner: split — every variant keeps its share, reproducibly per customer
+        _phase, variant = assign(run.campaign.model_copy(update={"test": run.campaign.test.model_copy(
+            update={"fraction": 1.0, "holdout": 0.0})}), run.variants, m.customer_id)
+        return variant
+
+    def _save(self, run: Running, status: str, records: list[tuple[bytes, bytes]],
+              reason: str | None = None, decision: dict[str, Any] | None = None,
+              previous: str | None = None) -> None:
+        """One transaction: the records, the campaign's new state (and its decision). If
+        it fails, the state goes back to `previous` (default: as it was on entry)."""
+        assert self.producer is not None
+        previous = previous or json.dumps(run.state)
+        run.state["status"] = status
+        if reason:
+            run.state["reason"] = reason
+        run.state["updated_at_ms"] = now_ms()
+        try:
+            self.producer.begin_transaction()
+            for key, value in records:
+                self.producer.produce(self.promotion_topic, key=key, value=value)
+            self.producer.produce(self.progress_topic, key=run.campaign.id.encode(),
+                                  value=json.dumps(run.state).encode())
+            if decision is not None:
+                self.producer.produce(self.settings.topic(topics.CAMPAIGN_DECISIONS),
+                                      key=run.campaign.id.encode(), value=json.dumps(decision).encode())
+            self.producer.commit_transaction(30)
+        except KafkaException as exc:
+            log.warning("campaign %s: transaction failed (%s); trying again",
+                        run.campaign.id, exc.args[0] if exc.args else exc)
+            run.state = json.loads(previous)  # cursors back where the last commit left them
+            try:
+                self.producer.abort_transaction(30)
+            except KafkaException:
+                pass
+            time.sleep(1.0)
+
+    # ------------------------------------------------------------ decision
+    def _evaluate(self, run: Running) -> None:
+        c = run.campaign
+        results = test_results(self.settings, run)
+        rule = DecisionRule(min_sample_per_variant=c.decision.min_sample_per_variant,
+                            win_probability=c.decision.win_probability,
+                            max_opt_out_rate=c.guardrails.max_opt_out_rate,
+                            max_failure_rate=c.guardrails.max_failure_rate,
+                            guardrail_min_sample=c.guardrails.min_sample)
+        verdict = decide(results, rule, seed=int.from_bytes(c.id.encode()[:8], "big"), final=True)
+        winner = verdict.winner
+        status, reason = "running", verdict.reason
+        if verdict.action == "stop_guardrail":
+            status = "stopped"
+        elif verdict.action == "no_winner":
+            if c.on_no_winner == "stop":
+                status = "stopped"
+            elif c.on_no_winner == "best_mean":
+                means = {v.variant: (v.successes + 1) / (v.targeted + 2) for v in results}
+                winner = max(sorted(means), key=lambda k: means[k])
+                reason = f"{verdict.reason}; on_no_winner best_mean: {winner}"
+        record = {"campaign_id": c.id, "decided_at_ms": now_ms(), "action": verdict.action,
+                  "winner": winner, "probabilities": verdict.probabilities, "reason": reason,
+                  "metric": c.metric.kind, "inputs": verdict.inputs}
+        run.state.update(decision=record, winner=winner, phase="rollout")
+        self._save(run, status, [], reason=reason, decision=record)
+        log.info("campaign %s decided: %s (%s)", c.id, verdict.action, reason)
+
+
+def test_results(settings: Settings, run: Running) -> list[VariantResult]:
+    """The test group's counts per variant, from the fact topics."""
+    c = run.campaign
+    group = {m.customer_id: m.variant for zone in run.by_phase.get("test", {}).values()
+             for m in zone if m.variant}
+    targeted = Counter(group.values())
+    message_variant: dict[str, str] = {}
+    failed: Counter[str] = Counter()
+    phones: dict[str, str] = {}
+    for msg in kafka_io.read_topic(settings, topics.OUTCOMES, None, 30, idle=1.0):
+        r = msg.record
+        if not r or r.get("campaign_id") != c.id or r["customer_id"] not in group:
+            continue
+        variant = group[r["customer_id"]]
+        if r["status"] == "submitted" and r.get("message_id"):
+            message_variant[r["message_id"]] = variant
+            phones[r.get("phone") or ""] = variant
+        elif r["status"] in ("rejected", "failed", "expired"):
+            failed[variant] += 1
+    delivered: Counter[str] = Counter()
+    seen: set[str] = set()
+    for msg in kafka_io.read_topic(settings, topics.RECEIPTS, None, 30, idle=1.0):
+        r = msg.record
+        if not r or r["message_id"] not in message_variant or r["message_id"] in seen:
+            continue
+        seen.add(r["message_id"])
+        variant = message_variant[r["message_id"]]
+        if r["state"] == "DELIVRD":
+            delivered[variant] += 1
+        elif r["state"] in FAILED_RECEIPTS:
+            failed[variant] += 1
+    successes: Counter[str] = Counter()
+    if c.metric.kind == "click":
+        clicked = {m.record["message_id"] for m in kafka_io.read_topic(
+            settings, topics.CLICKS, None, 30, idle=1.0) if m.record}
+        for mid in clicked & set(message_variant):
+            successes[message_variant[mid]] += 1
+    else:
+        converted = {m.record["message_id"] for m in kafka_io.read_topic(
+            settings, topics.CONVERSIONS, None, 30, idle=1.0)
+            if m.record and m.record.get("campaign_id") == c.id}
+        for mid in converted & set(message_variant):
+            successes[message_variant[mid]] += 1
+    opt_outs: Counter[str] = Counter()
+    for msg in kafka_io.read_topic(settings, topics.CONSENT, None, 30, idle=1.0):
+        r = msg.record
+        if r and r["status"] == "opt_out" and r.get("phone") in phones \
+                and r["changed_at_ms"] >= (run.state.get("test_started_at_ms") or 0):
+            opt_outs[phones[r["phone"]]] += 1
+    return [VariantResult(v, targeted[v], delivered[v], min(successes[v], targeted[v]),
+                          opt_outs[v], min(failed[v], targeted[v] - delivered[v]))
+            for v in run.variants]
+
+
+def _follower(settings: Settings, name: str) -> Consumer:
+    """A consumer at the end of a one-partition catalog topic (new records only)."""
+    topic = settings.topic(name)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"campaigns-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=15)[1]
+    consumer.assign([TopicPartition(topic, 0, high)])
+    return consumer
+
+
+def _local_minute(zone: str, at_ms: int) -> int:
+    try:
+        tz = ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = ZoneInfo(DEFAULT_ZONE)
+    local = datetime.fromtimestamp(at_ms / 1000, tz)
+    return local.hour * 60 + local.minute
+
+
+def _epoch_ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -1,0 +1,122 @@
+"""Campaigns on the real broker: a frozen audience fanned out exactly once across a SIGKILL
+of the campaign worker, at its pace; pause, resume and cancel; the automatic decision."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+from stages import kill, settle, stage
+
+from pipeline import kafka_io, topics
+from pipeline.campaigns.model import Campaign, assign, load_campaigns
+from pipeline.campaigns.runner import CampaignError, read_latest, send_command, start_campaign
+from pipeline.settings import Settings
+
+RATE_PER_MINUTE = 3000  # 50 a second
+
+
+def campaign_config(tmp_path: Path, src: Path, **changes: object) -> Path:
+    """A copy of `src` with one campaign, `spring`, testing variants a and b."""
+    dst = tmp_path / "config"
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    shutil.rmtree(dst / "campaigns", ignore_errors=True)
+    (dst / "campaigns").mkdir()
+    (dst / "segments.yaml").write_text(
+        "segments:\n  engaged:\n    description: Clicked in the last 30 days.\n"
+        "    where: {clicked: {within_days: 30}}\n", encoding="utf-8")
+    spec = {
+        "id": "spring", "audience": {"segment": "engaged"}, "rule": "promotion_discount",
+        "variants": ["a", "b"], "promotion": {"promo_code": "SPRING", "discount_percent": 10},
+        "pacing": {"per_minute": RATE_PER_MINUTE},
+        "test": {"fraction": 1.0, "holdout": 0.1, "evaluate_after": "1s"},
+        "decision": {"min_sample_per_variant": 5000}, "on_no_winner": "stop",
+    } | changes
+    (dst / "campaigns" / "spring.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return dst
+
+
+def started(ns: Settings, tmp_path: Path, members: int, **changes: object) -> tuple[Settings, Campaign, list[str]]:
+    cfg = replace(ns, config_dir=campaign_config(tmp_path, ns.config_dir, **changes))
+    campaign = load_campaigns(cfg.config_dir)["spring"]
+    customers = [f"c{i:05d}" for i in range(members)]
+    start_campaign(cfg, campaign, ("a", "b"), [(c, "Europe/Moscow") for c in customers])
+    return cfg, campaign, customers
+
+
+def campaign_events(cfg: Settings, count: int, timeout: float = 60.0) -> list[dict]:
+    got = kafka_io.read_topic(cfg, topics.PROMOTION, lambda m: len(m) >= count, timeout)
+    return [m.record for m in got if m.record and m.record["campaign_id"] == "spring"]
+
+
+def status(cfg: Settings) -> dict:
+    return read_latest(cfg, topics.CAMPAIGN_PROGRESS).get("spring") or {}
+
+
+def test_campaign_sends_each_member_once_across_a_sigkill_at_its_pace(
+        ns: Settings, tmp_path: Path) -> None:
+    cfg, campaign, customers = started(ns, tmp_path, 400)
+    expected = {c: assign(campaign, ("a", "b"), c) for c in customers}
+    sendable = {c for c, (phase, _v) in expected.items() if phase != "holdout"}
+    assert 20 < len(customers) - len(sendable) < 80, "about a tenth is held out"
+    for _ in range(2):  # SIGKILL the worker twice mid-fan-out
+        with stage(cfg, ["campaign", "worker"], tmp_path) as worker:
+            campaign_events(cfg, 60 if _ == 0 else 180)
+            kill(worker)
+    with stage(cfg, ["campaign", "worker"], tmp_path):
+        campaign_events(cfg, len(sendable), timeout=60)
+        deadline = time.monotonic() + 30
+        while status(cfg).get("status") not in ("stopped", "done") and time.monotonic() < deadline:
+            time.sleep(0.5)
+    events = [m.record for m in settle(cfg, topics.PROMOTION, idle=2.0)]
+    per_customer = Counter(e["customer_id"] for e in events)
+    assert set(per_customer) == sendable, "every member but the hold-out, nobody else"
+    assert set(per_customer.values()) == {1}, "nobody twice"
+    for e in events:
+        assert e["event_id"] == f"campaign:spring:{e['customer_id']}"
+        assert e["attributes"]["campaign_variant"] == expected[e["customer_id"]][1]
+        assert e["attributes"]["campaign_rule"] == "promotion_discount"
+    # Pacing: 50 a second at most (the first second's burst aside), SIGKILLs included.
+    times = sorted(e["occurred_at_ms"] for e in events)
+    assert (times[-1] - times[0]) / 1000 >= (len(events) - 50) / (RATE_PER_MINUTE / 60) * 0.9
+    final = status(cfg)
+    assert final["status"] == "stopped" and final["decision"]["action"] == "no_winner"
+    assert final["sent"] == {"test": len(sendable)}
+
+
+def test_pause_resume_cancel_and_a_campaign_starts_once(ns: Settings, tmp_path: Path) -> None:
+    cfg, campaign, customers = started(ns, tmp_path, 1000, pacing={"per_minute": 1200})
+    try:
+        start_campaign(cfg, campaign, ("a", "b"), [(c, "") for c in customers])
+        raise AssertionError("a second start must be refused")
+    except CampaignError as exc:
+        assert "already started" in str(exc)
+    with stage(cfg, ["campaign", "worker"], tmp_path):
+        campaign_events(cfg, 40)
+        send_command(cfg, "spring", "pause")
+        deadline = time.monotonic() + 15
+        while status(cfg).get("status") != "paused" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        paused = len(settle(cfg, topics.PROMOTION, idle=2.0))
+        time.sleep(2.0)
+        assert len(settle(cfg, topics.PROMOTION, idle=1.0)) == paused, "nothing while paused"
+        send_command(cfg, "spring", "resume")
+        campaign_events(cfg, paused + 20)
+        send_command(cfg, "spring", "cancel")
+        deadline = time.monotonic() + 15
+        while status(cfg).get("status") != "cancelled" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        cancelled = len(settle(cfg, topics.PROMOTION, idle=2.0))
+        time.sleep(2.0)
+        assert len(settle(cfg, topics.PROMOTION, idle=1.0)) == cancelled, "nothing once cancelled"
+    final = status(cfg)
+    assert final["status"] == "cancelled"
+    assert paused < cancelled < 900
+    decisions = kafka_io.read_topic(cfg, topics.CAMPAIGN_DECISIONS, None, 5, idle=1.0)
+    assert not decisions
+    assert json.loads(json.dumps(final))["sent"]["test"] == cancelled
