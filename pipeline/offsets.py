@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 
 import typer
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from pipeline import topics
@@ -39,6 +39,10 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {"router": tuple(topics.EVENT_TOPICS)
 # Group states in which the broker accepts offsets from outside the group.
 _INACTIVE = {"EMPTY", "DEAD"}
 _NO_OFFSET = -1001
+# Answers of a broker (or group coordinator) that is still starting up.
+_SETTLING = {KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+             KafkaError.NOT_COORDINATOR, KafkaError._TIMED_OUT, KafkaError.LEADER_NOT_AVAILABLE,
+             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.NOT_LEADER_FOR_PARTITION}
 
 
 class GroupNotEmpty(RetryableError):
@@ -182,14 +186,21 @@ def wait_committed_to_end(settings: Settings, stage: str, name: str, timeout: fl
     profiles topic: every profile published so far was read (and checked) by a router."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     full = settings.topic(name)
-    meta = admin.list_topics(full, timeout=15).topics[full]
-    tps = [TopicPartition(full, p) for p in meta.partitions]
-    ends = _offsets(admin, tps, OffsetSpec.latest())
     deadline = time.monotonic() + timeout
+    ends: dict[tuple[str, int], int] | None = None
     while True:
-        got = committed_offsets(admin, group_of(settings, stage), tps)
-        if all(end == 0 or (got[tp] or 0) >= end for tp, end in ends.items()):
-            return True
+        try:  # a just-started broker answers "coordinator loading" for a while: wait it out
+            if ends is None:
+                meta = admin.list_topics(full, timeout=15).topics[full]
+                tps = [TopicPartition(full, p) for p in meta.partitions]
+                ends = _offsets(admin, tps, OffsetSpec.latest())
+            got = committed_offsets(admin, group_of(settings, stage), tps)
+            if all(end == 0 or (got[tp] or 0) >= end for tp, end in ends.items()):
+                return True
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if err is not None and not err.retriable() and err.code() not in _SETTLING:
+                raise
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.2)
