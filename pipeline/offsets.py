@@ -26,7 +26,13 @@ import time
 from dataclasses import dataclass
 
 import typer
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from pipeline import topics
@@ -130,7 +136,7 @@ def plan(settings: Settings, stage: str, to_earliest: bool = True,
         tps += [TopicPartition(full, p) for p in sorted(found.partitions)]
     earliest = _offsets(admin, tps, OffsetSpec.earliest())
     end = _offsets(admin, tps, OffsetSpec.latest())
-    committed = committed_offsets(admin, group_of(settings, stage), tps)
+    committed = committed_offsets(settings.kafka_bootstrap, group_of(settings, stage), tps)
     out = []
     for tp in tps:
         key = (tp.topic, tp.partition)
@@ -162,7 +168,8 @@ def reset(settings: Settings, stage: str, to_earliest: bool = True, names: list[
         raise ResetNotApplied(f"the broker refused the reset of {group} for {len(refused)} "
                               f"partition(s): {'; '.join(refused[:4])} — is a worker of the "
                               f"stage running? Stop it and reset again")
-    now = committed_offsets(admin, group, [TopicPartition(r.topic, r.partition) for r in todo])
+    now = committed_offsets(settings.kafka_bootstrap, group,
+                            [TopicPartition(r.topic, r.partition) for r in todo])
     wrong = [f"{r.topic}[{r.partition}] at {now[(r.topic, r.partition)]}, not {r.after}"
              for r in todo if now[(r.topic, r.partition)] != r.after]
     if wrong:
@@ -171,39 +178,53 @@ def reset(settings: Settings, stage: str, to_earliest: bool = True, names: list[
     return todo
 
 
-def committed_offsets(admin: AdminClient, group: str,
+def committed_offsets(bootstrap: str, group: str,
                       tps: list[TopicPartition]) -> dict[tuple[str, int], int | None]:
-    """The group's committed offset of each partition (None where it never committed)."""
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(t.topic, t.partition) for t in tps])
-    answer = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
-    return {(tp.topic, tp.partition): (None if tp.offset == _NO_OFFSET else tp.offset)
-            for tp in answer.topic_partitions}
+    """The group's committed offset of each partition (None where it never committed).
+
+    Asked through a consumer of the group that never joins it, not the AdminClient: on a
+    broker whose group coordinator is still loading, librdkafka's admin OffsetFetch can
+    crash the process (a NULL group handle on NOT_COORDINATOR)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        got = consumer.committed([TopicPartition(t.topic, t.partition) for t in tps], timeout=30)
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): (None if tp.offset < 0 else tp.offset) for tp in got}
 
 
 def wait_committed_to_end(settings: Settings, stage: str, name: str, timeout: float) -> bool:
     """Wait (at most `timeout` s) until `stage`'s group has committed every partition of
     catalog topic `name` up to its current end; True when it has. For the router and the
-    profiles topic: every profile published so far was read (and checked) by a router."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    profiles topic: every profile published so far was read (and checked) by a router.
+
+    Asks through a consumer that never joins the group (its committed offsets and the
+    partitions' ends), retrying the answers of a broker still starting up."""
     full = settings.topic(name)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": group_of(settings, stage), "enable.auto.commit": False})
     deadline = time.monotonic() + timeout
-    ends: dict[tuple[str, int], int] | None = None
-    while True:
-        try:  # a just-started broker answers "coordinator loading" for a while: wait it out
-            if ends is None:
-                meta = admin.list_topics(full, timeout=15).topics[full]
-                tps = [TopicPartition(full, p) for p in meta.partitions]
-                ends = _offsets(admin, tps, OffsetSpec.latest())
-            got = committed_offsets(admin, group_of(settings, stage), tps)
-            if all(end == 0 or (got[tp] or 0) >= end for tp, end in ends.items()):
-                return True
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if err is not None and not err.retriable() and err.code() not in _SETTLING:
-                raise
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
+    ends: dict[int, int] | None = None
+    try:
+        while True:
+            try:
+                if ends is None:
+                    parts = consumer.list_topics(full, timeout=10).topics[full].partitions
+                    ends = {p: consumer.get_watermark_offsets(TopicPartition(full, p),
+                                                              timeout=10)[1] for p in parts}
+                got = consumer.committed([TopicPartition(full, p) for p in ends], timeout=10)
+                if all(ends[tp.partition] == 0 or tp.offset >= ends[tp.partition] for tp in got):
+                    return True
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if err is not None and not err.retriable() and err.code() not in _SETTLING:
+                    raise
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+    finally:
+        consumer.close()
 
 
 def _offsets(admin: AdminClient, tps: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:

@@ -87,7 +87,7 @@ class Window(_Model):
 
 
 class Pacing(_Model):
-    per_minute: int | None = Field(default=None, gt=0, le=1_000_000)
+    per_minute: int | None = Field(default=None, gt=0, le=100_000_000)
     spread_hours: float | None = Field(default=None, gt=0, le=24 * 30)
 
     @model_validator(mode="after")

@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from sendkit import outcomes, phone, sender, simulator
 from stages import profiles_read, read_raw, stage, wait_for
 
@@ -51,8 +50,7 @@ def ends(settings: Settings, names: list[str]) -> dict[tuple[str, int], int]:
 
 
 def committed(settings: Settings, group: str, names: list[str]) -> Offsets:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    return committed_offsets(admin, group, [TopicPartition(t, p) for t, p in ends(settings, names)])
+    return committed_offsets(settings.kafka_bootstrap, group, [TopicPartition(t, p) for t, p in ends(settings, names)])
 
 
 def caught_up(settings: Settings, group: str, names: list[str], timeout: float = 60.0) -> Offsets:

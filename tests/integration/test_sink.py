@@ -161,10 +161,14 @@ def test_clickhouse_outage_holds_offsets_then_catches_up(ns: Settings, tmp_path:
     with stage(ns, ["sink", "--stats-interval", "1"], tmp_path,
                extra_env={FAULT_ENV: str(fault)}) as proc:
         publish_outcomes(ns, range(3_000))
-        time.sleep(5)
+        deadline = time.monotonic() + 30  # until the sink met the outage (bounded)
+        log = log_text(tmp_path)
+        while not ("injected outage" in log and "paused" in log) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            log = log_text(tmp_path)
+        time.sleep(2)  # and went on retrying for a while
         assert proc.poll() is None, "the sink must survive the outage"
         assert progress(ns) == (0, 3_000)  # nothing committed: nothing was stored
-        log = log_text(tmp_path)
         assert "injected outage" in log and "paused" in log
         fault.unlink()
         wait_stored(ns, proc, 3_000, timeout=30)
