@@ -223,3 +223,32 @@ def read_topic(
     finally:
         consumer.close()
     return out
+
+
+def commit_transaction(producer: Producer, attempts: int = 3) -> None:
+    """Commit the producer's open transaction, retrying what librdkafka says may be
+    retried (a broker that restarts makes a commit time out; committing again is safe).
+    Raises KafkaException otherwise: the caller aborts."""
+    for attempt in range(attempts):
+        try:
+            producer.commit_transaction(30)
+            return
+        except KafkaException as exc:
+            err = exc.args[0]
+            if attempt + 1 == attempts or not err.retriable() or err.txn_requires_abort():
+                raise
+
+
+def abort_transaction(producer: Producer, attempts: int = 3) -> None:
+    """Abort the producer's open transaction; retriable failures (broker away) are
+    retried, a fatal one (fenced by a newer instance) is raised."""
+    for attempt in range(attempts):
+        try:
+            producer.abort_transaction(30)
+            return
+        except KafkaException as exc:
+            err = exc.args[0]
+            if attempt + 1 == attempts or err.fatal() or not err.retriable():
+                raise
+            logging.getLogger(__name__).warning("abort failed (%s); retrying", err)
+            time.sleep(1.0)

@@ -34,7 +34,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline import avro, topics
+from pipeline import avro, kafka_io, topics
 from pipeline.deadletter import dead_letter, without_payload
 from pipeline.errors import ConfigError
 from pipeline.router.core import route
@@ -367,7 +367,7 @@ class RouterWorker:
         producer.send_offsets_to_transaction(
             [TopicPartition(t, p, o) for (t, p), o in done.items()],
             self.consumer.consumer_group_metadata(), 30)
-        _commit(producer)
+        kafka_io.commit_transaction(producer)
         if self._delivery_errors:  # commit_transaction raises first; kept as a guard
             raise KafkaException(self._delivery_errors[0][2])
         if self.suspects or self.refused:  # settled by this commit
@@ -405,7 +405,7 @@ class RouterWorker:
                         len(self.suspects), len(self.refused))
         self._delivery_errors = []
         try:
-            _abort(self.producer)
+            kafka_io.abort_transaction(self.producer)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if err is not None and err.retriable():
@@ -539,27 +539,3 @@ def invalid_event(record: dict[str, Any]) -> str | None:
         return "occurred_at_ms must be a positive epoch-milliseconds timestamp"
     return None
 
-
-def _commit(producer: Producer, attempts: int = 3) -> None:
-    """Commit the open transaction, retrying what librdkafka says may be retried."""
-    for attempt in range(attempts):
-        try:
-            producer.commit_transaction(30)
-            return
-        except KafkaException as exc:
-            err = exc.args[0]
-            if attempt + 1 == attempts or not err.retriable() or err.txn_requires_abort():
-                raise
-
-
-def _abort(producer: Producer, attempts: int = 3) -> None:
-    """Abort the open transaction; retriable failures (broker away) are retried."""
-    for attempt in range(attempts):
-        try:
-            producer.abort_transaction(30)
-            return
-        except KafkaException as exc:
-            err = exc.args[0]
-            if attempt + 1 == attempts or err.fatal() or not err.retriable():
-                raise
-            time.sleep(1.0)

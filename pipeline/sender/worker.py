@@ -44,7 +44,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from connectors.gateway import Gateway, GatewayInbound, GatewayReceipt, OutboundSms, SubmitResult
-from pipeline import avro, topics
+from pipeline import avro, kafka_io, topics
 from pipeline.deadletter import dead_letter
 from pipeline.sender.caps import CapState, record_send
 from pipeline.sender.consent import ConsentState, apply_change
@@ -555,7 +555,7 @@ class SenderWorker:
             if self.fault == "exit_before_commit" and acks:
                 os._exit(137)  # test hook: die with receipts/replies published, not committed
             started = time.monotonic()
-            _commit(producer)
+            kafka_io.commit_transaction(producer)
             if self.fault == "exit_after_commit" and acks:
                 os._exit(137)  # test hook: die with receipts/replies committed, not acked
             ended = time.monotonic()
@@ -586,7 +586,7 @@ class SenderWorker:
         assert self.producer is not None
         if self._abort_pending:
             try:
-                _abort(self.producer)
+                kafka_io.abort_transaction(self.producer)
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 if err is not None and err.retriable():
@@ -1018,34 +1018,6 @@ def _acknowledge(acks: list[Callable[[], None]]) -> None:
             ack()
         except Exception:  # a gateway bug must not stop the sender; the SMSC re-sends
             log.exception("acknowledging a receipt or reply failed")
-
-
-def _commit(producer: Producer, attempts: int = 3) -> None:
-    """Commit the open transaction, retrying what librdkafka says may be retried
-    (a broker that restarts makes a commit time out; committing again is safe)."""
-    for attempt in range(attempts):
-        try:
-            producer.commit_transaction(30)
-            return
-        except KafkaException as exc:
-            err = exc.args[0]
-            if attempt + 1 == attempts or not err.retriable() or err.txn_requires_abort():
-                raise
-
-
-def _abort(producer: Producer, attempts: int = 3) -> None:
-    """Abort the open transaction; retriable failures (broker away) are retried, a fatal
-    one (fenced by a newer instance) is raised: this worker must then stop."""
-    for attempt in range(attempts):
-        try:
-            producer.abort_transaction(30)
-            return
-        except KafkaException as exc:
-            err = exc.args[0]
-            if attempt + 1 == attempts or err.fatal() or not err.retriable():
-                raise
-            log.warning("abort failed (%s); retrying", err)
-            time.sleep(1.0)
 
 
 def _filtered(queue: PriorityGate[Job], keep: Any) -> PriorityGate[Job]:
