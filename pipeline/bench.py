@@ -237,6 +237,77 @@ def sink_throughput(records: int) -> dict[str, Any]:
     return json.loads(text[text.index("{\n"):text.index("\n}") + 2])
 
 
+def campaign_bench(settings: Settings, profiles: int, members: int, console: Console) -> dict[str, Any]:
+    """Campaigns: the audience of `profiles` synthetic profiles resolved in embedded
+    ClickHouse (one compiled segment query, rows fetched into Python), then a campaign of
+    `members` of them fanned out from its snapshot to Kafka with no pacing limit."""
+    import shutil
+    import tempfile
+    import threading
+
+    from connectors.clickhouse import connect, migrate
+    from pipeline.campaigns.model import Campaign
+    from pipeline.campaigns.runner import CampaignRunner, read_latest, start_campaign
+    from pipeline.campaigns.segments import audience_sql, parse_segments
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-chdb-"))
+    out: dict[str, Any] = {"profiles": profiles, "members": members}
+    try:
+        client = connect(f"chdb://{folder}")
+        migrate(client)
+        client.command(
+            "INSERT INTO rassylka.profiles (customer_id, phone_hash, phone_masked, country, "
+            "region, city, locale, time_zone, operator, segments, attributes, deleted, "
+            "updated_at, published_at) SELECT concat('b', toString(number)), hex(number), "
+            "'+7926*****00', if(number % 10 = 0, 'KZ', 'RU'), "
+            "['RU-MOW', 'RU-SPE', 'RU-NVS'][number % 3 + 1], '', 'ru', "
+            "['Europe/Moscow', 'Asia/Novosibirsk'][number % 2 + 1], '', "
+            "if(number % 4 = 0, ['vip'], []), map(), 0, now64(3), now64(3) "
+            f"FROM numbers({profiles})")
+        segments, problems = parse_segments(
+            "segments:\n  bench:\n    description: Russian customers outside Novosibirsk.\n"
+            "    where: {all: [{country: RU}, {not: {region: RU-NVS}}]}\n")
+        assert not problems, problems
+        started = time.perf_counter()
+        rows = client.query(audience_sql(segments, "bench", int(time.time() * 1000),
+                                         "customer_id, time_zone"))
+        audience = [(str(r["customer_id"]), str(r["time_zone"] or "")) for r in rows]
+        out["audience_s"] = time.perf_counter() - started
+        out["audience"] = len(audience)
+        client.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    campaign = Campaign.model_validate({
+        "id": "bench", "audience": {"segment": "bench"}, "rule": "promotion_discount",
+        "variants": ["a", "b"], "promotion": {"promo_code": "BENCH", "discount_percent": 5},
+        "pacing": {"per_minute": 100_000_000}, "on_no_winner": "stop",
+        "test": {"fraction": 1.0, "holdout": 0.0, "evaluate_after": "1s"}})
+    started = time.perf_counter()
+    start_campaign(settings, campaign, ("a", "b"), audience[:members])
+    out["snapshot_s"] = time.perf_counter() - started
+    runner = CampaignRunner(settings, {"bench": campaign}, worker_id="bench")
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 600
+    while "bench" not in runner.running and time.monotonic() < deadline:
+        time.sleep(0.01)  # the worker reads the commands and the snapshot first
+    started = time.perf_counter()
+    while time.monotonic() < deadline:
+        run = runner.running.get("bench")
+        if run is not None and run.state["sent"].get("test", 0) >= members:
+            break
+        time.sleep(0.01)
+    out["fanout_s"] = time.perf_counter() - started
+    runner.stop()
+    thread.join(30)
+    state = read_latest(settings, topics.CAMPAIGN_PROGRESS).get("bench") or {}
+    out["sent"] = state.get("sent", {}).get("test", 0)
+    out["fanout_per_s"] = out["sent"] / out["fanout_s"]
+    console.log(f"campaigns: audience of {out['audience']:,} in {out['audience_s']:.1f} s, "
+                f"{out['sent']:,} events fanned out at {out['fanout_per_s']:,.0f}/s")
+    return out
+
+
 def _children(stage: str) -> list[int]:
     out = subprocess.run(["pgrep", "-f", f"pipeline.cli {stage}"], capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]
@@ -245,7 +316,8 @@ def _children(stage: str) -> list[int]:
 def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int = 1_000,
               seconds: int = 5, routers: int = 1, senders: int = 1,
               state_numbers: int = 1_000_000, sink_records: int = 200_000,
-              restart: bool = True) -> int:
+              restart: bool = True, campaign_profiles: int = 1_000_000,
+              campaign_members: int = 100_000) -> int:
     """Run the benchmark; prints a table and writes bench/results/latest.json."""
     tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
     settings = replace(base, topic_prefix=f"bench{tag}.", app_id=f"bench{tag}", partitions=4)
@@ -337,6 +409,11 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
                 result["state"] = state_footprint(settings, state_numbers, console)
             status.update(f"[bold]ceiling: plain consume → produce loop over {events} payloads ...")
             result["ceiling_per_s"] = ceiling(settings, payloads)
+            if campaign_profiles:
+                status.update(f"[bold]campaigns: audience of {campaign_profiles:,} profiles, "
+                              f"fan-out of {campaign_members:,} ...")
+                result["campaigns"] = campaign_bench(settings, campaign_profiles, campaign_members,
+                                                     console)
         if sink_records:
             with console.status(f"[bold]analytics: the sink stores {sink_records:,} rows ..."):
                 result["sink"] = sink_throughput(sink_records)
@@ -369,6 +446,12 @@ def _print(console: Console, r: dict[str, Any]) -> None:
     if "sink" in r:
         table.add_row("analytics sink → ClickHouse (chDB), steady",
                       f"{r['sink']['steady_rows_per_s']:,} rows/s")
+    if "campaigns" in r:
+        c = r["campaigns"]
+        table.add_row(f"campaign audience from {c['profiles']:,} profiles (chDB)",
+                      f"{c['audience']:,} in {c['audience_s']:.1f} s")
+        table.add_row(f"campaign fan-out, snapshot → Kafka ({c['sent']:,} members)",
+                      f"{c['fanout_per_s']:,.0f} /s (snapshot written in {c['snapshot_s']:.1f} s)")
     if "state" in r:
         st = r["state"]
         table.add_row(f"state for {st['consent']:,} consents + {st['ledger']:,} ledger entries",

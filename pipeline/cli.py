@@ -186,6 +186,9 @@ def bench(
     state_numbers: int = typer.Option(1_000_000, help="Numbers for the state-size measurement (0: skip)."),
     sink_records: int = typer.Option(200_000, help="Records for the analytics sink run (0: skip)."),
     restart: bool = typer.Option(True, help="Measure a SIGKILLed sender's restart."),
+    campaign_profiles: int = typer.Option(1_000_000, help="Profiles for the campaign audience "
+                                          "measurement (0: skip campaigns)."),
+    campaign_members: int = typer.Option(100_000, help="Members fanned out by the campaign run."),
 ) -> None:
     """Benchmark: throughput, latency percentiles and the ratio to a plain Kafka loop."""
     from pipeline.bench import run_bench
@@ -193,7 +196,7 @@ def bench(
     settings = _settings()
     wait_for_kafka(settings)
     sys.exit(run_bench(settings, console, events, rate, seconds, routers, senders, state_numbers,
-                       sink_records, restart))
+                       sink_records, restart, campaign_profiles, campaign_members))
 
 
 @app.command()
