@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -98,6 +99,34 @@ def topics_create() -> None:
             "compact" if spec.compacted else "delete", spec.key, spec.schema,
         )
     console.print(table)
+
+
+@rules_cli.command("weights")
+def rules_weights() -> None:
+    """Current learned weights of every `strategy: bandit` rule, with the counts behind them."""
+    from rich.table import Table
+
+    from pipeline.campaigns.learning import current_weights
+
+    settings = _settings()
+    wait_for_kafka(settings)
+    rows = current_weights(settings)
+    if not rows:
+        console.print("no learned weights yet: rules with strategy: bandit use their own "
+                      "weights until the campaign worker's first update", highlight=False)
+        return
+    for rule_id, record in sorted(rows.items()):
+        table = Table(title=f"{rule_id} ({record.get('metric')}), updated "
+                            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(record['updated_at_ms'] / 1000))} UTC",
+                      title_justify="left")
+        for column in ("variant", "weight", "before", "sent", "successes"):
+            table.add_column(column)
+        counts = record.get("inputs", {}).get("variants", {})
+        for name, weight in record["weights"].items():
+            c = counts.get(name, {})
+            table.add_row(name, f"{weight:.3f}", f"{record['previous_weights'].get(name, 0):.3f}",
+                          str(c.get("targeted", "")), str(c.get("successes", "")))
+        console.print(table)
 
 
 @rules_cli.command("validate")

@@ -44,6 +44,7 @@ CAMPAIGN_CONTROL = "campaigns.control"
 CAMPAIGN_AUDIENCE = "campaigns.audience"
 CAMPAIGN_PROGRESS = "campaigns.progress"
 CAMPAIGN_DECISIONS = "campaigns.decisions"
+VARIANT_WEIGHTS = "rules.variant_weights"
 
 CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(ORDER_STATUS, "order_status_changed", "customer_id", doc="Order status changes"),
@@ -70,8 +71,10 @@ CATALOG: tuple[TopicSpec, ...] = (
               doc="Audience snapshots frozen at start, with each member's phase and variant"),
     TopicSpec(CAMPAIGN_PROGRESS, "json: campaign state", "campaign id", compacted=True,
               partitions=1, doc="Fan-out cursors and status, in the fan-out's transactions"),
-    TopicSpec(CAMPAIGN_DECISIONS, "json: decision with its inputs", "campaign id",
-              doc="Every automatic decision of a campaign"),
+    TopicSpec(CAMPAIGN_DECISIONS, "json: decision with its inputs", "campaign id or rule id",
+              doc="Every automatic decision: campaign winners, bandit weight updates"),
+    TopicSpec(VARIANT_WEIGHTS, "json: learned weights", "rule id", compacted=True, partitions=1,
+              doc="Current variant weights of strategy: bandit rules"),
 )
 
 EVENT_TOPICS: dict[str, str] = {

@@ -203,10 +203,10 @@ def status_command(campaign_id: str) -> None:
         for column in ("variant", "targeted", "delivered", decision["metric"] + "s",
                        "opt-outs", "failed", "P(best)"):
             result.add_column(column)
-        for v in decision["inputs"].get("variants", []):
-            result.add_row(str(v.get("variant")), str(v.get("targeted")), str(v.get("delivered")),
+        for name, v in sorted(decision["inputs"].get("variants", {}).items()):
+            result.add_row(name, str(v.get("targeted")), str(v.get("delivered")),
                            str(v.get("successes")), str(v.get("opt_outs")), str(v.get("failed")),
-                           f"{decision['probabilities'].get(v.get('variant'), 0):.3f}")
+                           f"{decision['probabilities'].get(name, 0):.3f}")
         console.print(result)
         console.print(decision["reason"], highlight=False)
 
@@ -216,13 +216,16 @@ def worker_command(worker_id: str = typer.Option("0", help="Names its Kafka tran
                    config_dir: Path = typer.Option(None, help=CONFIG_DIR_HELP),
                    loglevel: str = typer.Option("info", help="Python log level.")) -> None:
     """Run the campaign worker: fan out running campaigns, decide, roll out."""
+    from pipeline.campaigns.learning import BanditLearner
     from pipeline.campaigns.runner import CampaignRunner
+    from pipeline.rules.loader import load_ruleset
     from pipeline.topics import create_topics
 
     logging.getLogger().setLevel(loglevel.upper())
     settings, campaigns, _rules, _segments = _load(config_dir)
     create_topics(settings)
-    runner = CampaignRunner(settings, campaigns, worker_id=worker_id)
+    learner = BanditLearner(settings, load_ruleset(config_dir or settings.config_dir))
+    runner = CampaignRunner(settings, campaigns, worker_id=worker_id, learner=learner)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stop())
     runner.run()

@@ -148,8 +148,9 @@ class CampaignRunner:
     """One campaign worker process: `run()` until `stop()`."""
 
     def __init__(self, settings: Settings, campaigns: dict[str, Campaign], worker_id: str = "0",
-                 tick_s: float = 0.1) -> None:
+                 tick_s: float = 0.1, learner: Any = None) -> None:
         self.settings = settings
+        self.learner = learner  # a BanditLearner: rules with strategy: bandit
         self.campaigns = campaigns
         self.worker_id = worker_id
         self.tick_s = tick_s
@@ -183,6 +184,8 @@ class CampaignRunner:
                         self._apply(msg.key().decode(), json.loads(msg.value()), None)
                 for run in list(self.running.values()):
                     self._tick(run)
+                if self.learner is not None:
+                    self.learner.tick()
                 time.sleep(self.tick_s)  # each tick sends what the pace allows since the last
         finally:
             self.control.close()

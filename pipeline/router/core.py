@@ -86,6 +86,7 @@ def route(
     event: Mapping[str, Any],
     profile: Mapping[str, Any] | None,
     now_ms: int,
+    learned: Mapping[str, Mapping[str, float]] | None = None,
 ) -> RouteResult:
     """Route one decoded business event of `event_type` for its customer's `profile`.
 
@@ -113,7 +114,8 @@ def route(
     result = RouteResult()
     for rule in matching_rules(ruleset, event_type, event, profile):
         try:
-            result.requests.append(build_request(ruleset, rule, event_type, event, profile, now_ms))
+            result.requests.append(build_request(ruleset, rule, event_type, event, profile,
+                                                 now_ms, learned or {}))
         except (RenderError, SendAtError) as exc:
             result.failures.append(RouteFailure(rule.id, exc.reason, str(exc)))
         except Exception as exc:  # a bug or data we did not foresee must not kill the worker
@@ -131,14 +133,16 @@ def build_request(
     event: Mapping[str, Any],
     profile: Mapping[str, Any],
     now_ms: int,
+    learned: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """The `notification_request` record for one matching rule.
+    """The `notification_request` record for one matching rule (`learned`: the current
+    weights of `strategy: bandit` rules, by rule id).
 
     Raises RenderError (or a subclass: NoLocaleError, RenderTimeout, RenderTooLarge,
     RenderUnsafe) when the template cannot be rendered within its limits and SendAtError when the rule's schedule field is unusable; both are permanent.
     """
     customer_id = str(event["customer_id"])
-    variant = forced_variant(rule, event) or pick_variant(rule, customer_id)
+    variant = forced_variant(rule, event) or pick_variant(rule, customer_id, (learned or {}).get(rule.id))
     rendered = render(
         ruleset.templates[variant.template],
         event=event,

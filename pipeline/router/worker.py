@@ -18,6 +18,7 @@ the same shape as the sender:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -191,6 +192,38 @@ class ProfileTable:
             self.consumer = None
 
 
+class LearnedWeights:
+    """The current variant weights of `strategy: bandit` rules, by rule id, followed on the
+    compacted `rules.variant_weights` (written by the campaign worker's learner)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic(topics.VARIANT_WEIGHTS)
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"weights-view-{id(self):x}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        })
+        self.consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
+        self.rows: dict[str, dict[str, float]] = {}
+
+    def poll(self) -> None:
+        for msg in self.consumer.consume(100, 0):
+            if msg.error() is not None or msg.key() is None:
+                continue
+            if msg.value() is None:
+                self.rows.pop(msg.key().decode(), None)
+                continue
+            try:
+                weights = json.loads(msg.value())["weights"]
+                self.rows[msg.key().decode()] = {str(k): float(v) for k, v in weights.items()}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.warning("ignoring unreadable weights for %r: %s", msg.key(), exc)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
 @dataclass
 class RouterStats:
     """What the router did: counts by outcome, and its transactions."""
@@ -215,6 +248,7 @@ class RouterWorker:
         self.group = f"{settings.app_id}-router"
         self.rules = RuleBook(settings)
         self.profiles = ProfileTable(settings)
+        self.learned: LearnedWeights | None = None
         self.stats = RouterStats()
         self.schema_of = {settings.topic(name): schema for name, schema in topics.EVENT_TOPICS.items()}
         self.profiles_topic = settings.topic(topics.PROFILES)
@@ -281,6 +315,7 @@ class RouterWorker:
         loaded = self.profiles.load()
         log.info("router %s: %d profiles loaded from %s", self.worker_id, loaded,
                  self.profiles_topic)
+        self.learned = LearnedWeights(self.settings)
         self.producer = self._new_producer()
         self.consumer = self._new_consumer()
         next_reload = next_stats = time.monotonic()
@@ -297,6 +332,7 @@ class RouterWorker:
         finally:
             self.consumer.close()
             self.profiles.close()
+            self.learned.close()
         return self.stats
 
     def stop(self) -> None:
@@ -322,6 +358,8 @@ class RouterWorker:
             log.warning("router %s: consumer: %s", self.worker_id, err)
         msgs = [m for m in msgs if m.error() is None]
         self.profiles.poll()
+        if self.learned is not None:
+            self.learned.poll()
         if not msgs:
             return
         try:
@@ -478,7 +516,8 @@ class RouterWorker:
                               f"{self.profiles_topic}", record["event_id"])
             return
         profile = avro.decode("customer_profile", raw_profile, self.reg)
-        result = route(self.rules.ruleset, schema, record, profile, now_ms)
+        result = route(self.rules.ruleset, schema, record, profile, now_ms,
+                       self.learned.rows if self.learned is not None else None)
         for failure in result.failures:
             self._dead_letter(msg, failure.reason, f"rule {failure.rule_id}: {failure.error}",
                               record["event_id"])

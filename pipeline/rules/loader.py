@@ -34,6 +34,7 @@ from pipeline.rules.model import (
     EVENT_TYPES,
     LANES,
     OPERATORS,
+    Bandit,
     Condition,
     CustomerFilter,
     RenderLimits,
@@ -88,7 +89,10 @@ _RULE_FIELDS = (
     "sender_id",
     "allow_transliteration",
     "send_at",
+    "strategy",
+    "bandit",
 )
+_BANDIT_FIELDS = ("metric", "min_share", "every")
 _CUSTOMER_FIELDS = ("segments_any", "segments_none", "attributes", "locale_in")
 _VARIANT_FIELDS = ("name", "template", "weight")
 _TEMPLATE_FIELDS = ("id", "description", "locales")
@@ -682,6 +686,7 @@ class _Builder:
         send_at = raw.get("send_at")
         if send_at is not None and fields is not None:
             self._check_send_at(f"{where}: send_at", send_at, fields, str(event))
+        bandit = self._bandit(where, raw, variants)
 
         if fields is not None:
             for variant in variants:
@@ -705,7 +710,40 @@ class _Builder:
             sender_id=str(sender),
             allow_transliteration=translit,
             send_at=send_at,
+            bandit=bandit,
         )
+
+    def _bandit(self, where: str, raw: dict[str, Any], variants: tuple[Variant, ...]) -> Bandit | None:
+        """`strategy: bandit` (with optional `bandit: {metric, min_share, every}`), or None
+        for fixed weights (`strategy: fixed`, the default)."""
+        strategy = raw.get("strategy", "fixed")
+        if strategy not in ("fixed", "bandit"):
+            self.problem(f"{where}: strategy: expected fixed or bandit, got {strategy!r}")
+            return None
+        options = raw.get("bandit") or {}
+        if strategy == "fixed":
+            if "bandit" in raw:
+                self.problem(f"{where}: bandit: only with strategy: bandit")
+            return None
+        if not isinstance(options, dict):
+            self.problem(f"{where}: bandit: expected a mapping with {', '.join(_BANDIT_FIELDS)}")
+            return None
+        for key in options:
+            if key not in _BANDIT_FIELDS:
+                self.problem(f"{where}: bandit: unknown field {key!r} "
+                             f"(known: {', '.join(_BANDIT_FIELDS)})")
+        if len(variants) < 2:
+            self.problem(f"{where}: strategy: bandit needs at least two variants")
+        metric = options.get("metric", "click")
+        if metric not in ("click", "conversion"):
+            self.problem(f"{where}: bandit.metric: expected click or conversion, got {metric!r}")
+        share = options.get("min_share", 0.05)
+        if not _is_number(share) or not 0 < share < 1 / max(len(variants), 1):
+            self.problem(f"{where}: bandit.min_share: a number above 0 and below 1/variants "
+                         f"({1 / max(len(variants), 1):.2f}), got {share!r}")
+        every = self._duration(f"{where}: bandit.every", options.get("every", "1h"))
+        return Bandit(metric=str(metric), min_share=float(share) if _is_number(share) else 0.05,
+                      every_s=int(every or 3600))
 
     def _customer(self, where: str, raw: Any) -> CustomerFilter:
         if raw is None:

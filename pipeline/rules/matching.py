@@ -170,19 +170,26 @@ def variant_point(rule_id: str, customer_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def pick_variant(rule: Rule, customer_id: str) -> Variant:
-    """The variant `customer_id` sees for `rule`; the same customer always gets the same one.
+def pick_variant(rule: Rule, customer_id: str,
+                 learned: Mapping[str, float] | None = None) -> Variant:
+    """The variant `customer_id` sees for `rule`; the same customer always gets the same one
+    while the weights stay the same.
 
-    Over many customers the variants' shares follow their weights. Called by the router
-    for every matching rule; never fails (validated rules have at least one variant).
+    Over many customers the variants' shares follow their weights: the rule's own, or for
+    a `strategy: bandit` rule the `learned` ones when there are any (variants the learned
+    weights do not name keep none). Called by the router for every matching rule; never
+    fails (validated rules have at least one variant).
     """
     if len(rule.variants) == 1:
         return rule.variants[0]
-    total = sum(v.weight for v in rule.variants)
-    point = variant_point(rule.id, customer_id) * total
+    if learned and rule.bandit is not None and any(learned.get(v.name, 0) > 0 for v in rule.variants):
+        weights = [max(float(learned.get(v.name, 0.0)), 0.0) for v in rule.variants]
+    else:
+        weights = [v.weight for v in rule.variants]
+    point = variant_point(rule.id, customer_id) * sum(weights)
     upto = 0.0
-    for variant in rule.variants:
-        upto += variant.weight
+    for variant, weight in zip(rule.variants, weights, strict=True):
+        upto += weight
         if point < upto:
             return variant
     return rule.variants[-1]

@@ -65,6 +65,16 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Bandit:
+    """`strategy: bandit`: the variants' weights are learned from `metric` (Thompson
+    sampling, every `every_s` seconds), each keeping at least `min_share`."""
+
+    metric: str = "click"
+    min_share: float = 0.05
+    every_s: int = 3600
+
+
+@dataclass(frozen=True)
 class Rule:
     """A validated notification rule: when an event matches, render and send one SMS."""
 
@@ -81,6 +91,7 @@ class Rule:
     sender_id: str
     allow_transliteration: bool
     send_at: str | None = None
+    bandit: Bandit | None = None  # None: fixed weights, stable per customer
 
     @property
     def templates(self) -> tuple[str, ...]:

@@ -120,3 +120,62 @@ def test_pause_resume_cancel_and_a_campaign_starts_once(ns: Settings, tmp_path: 
     decisions = kafka_io.read_topic(cfg, topics.CAMPAIGN_DECISIONS, None, 5, idle=1.0)
     assert not decisions
     assert json.loads(json.dumps(final))["sent"]["test"] == cancelled
+
+
+def test_campaign_decides_from_the_test_group_and_rolls_out_the_winner(
+        ns: Settings, tmp_path: Path) -> None:
+    """Through the real router, sender and SMSC simulator: customers of the test group
+    click variant b's SMS far more often than a's; the worker decides b from the facts
+    and the rest of the audience gets b. Every SMS carries the campaign's variant."""
+    import random
+
+    from sendkit import config_with, opt_in, phone, sender, simulator
+
+    from pipeline.samples import make_profile
+
+    base = config_with(tmp_path, ns.config_dir, quiet_hours={}, frequency_caps={})
+    cfg = replace(ns, config_dir=campaign_config(
+        tmp_path, base, test={"fraction": 0.5, "holdout": 0.0, "evaluate_after": "25s"},
+        decision={"min_sample_per_variant": 60, "win_probability": 0.95},
+        guardrails={"max_opt_out_rate": 0.5, "max_failure_rate": 0.5, "min_sample": 50},
+        on_no_winner="stop"))
+    rng = random.Random(21)
+    profiles = [make_profile(rng, i) | {"phone": phone(700_000 + i), "segments": [],
+                                        "time_zone": "Europe/Moscow"} for i in range(300)]
+    opt_in(cfg, [p["phone"] for p in profiles])
+    kafka_io.publish(cfg, topics.PROFILES, [(p["customer_id"], p) for p in profiles],
+                     "customer_profile")
+    campaign = load_campaigns(cfg.config_dir)["spring"]
+    members = [(p["customer_id"], "Europe/Moscow") for p in profiles]
+    plan = {c: assign(campaign, ("a", "b"), c) for c, _z in members}
+    test_group = {c for c, (phase, _v) in plan.items() if phase == "test"}
+    with simulator(tmp_path, "--latency-ms", "1-5") as sim, sender(cfg, sim, tmp_path), \
+            stage(cfg, ["router"], tmp_path), stage(cfg, ["campaign", "worker"], tmp_path):
+        start_campaign(cfg, campaign, ("a", "b"), members)
+        test_outcomes = kafka_io.read_topic(
+            cfg, topics.OUTCOMES,
+            lambda m: len({x.record["customer_id"] for x in m if x.record}) >= len(test_group), 90)
+        clicks = []
+        for o in (m.record for m in test_outcomes):
+            assert o["campaign_id"] == "spring" and o["variant"] == plan[o["customer_id"]][1]
+            share = 0.6 if o["variant"] == "b" else 0.05
+            if o["status"] == "submitted" and rng.random() < share:
+                clicks.append((o["message_id"], {
+                    "click_id": f"k-{o['message_id']}", "code": "x", "message_id": o["message_id"],
+                    "url": "https://shop.example.ru/sale", "clicked_at_ms": o["decided_at_ms"] + 1,
+                    "user_agent": "test"}))
+        kafka_io.publish(cfg, topics.CLICKS, clicks, "click")
+        deadline = time.monotonic() + 120
+        while status(cfg).get("status") not in ("done", "stopped") and time.monotonic() < deadline:
+            time.sleep(1.0)
+        outcomes = kafka_io.read_topic(cfg, topics.OUTCOMES, lambda m: len(m) >= len(members), 60)
+    final = status(cfg)
+    assert final["status"] == "done", final
+    assert final["decision"]["action"] == "rollout" and final["winner"] == "b", final["decision"]
+    by_customer = Counter(m.record["customer_id"] for m in outcomes)
+    assert set(by_customer) == {c for c, _z in members} and set(by_customer.values()) == {1}
+    for m in outcomes:
+        phase, variant = plan[m.record["customer_id"]]
+        assert m.record["variant"] == (variant if phase == "test" else "b")
+    decisions = kafka_io.read_topic(cfg, topics.CAMPAIGN_DECISIONS, None, 5, idle=1.0)
+    assert len(decisions) == 1

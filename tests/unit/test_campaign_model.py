@@ -4,6 +4,7 @@ router honouring a campaign's rule and variant."""
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 from pydantic import ValidationError
@@ -68,3 +69,22 @@ def test_router_takes_the_campaign_rule_and_variant_only_from_campaign_events() 
     assert campaign_rule(plain) is None and forced_variant(rule, plain) is None  # type: ignore[arg-type]
     unknown = {"campaign_id": "spring", "attributes": {"campaign_variant": "z"}}
     assert forced_variant(rule, unknown) is None  # type: ignore[arg-type]
+
+
+def test_learned_weights_apply_only_to_bandit_rules() -> None:
+    from pipeline.rules.matching import pick_variant
+    from pipeline.rules.model import Bandit
+
+    variants = (Variant("a", "t_a", 50), Variant("b", "t_b", 50))
+    bandit = SimpleNamespace(id="promo", variants=variants, bandit=Bandit())
+    fixed = SimpleNamespace(id="promo", variants=variants, bandit=None)
+    learned = {"a": 0.1, "b": 0.9}
+    customers = [f"c{i}" for i in range(5000)]
+    with_bandit = Counter(pick_variant(bandit, c, learned).name for c in customers)  # type: ignore[arg-type]
+    assert 0.87 < with_bandit["b"] / 5000 < 0.93
+    plain = Counter(pick_variant(fixed, c, learned).name for c in customers)  # type: ignore[arg-type]
+    assert 0.47 < plain["b"] / 5000 < 0.53, "fixed weights, stable per customer"
+    assert [pick_variant(fixed, c).name for c in customers[:50]] == \
+        [pick_variant(fixed, c, learned).name for c in customers[:50]]  # type: ignore[arg-type]
+    none_known = Counter(pick_variant(bandit, c, {"z": 1.0}).name for c in customers)  # type: ignore[arg-type]
+    assert 0.47 < none_known["b"] / 5000 < 0.53, "weights naming no variant are ignored"

@@ -537,3 +537,38 @@ def test_render_limits_are_settings_with_defaults():
     assert "settings.render: unknown field 'depth'" in text
     assert "settings.render.timeout_ms: expected a whole number from 1 to 5,000, got 0" in text
     assert "settings.render.max_chars: expected a whole number from 1 to 100,000, got 'lots'" in text
+
+
+def _two_variants(**extra) -> dict:
+    rule = shipped_rule() | extra
+    rule.pop("template")
+    rule["variants"] = [{"name": "a", "template": "order_shipped", "weight": 1},
+                        {"name": "b", "template": "order_shipped", "weight": 1}]
+    return rule
+
+
+def test_strategy_bandit_loads_with_its_options_and_fixed_is_the_default():
+    ruleset = load_bundle(bundle([_two_variants(strategy="bandit",
+                                                bandit={"metric": "conversion", "every": "30m"})]))
+    rule = ruleset.rules[0]
+    assert rule.bandit is not None and rule.bandit.metric == "conversion"
+    assert rule.bandit.every_s == 1800 and rule.bandit.min_share == 0.05
+    assert load_bundle(bundle([_two_variants()])).rules[0].bandit is None
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({"strategy": "greedy"}, "strategy: expected fixed or bandit"),
+    ({"bandit": {"metric": "click"}}, "only with strategy: bandit"),
+    ({"strategy": "bandit", "bandit": {"metric": "opens"}}, "bandit.metric"),
+    ({"strategy": "bandit", "bandit": {"min_share": 0.6}}, "bandit.min_share"),
+    ({"strategy": "bandit", "bandit": {"often": "1h"}}, "unknown field 'often'"),
+    ({"strategy": "bandit", "bandit": {"every": "soon"}}, "bandit.every"),
+])
+def test_bad_bandit_options_are_named(extra, expected):
+    problems = problems_of(bundle([_two_variants(**extra)]))
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_bandit_needs_two_variants():
+    problems = problems_of(bundle([shipped_rule() | {"strategy": "bandit"}]))
+    assert any("at least two variants" in p for p in problems), problems
