@@ -45,6 +45,7 @@ CAMPAIGN_AUDIENCE = "campaigns.audience"
 CAMPAIGN_PROGRESS = "campaigns.progress"
 CAMPAIGN_DECISIONS = "campaigns.decisions"
 VARIANT_WEIGHTS = "rules.variant_weights"
+FOLLOW_UPS = "followups.pending"
 
 CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(ORDER_STATUS, "order_status_changed", "customer_id", doc="Order status changes"),
@@ -75,6 +76,8 @@ CATALOG: tuple[TopicSpec, ...] = (
               doc="Every automatic decision: campaign winners, bandit weight updates"),
     TopicSpec(VARIANT_WEIGHTS, "json: learned weights", "rule id", compacted=True, partitions=1,
               doc="Current variant weights of strategy: bandit rules"),
+    TopicSpec(FOLLOW_UPS, "json: pending follow-up", "follow-up id", compacted=True,
+              partitions=1, doc="Follow-ups scheduled and not yet sent or cancelled"),
 )
 
 EVENT_TOPICS: dict[str, str] = {

@@ -215,7 +215,8 @@ def status_command(campaign_id: str) -> None:
 def worker_command(worker_id: str = typer.Option("0", help="Names its Kafka transactions."),
                    config_dir: Path = typer.Option(None, help=CONFIG_DIR_HELP),
                    loglevel: str = typer.Option("info", help="Python log level.")) -> None:
-    """Run the campaign worker: fan out running campaigns, decide, roll out."""
+    """Run the campaign worker: campaigns (fan out, decide, roll out), bandit weights, follow-ups."""
+    from pipeline.campaigns.followups import FollowUps
     from pipeline.campaigns.learning import BanditLearner
     from pipeline.campaigns.runner import CampaignRunner
     from pipeline.rules.loader import load_ruleset
@@ -224,8 +225,10 @@ def worker_command(worker_id: str = typer.Option("0", help="Names its Kafka tran
     logging.getLogger().setLevel(loglevel.upper())
     settings, campaigns, _rules, _segments = _load(config_dir)
     create_topics(settings)
-    learner = BanditLearner(settings, load_ruleset(config_dir or settings.config_dir))
-    runner = CampaignRunner(settings, campaigns, worker_id=worker_id, learner=learner)
+    ruleset = load_ruleset(config_dir or settings.config_dir)
+    runner = CampaignRunner(settings, campaigns, worker_id=worker_id,
+                            learner=BanditLearner(settings, ruleset),
+                            follow_ups=FollowUps(settings, ruleset, worker_id))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stop())
     runner.run()

@@ -148,9 +148,10 @@ class CampaignRunner:
     """One campaign worker process: `run()` until `stop()`."""
 
     def __init__(self, settings: Settings, campaigns: dict[str, Campaign], worker_id: str = "0",
-                 tick_s: float = 0.1, learner: Any = None) -> None:
+                 tick_s: float = 0.1, learner: Any = None, follow_ups: Any = None) -> None:
         self.settings = settings
         self.learner = learner  # a BanditLearner: rules with strategy: bandit
+        self.follow_ups = follow_ups  # FollowUps: rules with follow_up
         self.campaigns = campaigns
         self.worker_id = worker_id
         self.tick_s = tick_s
@@ -177,6 +178,8 @@ class CampaignRunner:
         self.control = _follower(self.settings, topics.CAMPAIGN_CONTROL)
         for campaign_id, command in self.commands.items():
             self._apply(campaign_id, command, states.get(campaign_id))
+        if self.follow_ups is not None:
+            self.follow_ups.start()
         try:
             while not self.stopping:
                 for msg in self.control.consume(100, 0):
@@ -186,9 +189,13 @@ class CampaignRunner:
                     self._tick(run)
                 if self.learner is not None:
                     self.learner.tick()
+                if self.follow_ups is not None:
+                    self.follow_ups.cycle()
                 time.sleep(self.tick_s)  # each tick sends what the pace allows since the last
         finally:
             self.control.close()
+            if self.follow_ups is not None:
+                self.follow_ups.close()
 
     # ------------------------------------------------------------ commands
     def _apply(self, campaign_id: str, command: dict[str, Any], state: dict[str, Any] | None) -> None:

@@ -37,6 +37,7 @@ from pipeline.rules.model import (
     Bandit,
     Condition,
     CustomerFilter,
+    FollowUp,
     RenderLimits,
     Rule,
     RuleSet,
@@ -91,7 +92,11 @@ _RULE_FIELDS = (
     "send_at",
     "strategy",
     "bandit",
+    "follow_up",
+    "trigger",
 )
+_FOLLOW_UP_FIELDS = ("after", "rule", "unless")
+_UNLESS_FIELDS = ("event", "when", "match", "clicked")
 _BANDIT_FIELDS = ("metric", "min_share", "every")
 _CUSTOMER_FIELDS = ("segments_any", "segments_none", "attributes", "locale_in")
 _VARIANT_FIELDS = ("name", "template", "weight")
@@ -619,6 +624,17 @@ class _Builder:
             rule = self._rule(where, item, settings, templates, refs)
             if rule is not None and item.get("enabled", True) is True:
                 rules.append(rule)
+        by_id = {r.id: r for r in rules}
+        for rule in rules:
+            if rule.follow_up is None:
+                continue
+            target = by_id.get(rule.follow_up.rule)
+            where = f"{label}: rule {rule.id}: follow_up.rule"
+            if target is None:
+                self.problem(f"{where}: no (enabled) rule {rule.follow_up.rule!r}")
+            elif target.trigger != "follow_up" or target.event != rule.event:
+                self.problem(f"{where}: rule {target.id} must say trigger: follow_up and be "
+                             f"for event {rule.event}")
         return rules
 
     def _rule(
@@ -687,6 +703,10 @@ class _Builder:
         if send_at is not None and fields is not None:
             self._check_send_at(f"{where}: send_at", send_at, fields, str(event))
         bandit = self._bandit(where, raw, variants)
+        follow_up = self._follow_up(where, raw.get("follow_up"), fields, str(event))
+        trigger = raw.get("trigger", "event")
+        if trigger not in ("event", "follow_up"):
+            self.problem(f"{where}: trigger: expected event or follow_up, got {trigger!r}")
 
         if fields is not None:
             for variant in variants:
@@ -711,7 +731,61 @@ class _Builder:
             allow_transliteration=translit,
             send_at=send_at,
             bandit=bandit,
+            follow_up=follow_up,
+            trigger=str(trigger),
         )
+
+    def _follow_up(self, where: str, raw: Any, fields: dict[str, _FieldType] | None,
+                   event: str) -> FollowUp | None:
+        """`follow_up: {after, rule, unless: {event, when, match, clicked}}`, or None."""
+        if raw is None:
+            return None
+        where = f"{where}: follow_up"
+        if not isinstance(raw, dict):
+            self.problem(f"{where}: expected a mapping with {', '.join(_FOLLOW_UP_FIELDS)}")
+            return None
+        for key in raw:
+            if key not in _FOLLOW_UP_FIELDS:
+                self.problem(f"{where}: unknown field {key!r} (known: {', '.join(_FOLLOW_UP_FIELDS)})")
+        after = self._duration(f"{where}.after", raw.get("after")) if "after" in raw else None
+        if "after" not in raw:
+            self.problem(f"{where}: missing field 'after' (a duration: 3d, 6h)")
+        rule = raw.get("rule")
+        if not isinstance(rule, str) or not rule:
+            self.problem(f"{where}: missing field 'rule' (the id of a rule with trigger: follow_up)")
+        unless = raw.get("unless") or {}
+        if not isinstance(unless, dict):
+            self.problem(f"{where}.unless: expected a mapping with {', '.join(_UNLESS_FIELDS)}")
+            unless = {}
+        for key in unless:
+            if key not in _UNLESS_FIELDS:
+                self.problem(f"{where}.unless: unknown field {key!r} (known: {', '.join(_UNLESS_FIELDS)})")
+        cancel_event = unless.get("event")
+        when: tuple[Condition, ...] = ()
+        match: tuple[str, ...] = ()
+        if cancel_event is not None:
+            if cancel_event not in EVENT_TYPES:
+                self.problem(f"{where}.unless.event: unknown event {cancel_event!r} "
+                             f"(events: {_join(EVENT_TYPES)})")
+            else:
+                cancel_fields = self.schemas.fields.get(cancel_event)
+                if cancel_fields is not None:
+                    when = self._conditions(f"{where}.unless.when", unless.get("when"),
+                                            cancel_fields, cancel_event)
+                raw_match = unless.get("match") or []
+                match = (raw_match,) if isinstance(raw_match, str) else tuple(raw_match)
+                for name in match:
+                    for kind, known in ((event, fields), (cancel_event, cancel_fields)):
+                        if known is not None and name not in known:
+                            self.problem(f"{where}.unless.match: {kind} has no field {name!r}")
+        elif "when" in unless or "match" in unless:
+            self.problem(f"{where}.unless: 'when' and 'match' need 'event'")
+        clicked = self._bool(f"{where}.unless.clicked", unless.get("clicked"), False)
+        if cancel_event is None and not clicked:
+            self.problem(f"{where}.unless: say what cancels it (event, or clicked: true)")
+        return FollowUp(after_s=int(after or 0), rule=str(rule or ""),
+                        unless_event=cancel_event, unless_when=when, match=match,
+                        unless_clicked=clicked)
 
     def _bandit(self, where: str, raw: dict[str, Any], variants: tuple[Variant, ...]) -> Bandit | None:
         """`strategy: bandit` (with optional `bandit: {metric, min_share, every}`), or None

@@ -27,13 +27,19 @@ def matching_rules(
 
     Called by the router once per event. An empty list means no rule applies ("no_rule").
     """
-    only = campaign_rule(event)
+    only = campaign_rule(event) or follow_up_rule(event)
     return [
         rule
         for rule in ruleset.rules_for(event_type)
         if (only is None or rule.id == only)
+        and (rule.trigger != "follow_up" or rule.id == only)
         and event_matches(rule, event) and customer_matches(rule.customer, profile)
     ]
+
+
+def follow_up_rule(event: Mapping[str, Any]) -> str | None:
+    """The rule a scheduled follow-up event is for (`attributes.follow_up_rule`), else None."""
+    return (event.get("attributes") or {}).get("follow_up_rule") or None
 
 
 def campaign_rule(event: Mapping[str, Any]) -> str | None:

@@ -65,6 +65,22 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class FollowUp:
+    """`follow_up:` of a rule: `after_s` seconds after a matching event, rule `rule` (one
+    with `trigger: follow_up`) renders a second message for the same event, unless first
+    an event of type `unless_event` for the same customer satisfies `unless_when` and
+    carries the same values of the `match` fields, or (`unless_clicked`) the customer
+    clicks a link of the first message."""
+
+    after_s: int
+    rule: str
+    unless_event: str | None = None
+    unless_when: tuple[Condition, ...] = ()
+    match: tuple[str, ...] = ()
+    unless_clicked: bool = False
+
+
+@dataclass(frozen=True)
 class Bandit:
     """`strategy: bandit`: the variants' weights are learned from `metric` (Thompson
     sampling, every `every_s` seconds), each keeping at least `min_share`."""
@@ -92,6 +108,8 @@ class Rule:
     allow_transliteration: bool
     send_at: str | None = None
     bandit: Bandit | None = None  # None: fixed weights, stable per customer
+    follow_up: FollowUp | None = None
+    trigger: str = "event"  # "follow_up": only renders follow-ups another rule scheduled
 
     @property
     def templates(self) -> tuple[str, ...]:

@@ -572,3 +572,41 @@ def test_bad_bandit_options_are_named(extra, expected):
 def test_a_bandit_needs_two_variants():
     problems = problems_of(bundle([shipped_rule() | {"strategy": "bandit"}]))
     assert any("at least two variants" in p for p in problems), problems
+
+
+def _overdue_rule() -> dict:
+    return {"id": "order_late", "event": "order_status_changed", "trigger": "follow_up",
+            "template": "order_shipped", "lane": "transactional"}
+
+
+def test_follow_up_loads_and_the_follow_up_rule_only_renders_follow_ups():
+    rule = shipped_rule() | {"follow_up": {"after": "3d", "rule": "order_late", "unless": {
+        "event": "order_status_changed", "when": {"status": "delivered"}, "match": "order_id"}}}
+    ruleset = load_bundle(bundle([rule, _overdue_rule()]))
+    first, late = ruleset.rules if ruleset.rules[0].id == "order_shipped" else ruleset.rules[::-1]
+    assert first.follow_up is not None and first.follow_up.after_s == 3 * 86400
+    assert first.follow_up.match == ("order_id",) and first.follow_up.unless_when
+    assert late.trigger == "follow_up"
+
+
+@pytest.mark.parametrize("follow_up, expected", [
+    ({"rule": "order_late", "unless": {"clicked": True}}, "missing field 'after'"),
+    ({"after": "1d", "rule": "nope", "unless": {"clicked": True}}, "no (enabled) rule 'nope'"),
+    ({"after": "1d", "rule": "order_late"}, "say what cancels it"),
+    ({"after": "1d", "rule": "order_late", "unless": {"event": "order_status_changed",
+                                                      "match": ["invoice_id"]}}, "no field 'invoice_id'"),
+    ({"after": "1d", "rule": "order_late", "unless": {"event": "nope"}}, "unknown event 'nope'"),
+    ({"after": "1d", "rule": "order_late", "unless": {"clicked": True}, "when": {}}, "unknown field 'when'"),
+])
+def test_bad_follow_ups_are_named(follow_up, expected):
+    problems = problems_of(bundle([shipped_rule() | {"follow_up": follow_up}, _overdue_rule()]))
+    assert any(expected in p for p in problems), problems
+
+
+def test_the_follow_up_rule_must_say_trigger_follow_up():
+    late = _overdue_rule()
+    late.pop("trigger")
+    rule = shipped_rule() | {"follow_up": {"after": "1d", "rule": "order_late",
+                                           "unless": {"clicked": True}}}
+    problems = problems_of(bundle([rule, late]))
+    assert any("must say trigger: follow_up" in p for p in problems), problems
