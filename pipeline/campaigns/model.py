@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -160,6 +161,19 @@ class Campaign(_Model):
     decision: DecisionSettings = DecisionSettings()
     guardrails: Guardrails = Guardrails()
     on_no_winner: Literal["best_mean", "stop", "split"] = "best_mean"
+
+    @field_validator("start_at", "end_at")
+    @classmethod
+    def _moment(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            moment = datetime.fromisoformat(str(value))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an ISO 8601 time") from exc
+        if moment.tzinfo is None:
+            raise ValueError(f"{value!r} has no time zone offset (write +03:00 or Z)")
+        return str(value)
 
     @field_validator("promotion")
     @classmethod

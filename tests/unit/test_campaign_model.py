@@ -88,3 +88,11 @@ def test_learned_weights_apply_only_to_bandit_rules() -> None:
         [pick_variant(fixed, c, learned).name for c in customers[:50]]  # type: ignore[arg-type]
     none_known = Counter(pick_variant(bandit, c, {"z": 1.0}).name for c in customers)  # type: ignore[arg-type]
     assert 0.47 < none_known["b"] / 5000 < 0.53, "weights naming no variant are ignored"
+
+
+def test_start_and_end_need_an_offset() -> None:
+    assert campaign(start_at="2026-12-24T10:00:00+03:00").start_at
+    with pytest.raises(ValidationError, match="no time zone offset"):
+        campaign(end_at="2026-12-24T10:00:00")
+    with pytest.raises(ValidationError, match="not an ISO 8601"):
+        campaign(end_at="tomorrow")
