@@ -54,20 +54,34 @@ def _campaign(campaigns: dict[str, Campaign], campaign_id: str) -> Campaign:
     return campaigns[campaign_id]
 
 
-def audience(settings: Settings, segments: dict[str, Any], campaign: Campaign,
-             now_ms: int) -> list[tuple[str, str]]:
-    """(customer_id, time_zone) of every member: the segment minus the exclusions."""
+def audience_query(segments: dict[str, Any], campaign: Campaign, now_ms: int, columns: str) -> str:
+    """SQL over `profiles` for every member: the segment minus the exclusions."""
     from pipeline.campaigns.segments import audience_sql, compile_segment
 
-    sql = audience_sql(segments, campaign.audience.segment, now_ms, "customer_id, time_zone")
+    sql = audience_sql(segments, campaign.audience.segment, now_ms, columns)
     for name in campaign.audience.exclude:
         sql += f"\n  AND customer_id NOT IN ({compile_segment(segments, name, now_ms)})"
+    return sql
+
+
+def audience(settings: Settings, segments: dict[str, Any], campaign: Campaign, now_ms: int,
+             with_consent: bool = False) -> list[tuple[str, str]] | tuple[list[tuple[str, str]], int]:
+    """(customer_id, time_zone) of every member; with `with_consent`, also how many of
+    them have opted in to marketing (their number's latest marketing consent change)."""
     client = _client(settings)
     try:
-        rows = client.query(sql)
+        rows = client.query(audience_query(segments, campaign, now_ms, "customer_id, time_zone"))
+        members = [(str(r["customer_id"]), str(r.get("time_zone") or "")) for r in rows]
+        if not with_consent:
+            return members
+        consent = client.query(
+            "SELECT count() AS n FROM (" + audience_query(segments, campaign, now_ms, "phone_hash")
+            + ") AS a INNER JOIN (SELECT phone_hash, argMax(status, (changed_at, status = "
+            "'opt_out')) AS latest FROM rassylka.consent_changes FINAL WHERE scope = "
+            "'marketing' GROUP BY phone_hash) AS c USING (phone_hash) WHERE c.latest = 'opt_in'")
+        return members, int(consent[0]["n"]) if consent else 0
     finally:
         client.close()
-    return [(str(r["customer_id"]), str(r.get("time_zone") or "")) for r in rows]
 
 
 @campaign_cli.command("validate")
@@ -88,7 +102,8 @@ def plan_command(campaign_id: str, config_dir: Path = typer.Option(None, help=CO
     settings, campaigns, rules, segments = _load(config_dir)
     campaign = _campaign(campaigns, campaign_id)
     variants = campaign.variants or rules[campaign.rule]
-    members = audience(settings, segments, campaign, int(time.time() * 1000))
+    members, consented = audience(settings, segments, campaign, int(time.time() * 1000),
+                                  with_consent=True)  # type: ignore[misc]
     split: dict[tuple[str, str | None], int] = {}
     for customer_id, _zone in members:
         key = assign(campaign, variants, customer_id)
@@ -103,8 +118,13 @@ def plan_command(campaign_id: str, config_dir: Path = typer.Option(None, help=CO
     rule = next(r for r in ruleset.rules_for("promotion") if r.id == campaign.rule)
     sample_event = {"event_id": "plan", "customer_id": "plan", "occurred_at_ms": 0,
                     "source": "plan", "attributes": {}, "campaign_id": campaign.id,
-                    **campaign.promotion}
-    sizes = {}
+                    "promo_code": None, "discount_percent": None, "valid_until": None,
+                    "landing_url": None, **campaign.promotion}
+    from pipeline.sender.content import ContentRules
+
+    folder = config_dir or settings.config_dir
+    price = ContentRules.load(folder / "content.yaml").cost_per_segment
+    sizes, segments_of = {}, {}
     for v in rule.variants:
         text = render(ruleset.templates[v.template], event=sample_event,
                       customer={"first_name": "Анна", "locale": "ru", "segments": [],
@@ -113,6 +133,7 @@ def plan_command(campaign_id: str, config_dir: Path = typer.Option(None, help=CO
                       limits=ruleset.settings.render).text
         size = segment_count(text)
         sizes[v.name] = f"{size.encoding}, {size.segments} segment(s)"
+        segments_of[v.name] = size.segments
     for (phase, variant), n in sorted(split.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         table.add_row(phase, variant or ("—" if phase == "holdout" else "the winner"), f"{n:,}",
                       sizes.get(variant or "", "") if variant else "")
@@ -128,8 +149,16 @@ def plan_command(campaign_id: str, config_dir: Path = typer.Option(None, help=CO
                   f"sending{window}, plus the evaluation wait of {campaign.test.evaluate_after}; "
                   f"variant sizes: " + "; ".join(f"{k}: {v}" for k, v in sizes.items()),
                   highlight=False)
-    console.print("the sender still applies consent, number checks, quiet hours and caps to "
-                  "each message", highlight=False)
+    share = consented / len(members) if members else 0.0
+    expected = int(sendable * share)
+    most = max(segments_of.values(), default=1)
+    console.print(f"marketing consent: {consented:,} of {len(members):,} members have opted in "
+                  f"({share:.0%}): about {expected:,} messages go out, the rest are suppressed "
+                  f"no_marketing_consent", highlight=False)
+    console.print(f"cost: about {expected * most * price:,.2f} at {price:g} a segment "
+                  f"({most} segment(s) for the longest variant; config/content.yaml)", highlight=False)
+    console.print("the sender still checks each number, quiet hours, caps and dedup when it "
+                  "sends", highlight=False)
 
 
 @campaign_cli.command("start")

@@ -179,3 +179,48 @@ def test_campaign_decides_from_the_test_group_and_rolls_out_the_winner(
         assert m.record["variant"] == (variant if phase == "test" else "b")
     decisions = kafka_io.read_topic(cfg, topics.CAMPAIGN_DECISIONS, None, 5, idle=1.0)
     assert len(decisions) == 1
+
+
+def test_plan_counts_the_audience_its_consent_and_cost_from_clickhouse(
+        ns: Settings, tmp_path: Path) -> None:
+    """Profiles and consent reach ClickHouse through the real sink; `rassylka campaign
+    plan` (a dry run: it sends nothing) counts the segment minus the exclusion, the split,
+    the members with marketing consent and the cost."""
+    import random
+    import subprocess
+    import sys
+
+    from sendkit import opt_in, phone
+    from test_replays import _wait_sink_caught_up
+
+    from pipeline.procs import settings_env
+    from pipeline.samples import make_profile
+    from pipeline.settings import ROOT
+
+    cfg = replace(ns, config_dir=campaign_config(
+        tmp_path, ns.config_dir, audience={"segment": "engaged", "exclude": ["muscovites"]},
+        test={"fraction": 0.5, "holdout": 0.2, "evaluate_after": "1h"}))
+    (cfg.config_dir / "segments.yaml").write_text(
+        "segments:\n  engaged:\n    description: Russian customers.\n    where: {country: RU}\n"
+        "  muscovites:\n    description: Tagged msk.\n    where: {tag: msk}\n", encoding="utf-8")
+    rng = random.Random(41)
+    profiles = [make_profile(rng, 5000 + i) | {"phone": phone(800_000 + i), "country": "RU",
+                                               "segments": ["msk"] if i % 5 == 0 else []}
+                for i in range(100)]
+    kafka_io.publish(cfg, topics.PROFILES, [(p["customer_id"], p) for p in profiles],
+                     "customer_profile")
+    opt_in(cfg, [p["phone"] for i, p in enumerate(profiles) if i % 2 == 0])
+    with stage(cfg, ["sink"], tmp_path) as sink:
+        _wait_sink_caught_up(cfg, sink)
+    before = len(kafka_io.read_topic(cfg, topics.PROMOTION, None, 5, idle=1.0))
+    run = subprocess.run([sys.executable, "-m", "pipeline.cli", "campaign", "plan", "spring"],
+                         cwd=ROOT, env=settings_env(cfg), capture_output=True, text=True, timeout=120)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "80 in the audience" in out, out  # 100 minus the 20 tagged msk
+    members = [p for i, p in enumerate(profiles) if i % 5 != 0]
+    consented = sum(1 for i, p in enumerate(profiles) if i % 5 != 0 and i % 2 == 0)
+    assert f"{consented} of {len(members)} members have opted in" in out, out
+    assert "cost: about" in out and "holdout" in out and "the winner" in out
+    assert len(kafka_io.read_topic(cfg, topics.PROMOTION, None, 5, idle=1.0)) == before, \
+        "a plan sends nothing"
