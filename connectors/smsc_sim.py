@@ -762,9 +762,12 @@ async def _run(config: SimConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from connectors.parent import exit_with_parent
+
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    exit_with_parent()
     asyncio.run(_run(parse_args(argv)))
 
 

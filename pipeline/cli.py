@@ -292,6 +292,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from confluent_kafka import KafkaException
 
+    from connectors.parent import exit_with_parent
+
+    exit_with_parent()  # a worker the demo or a test started stops when they die
+
     from pipeline.errors import RassylkaError, summary
 
     try:

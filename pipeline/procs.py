@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from connectors.parent import PARENT_ENV
 from pipeline.settings import ROOT, Settings
 
 
@@ -31,6 +32,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         RASSYLKA_KAFKA_WAIT_S=str(settings.kafka_wait_s),
         PYTHONUNBUFFERED="1",
     )
+    env[PARENT_ENV] = str(os.getpid())  # the child stops when this process dies
     return env
 
 
@@ -99,7 +101,8 @@ def start_simulator(log_dir: Path, *flags: str,
     proc = subprocess.Popen(
         [sys.executable, "-m", "connectors.smsc_sim", "--port", str(port), "--control-port",
          str(control), *flags],
-        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, PARENT_ENV: str(os.getpid())})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
