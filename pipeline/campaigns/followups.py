@@ -19,6 +19,7 @@ follow-up goes out as the original event again, on its topic, with event id
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import time
@@ -41,6 +42,69 @@ def follow_up_id(event_id: str, rule_id: str) -> str:
     return hashlib.blake2b(f"{event_id}|{rule_id}".encode(), digest_size=12).hexdigest()
 
 
+class Pending:
+    """Pending follow-ups by id, indexed the ways the hot paths look them up: by customer
+    (a cancelling event), by request and message id (a click), and by due time."""
+
+    def __init__(self, rows: dict[str, dict[str, Any]] | None = None) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.by_customer: dict[str, set[str]] = defaultdict(set)
+        self.by_request: dict[str, str] = {}
+        self.by_message: dict[str, str] = {}
+        self.due_heap: list[tuple[int, str]] = []
+        for fid, record in (rows or {}).items():
+            self.add(fid, record)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, fid: object) -> bool:
+        return fid in self.rows
+
+    def add(self, fid: str, record: dict[str, Any]) -> None:
+        self.rows[fid] = record
+        self.by_customer[record["customer_id"]].add(fid)
+        if record["unless_clicked"]:
+            self.by_request[record["request_id"]] = fid
+            if record["message_id"]:
+                self.by_message[record["message_id"]] = fid
+        heapq.heappush(self.due_heap, (record["due_ms"], fid))
+
+    def drop(self, fid: str) -> dict[str, Any]:
+        record = self.rows.pop(fid)
+        self.by_customer[record["customer_id"]].discard(fid)
+        if not self.by_customer[record["customer_id"]]:
+            del self.by_customer[record["customer_id"]]
+        self.by_request.pop(record["request_id"], None)
+        if record["message_id"]:
+            self.by_message.pop(record["message_id"], None)
+        return record  # its due_heap entry is skipped when it comes up
+
+    def sent_as(self, fid: str, message_id: str) -> dict[str, Any]:
+        """The first message went out as `message_id` (a click on it cancels)."""
+        record = self.rows[fid] = {**self.rows[fid], "message_id": message_id}
+        self.by_message[message_id] = fid
+        return record
+
+    def next_due_ms(self) -> int | None:
+        while self.due_heap and self.due_heap[0][1] not in self.rows:
+            heapq.heappop(self.due_heap)  # sent or cancelled since it was pushed
+        return self.due_heap[0][0] if self.due_heap else None
+
+    def pop_due(self, now_ms: int) -> list[str]:
+        """Ids of the follow-ups due at `now_ms`, earliest first; they stay pending until
+        `drop` (a failed transaction rebuilds the whole table from its snapshot)."""
+        out = []
+        while self.due_heap and self.due_heap[0][0] <= now_ms:
+            due_ms, fid = heapq.heappop(self.due_heap)
+            if fid in self.rows and self.rows[fid]["due_ms"] == due_ms:
+                out.append(fid)
+        return out
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return dict(self.rows)  # records are replaced, never changed in place
+
+
 class FollowUps:
     """Schedules, cancels and sends follow-ups; `cycle()` does one transaction's worth."""
 
@@ -59,7 +123,7 @@ class FollowUps:
         self.pending_topic = settings.topic(topics.FOLLOW_UPS)
         self.outcomes_topic = settings.topic(topics.OUTCOMES)
         self.clicks_topic = settings.topic(topics.CLICKS)
-        self.pending: dict[str, dict[str, Any]] = {}
+        self.pending = Pending()
         self.worker_id = worker_id
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
@@ -70,11 +134,13 @@ class FollowUps:
     def start(self) -> None:
         if not self.enabled:
             return
+        rows: dict[str, dict[str, Any]] = {}
         for _p, key, value in read_partitions(self.settings.kafka_bootstrap, self.pending_topic, [0]):
             if value is None:
-                self.pending.pop(key.decode(), None)
+                rows.pop(key.decode(), None)
             else:
-                self.pending[key.decode()] = json.loads(value)
+                rows[key.decode()] = json.loads(value)
+        self.pending = Pending(rows)
         group = f"{self.settings.app_id}-followups"
         self.producer = Producer({"bootstrap.servers": self.settings.kafka_bootstrap,
                                   "transactional.id": f"{group}-{self.worker_id}", "linger.ms": 5})
@@ -101,11 +167,12 @@ class FollowUps:
         now_ms = now_ms or int(time.time() * 1000)
         # A follow-up falls due only once every input is read up to now: the event that
         # cancels it may be waiting there (after a restart, say).
-        due = [fid for fid, p in self.pending.items() if p["due_ms"] <= now_ms] \
-            if not msgs and self._caught_up() else []
+        next_due = self.pending.next_due_ms()
+        due = self.pending.pop_due(now_ms) if (
+            not msgs and next_due is not None and next_due <= now_ms and self._caught_up()) else []
         if not msgs and not due:
             return
-        before = dict(self.pending)
+        before = self.pending.snapshot()
         changes: dict[str, dict[str, Any] | None] = {}
         out: list[tuple[str, bytes, bytes]] = []
         try:
@@ -114,7 +181,7 @@ class FollowUps:
                 self._read(msg, changes)
             for fid in due:
                 if fid in self.pending:
-                    out.append(self._due(self.pending.pop(fid)))
+                    out.append(self._due(self.pending.drop(fid)))
                     changes[fid] = None
             for fid, value in changes.items():
                 self.producer.produce(self.pending_topic, key=fid.encode(),
@@ -131,7 +198,7 @@ class FollowUps:
         except KafkaException as exc:
             log.warning("follow-ups: transaction failed (%s); reading again from the last commit",
                         exc.args[0] if exc.args else exc)
-            self.pending = before
+            self.pending = Pending(before)
             try:
                 kafka_io.abort_transaction(self.producer)
             except KafkaException:
@@ -190,10 +257,11 @@ class FollowUps:
             assert rule.follow_up is not None
             if not _conditions_hold(rule.follow_up.unless_when, event):
                 continue
-            for fid, p in list(self.pending.items()):
-                if p["rule_id"] == rule.id and p["customer_id"] == event["customer_id"] and all(
+            for fid in list(self.pending.by_customer.get(event["customer_id"], ())):
+                p = self.pending.rows[fid]
+                if p["rule_id"] == rule.id and all(
                         str(p["match"].get(f)) == str(event.get(f)) for f in rule.follow_up.match):
-                    del self.pending[fid]
+                    self.pending.drop(fid)
                     changes[fid] = None
                     self.cancelled += 1
         if follow_up_rule(event):
@@ -212,24 +280,23 @@ class FollowUps:
                       "request_id": idempotency_key(event["event_id"], rule.id, event["customer_id"]),
                       "message_id": None, "unless_clicked": rule.follow_up.unless_clicked,
                       "event": event}
-            self.pending[fid] = record
+            self.pending.add(fid, record)
             changes[fid] = record
             self.scheduled += 1
 
     def _outcome(self, outcome: dict[str, Any], changes: dict[str, dict[str, Any] | None]) -> None:
         if outcome["status"] != "submitted" or not outcome.get("message_id"):
             return
-        for fid, p in self.pending.items():
-            if p["unless_clicked"] and p["request_id"] == outcome["request_id"]:
-                p["message_id"] = outcome["message_id"]
-                changes[fid] = p
+        fid = self.pending.by_request.get(outcome["request_id"])
+        if fid is not None:
+            changes[fid] = self.pending.sent_as(fid, outcome["message_id"])
 
     def _click(self, click: dict[str, Any], changes: dict[str, dict[str, Any] | None]) -> None:
-        for fid, p in list(self.pending.items()):
-            if p["unless_clicked"] and p["message_id"] == click["message_id"]:
-                del self.pending[fid]
-                changes[fid] = None
-                self.cancelled += 1
+        fid = self.pending.by_message.get(click["message_id"])
+        if fid is not None:
+            self.pending.drop(fid)
+            changes[fid] = None
+            self.cancelled += 1
 
     def _due(self, p: dict[str, Any]) -> tuple[str, bytes, bytes]:
         event = dict(p["event"])
