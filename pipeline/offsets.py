@@ -44,7 +44,6 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {"router": tuple(topics.EVENT_TOPICS)
 
 # Group states in which the broker accepts offsets from outside the group.
 _INACTIVE = {"EMPTY", "DEAD"}
-_NO_OFFSET = -1001
 # Answers of a broker (or group coordinator) that is still starting up.
 _SETTLING = {KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
              KafkaError.NOT_COORDINATOR, KafkaError._TIMED_OUT, KafkaError.LEADER_NOT_AVAILABLE,

@@ -40,7 +40,7 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
-def _client(migrate_first: bool) -> Any:
+def open_client(migrate_first: bool) -> Any:
     """The ClickHouse client of this deployment; exits 1 with a message when unreachable."""
     from connectors.clickhouse import ClickHouseLocked, connect, migrate, redact
     from pipeline.errors import RassylkaError
@@ -65,7 +65,7 @@ def migrate_command(
     """Apply the ClickHouse migrations of infra/clickhouse/ not applied yet (idempotent)."""
     from connectors.clickhouse import migrate, redact
 
-    client = _client(migrate_first=False)
+    client = open_client(migrate_first=False)
     try:
         applied = migrate(client, database)
     finally:
@@ -86,7 +86,7 @@ def query_command(
     """Run one SQL query against the analytics store and print its rows."""
     from pipeline.errors import RassylkaError
 
-    client = _client(migrate_first=False)
+    client = open_client(migrate_first=False)
     try:
         rows = client.query(sql)
     except RassylkaError as exc:
@@ -134,7 +134,7 @@ def report_command(
     url = redact(Settings.from_env().clickhouse_url)
     err_console.print(f"reading {url} (CLICKHOUSE_URL selects another store)", highlight=False,
                       soft_wrap=True)
-    client = _client(migrate_first=True)
+    client = open_client(migrate_first=True)
     try:
         rows = funnel(client, group_by, filters, since, until)
     except ValueError as exc:

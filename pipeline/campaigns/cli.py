@@ -106,23 +106,14 @@ def preview_command(
 
 
 def _client(settings: Settings) -> Any:
-    """The ClickHouse client at CLICKHOUSE_URL, migrated; exits 1 with a message when it
-    cannot be reached. Says on stderr which store it reads, as `rassylka report` does."""
-    from connectors.clickhouse import ClickHouseLocked, connect, migrate, redact
-    from pipeline.errors import RassylkaError
+    """The ClickHouse client at CLICKHOUSE_URL, migrated (`rassylka report`'s), saying on
+    stderr which store it reads; exits 1 with a message when it cannot be reached."""
+    from connectors.clickhouse import redact
+    from pipeline.analytics.cli import open_client
 
-    url = settings.clickhouse_url
-    err_console.print(f"reading {redact(url)} (CLICKHOUSE_URL selects another store)",
-                      highlight=False, soft_wrap=True)
-    try:
-        client = connect(url)
-        migrate(client)
-    except ClickHouseLocked:
-        raise  # names the folder and what to do; printed by the CLI boundary
-    except RassylkaError as exc:
-        err_console.print(f"[red]ClickHouse at {redact(url)}: {exc}[/red]", highlight=False)
-        raise typer.Exit(1) from exc
-    return client
+    err_console.print(f"reading {redact(settings.clickhouse_url)} (CLICKHOUSE_URL selects "
+                      f"another store)", highlight=False, soft_wrap=True)
+    return open_client(migrate_first=True)
 
 
 def _breakdown(title: str, counts: list[tuple[str, int]], total: int, top: int = 15) -> Table:

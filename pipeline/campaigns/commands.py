@@ -64,24 +64,22 @@ def audience_query(segments: dict[str, Any], campaign: Campaign, now_ms: int, co
     return sql
 
 
-def audience(settings: Settings, segments: dict[str, Any], campaign: Campaign, now_ms: int,
-             with_consent: bool = False) -> list[tuple[str, str]] | tuple[list[tuple[str, str]], int]:
-    """(customer_id, time_zone) of every member; with `with_consent`, also how many of
-    them have opted in to marketing (their number's latest marketing consent change)."""
-    client = _client(settings)
-    try:
-        rows = client.query(audience_query(segments, campaign, now_ms, "customer_id, time_zone"))
-        members = [(str(r["customer_id"]), str(r.get("time_zone") or "")) for r in rows]
-        if not with_consent:
-            return members
-        consent = client.query(
-            "SELECT count() AS n FROM (" + audience_query(segments, campaign, now_ms, "phone_hash")
-            + ") AS a INNER JOIN (SELECT phone_hash, argMax(status, (changed_at, status = "
-            "'opt_out')) AS latest FROM rassylka.consent_changes FINAL WHERE scope = "
-            "'marketing' GROUP BY phone_hash) AS c USING (phone_hash) WHERE c.latest = 'opt_in'")
-        return members, int(consent[0]["n"]) if consent else 0
-    finally:
-        client.close()
+def audience(client: Any, segments: dict[str, Any], campaign: Campaign,
+             now_ms: int) -> list[tuple[str, str]]:
+    """(customer_id, time_zone) of every member."""
+    rows = client.query(audience_query(segments, campaign, now_ms, "customer_id, time_zone"))
+    return [(str(r["customer_id"]), str(r.get("time_zone") or "")) for r in rows]
+
+
+def consented(client: Any, segments: dict[str, Any], campaign: Campaign, now_ms: int) -> int:
+    """Members whose number's latest marketing consent change is an opt-in (at equal
+    times an opt-out wins)."""
+    rows = client.query(
+        "SELECT count() AS n FROM (" + audience_query(segments, campaign, now_ms, "phone_hash")
+        + ") AS a INNER JOIN (SELECT phone_hash, argMax(status, (changed_at, status = "
+        "'opt_out')) AS latest FROM rassylka.consent_changes FINAL WHERE scope = "
+        "'marketing' GROUP BY phone_hash) AS c USING (phone_hash) WHERE c.latest = 'opt_in'")
+    return int(rows[0]["n"]) if rows else 0
 
 
 @campaign_cli.command("validate")
@@ -102,8 +100,13 @@ def plan_command(campaign_id: str, config_dir: Path = typer.Option(None, help=CO
     settings, campaigns, rules, segments = _load(config_dir)
     campaign = _campaign(campaigns, campaign_id)
     variants = campaign.variants or rules[campaign.rule]
-    members, consented = audience(settings, segments, campaign, int(time.time() * 1000),
-                                  with_consent=True)  # type: ignore[misc]
+    now_ms = int(time.time() * 1000)
+    client = _client(settings)
+    try:
+        members = audience(client, segments, campaign, now_ms)
+        opted_in = consented(client, segments, campaign, now_ms)
+    finally:
+        client.close()
     split: dict[tuple[str, str | None], int] = {}
     for customer_id, _zone in members:
         key = assign(campaign, variants, customer_id)
@@ -149,10 +152,10 @@ def plan_command(campaign_id: str, config_dir: Path = typer.Option(None, help=CO
                   f"sending{window}, plus the evaluation wait of {campaign.test.evaluate_after}; "
                   f"variant sizes: " + "; ".join(f"{k}: {v}" for k, v in sizes.items()),
                   highlight=False)
-    share = consented / len(members) if members else 0.0
+    share = opted_in / len(members) if members else 0.0
     expected = int(sendable * share)
     most = max(segments_of.values(), default=1)
-    console.print(f"marketing consent: {consented:,} of {len(members):,} members have opted in "
+    console.print(f"marketing consent: {opted_in:,} of {len(members):,} members have opted in "
                   f"({share:.0%}): about {expected:,} messages go out, the rest are suppressed "
                   f"no_marketing_consent", highlight=False)
     console.print(f"cost: about {expected * most * price:,.2f} at {price:g} a segment "
@@ -168,7 +171,11 @@ def start_command(campaign_id: str, config_dir: Path = typer.Option(None, help=C
 
     settings, campaigns, rules, segments = _load(config_dir)
     campaign = _campaign(campaigns, campaign_id)
-    members = audience(settings, segments, campaign, int(time.time() * 1000))
+    client = _client(settings)
+    try:
+        members = audience(client, segments, campaign, int(time.time() * 1000))
+    finally:
+        client.close()
     try:
         phases = start_campaign(settings, campaign, campaign.variants or rules[campaign.rule], members)
     except CampaignError as exc:

@@ -20,6 +20,7 @@ from typing import Any
 from pipeline import kafka_io, topics
 from pipeline.campaigns.bandit import bandit_update
 from pipeline.campaigns.decision import VariantResult
+from pipeline.campaigns.facts import reactions
 from pipeline.rules.model import Rule, RuleSet
 from pipeline.settings import Settings
 
@@ -35,22 +36,9 @@ def rule_results(settings: Settings, rule: Rule) -> list[VariantResult]:
         if r and r.get("rule_id") == rule.id and r["status"] == "submitted" and r.get("message_id"):
             variant_of[r["message_id"]] = r.get("variant") or ""
     targeted = Counter(variant_of.values())
-    delivered: Counter[str] = Counter()
-    seen: set[str] = set()
-    for msg in kafka_io.read_topic(settings, topics.RECEIPTS, None, 30, idle=1.0):
-        r = msg.record
-        if r and r["message_id"] in variant_of and r["message_id"] not in seen \
-                and r["state"] == "DELIVRD":
-            seen.add(r["message_id"])
-            delivered[variant_of[r["message_id"]]] += 1
-    successes: Counter[str] = Counter()
-    name = topics.CLICKS if rule.bandit is None or rule.bandit.metric == "click" else topics.CONVERSIONS
-    credited: set[str] = set()
-    for msg in kafka_io.read_topic(settings, name, None, 30, idle=1.0):
-        r = msg.record
-        if r and r.get("message_id") in variant_of and r["message_id"] not in credited:
-            credited.add(r["message_id"])
-            successes[variant_of[r["message_id"]]] += 1
+    metric = "click" if rule.bandit is None else rule.bandit.metric
+    seen = reactions(settings, variant_of, metric)
+    delivered, successes = seen.delivered, seen.successes
     return [VariantResult(v.name, targeted[v.name], min(delivered[v.name], targeted[v.name]),
                           min(successes[v.name], targeted[v.name]), 0, 0)
             for v in rule.variants]

@@ -29,10 +29,18 @@ import hashlib
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import ConfigError
 
@@ -50,6 +58,15 @@ def duration_s(value: str | int) -> int:
     if not match:
         raise ValueError(f"{value!r} is not a duration such as 30m, 2h or 3d")
     return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def _duration(value: str) -> str:
+    duration_s(value)  # raises ValueError with the reason
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+"""A duration as written in YAML (`30m`, `2h`, `3d`), checked when the file loads."""
 
 
 class _Model(BaseModel):
@@ -111,24 +128,12 @@ class Budget(_Model):
 class TestPhase(_Model):
     fraction: float = Field(default=0.2, gt=0, le=1)
     holdout: float = Field(default=0.0, ge=0, lt=1)
-    evaluate_after: str = "2h"
-
-    @field_validator("evaluate_after")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        duration_s(value)
-        return value
+    evaluate_after: Duration = "2h"
 
 
 class Metric(_Model):
     kind: Literal["click", "conversion"] = "click"
-    attribution: str = "3d"
-
-    @field_validator("attribution")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        duration_s(value)
-        return value
+    attribution: Duration = "3d"
 
 
 class DecisionSettings(_Model):
@@ -202,6 +207,13 @@ def assign(campaign: Campaign, variants: tuple[str, ...], customer_id: str) -> t
         share = (x - holdout) / (campaign.test.fraction - holdout)
         return "test", variants[min(int(share * len(variants)), len(variants) - 1)]
     return "rollout", None
+
+
+def split_variant(campaign_id: str, variants: tuple[str, ...], customer_id: str) -> str:
+    """An even, reproducible share of `variants` per customer, independent of `assign`'s
+    split (so rollout members, all above the test fraction, still spread evenly)."""
+    x = bucket(f"{campaign_id}|split", customer_id)
+    return variants[min(int(x * len(variants)), len(variants) - 1)]
 
 
 def campaign_files(config_dir: Path) -> list[Path]:

@@ -37,7 +37,8 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from pipeline import avro, kafka_io, topics
 from pipeline.campaigns.decision import DecisionRule, VariantResult, decide
-from pipeline.campaigns.model import Campaign, assign, duration_s
+from pipeline.campaigns.facts import reactions
+from pipeline.campaigns.model import Campaign, assign, duration_s, split_variant
 from pipeline.settings import Settings
 from pipeline.state.store import read_partitions
 
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ZONE = "Europe/Moscow"
 TERMINAL = {"done", "cancelled", "stopped"}
-FAILED_RECEIPTS = {"UNDELIV", "REJECTD", "EXPIRED", "DELETED", "UNKNOWN"}
 
 
 class CampaignError(RuntimeError):
@@ -128,6 +128,7 @@ class Running:
     variants: tuple[str, ...]
     by_phase: dict[str, dict[str, list[Member]]]
     state: dict[str, Any]
+    size: int = 0  # members in the snapshot: `spread_hours` paces by it
     tokens: float = 0.0
     last_tick: float = field(default_factory=time.monotonic)
 
@@ -214,7 +215,7 @@ class CampaignRunner:
             for member in sorted(members.values(), key=lambda m: m.customer_id):
                 by_phase[member.phase][member.zone or DEFAULT_ZONE].append(member)
             self.running[campaign_id] = Running(campaign, tuple(command["variants"]),
-                                                by_phase, state)
+                                                by_phase, state, size=len(members))
             log.info("campaign %s: %d members, status %s", campaign_id, len(members),
                      state["status"])
         elif run is not None and run.state["status"] not in TERMINAL:
@@ -266,7 +267,7 @@ class CampaignRunner:
             return False
         elapsed = time.monotonic() - run.last_tick
         run.last_tick = time.monotonic()
-        rate = c.pacing.rate_per_s(sum(len(g) for p in run.by_phase.values() for g in p.values()))
+        rate = c.pacing.rate_per_s(run.size)
         run.tokens = min(run.tokens + elapsed * rate, max(rate, 1.0))
         allowed = int(run.tokens)
         if c.budget.max_messages is not None:
@@ -312,7 +313,9 @@ class CampaignRunner:
         variant_of = run.state.get("winner")
         records = []
         for m in batch:
-            variant = m.variant if phase == "test" else self._rollout_variant(run, m, variant_of)
+            # rollout: the winner; with none (on_no_winner: split), every variant its share
+            variant = m.variant if phase == "test" else (
+                variant_of or split_variant(c.id, run.variants, m.customer_id))
             event = {
                 "event_id": f"campaign:{c.id}:{m.customer_id}",
                 "customer_id": m.customer_id,
@@ -331,14 +334,6 @@ class CampaignRunner:
         sent[phase] = sent.get(phase, 0) + len(batch)
         self._save(run, run.state["status"], records, previous=before)
 
-    @staticmethod
-    def _rollout_variant(run: Running, m: Member, winner: str | None) -> str | None:
-        if winner:
-            return winner
-        # on_no_winner: split — every variant keeps its share, reproducibly per customer
-        _phase, variant = assign(run.campaign.model_copy(update={"test": run.campaign.test.model_copy(
-            update={"fraction": 1.0, "holdout": 0.0})}), run.variants, m.customer_id)
-        return variant
 
     def _save(self, run: Running, status: str, records: list[tuple[bytes, bytes]],
               reason: str | None = None, decision: dict[str, Any] | None = None,
@@ -419,30 +414,9 @@ def test_results(settings: Settings, run: Running) -> list[VariantResult]:
             phones[r.get("phone") or ""] = variant
         elif r["status"] in ("rejected", "failed", "expired"):
             failed[variant] += 1
-    delivered: Counter[str] = Counter()
-    seen: set[str] = set()
-    for msg in kafka_io.read_topic(settings, topics.RECEIPTS, None, 30, idle=1.0):
-        r = msg.record
-        if not r or r["message_id"] not in message_variant or r["message_id"] in seen:
-            continue
-        seen.add(r["message_id"])
-        variant = message_variant[r["message_id"]]
-        if r["state"] == "DELIVRD":
-            delivered[variant] += 1
-        elif r["state"] in FAILED_RECEIPTS:
-            failed[variant] += 1
-    successes: Counter[str] = Counter()
-    if c.metric.kind == "click":
-        clicked = {m.record["message_id"] for m in kafka_io.read_topic(
-            settings, topics.CLICKS, None, 30, idle=1.0) if m.record}
-        for mid in clicked & set(message_variant):
-            successes[message_variant[mid]] += 1
-    else:
-        converted = {m.record["message_id"] for m in kafka_io.read_topic(
-            settings, topics.CONVERSIONS, None, 30, idle=1.0)
-            if m.record and m.record.get("campaign_id") == c.id}
-        for mid in converted & set(message_variant):
-            successes[message_variant[mid]] += 1
+    seen = reactions(settings, message_variant, c.metric.kind)
+    delivered, successes = seen.delivered, seen.successes
+    failed.update(seen.failed)
     opt_outs: Counter[str] = Counter()
     for msg in kafka_io.read_topic(settings, topics.CONSENT, None, 30, idle=1.0):
         r = msg.record

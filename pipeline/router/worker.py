@@ -405,9 +405,7 @@ class RouterWorker:
         producer.send_offsets_to_transaction(
             [TopicPartition(t, p, o) for (t, p), o in done.items()],
             self.consumer.consumer_group_metadata(), 30)
-        kafka_io.commit_transaction(producer)
-        if self._delivery_errors:  # commit_transaction raises first; kept as a guard
-            raise KafkaException(self._delivery_errors[0][2])
+        kafka_io.commit_transaction(producer)  # raises if any record was refused
         if self.suspects or self.refused:  # settled by this commit
             for source in [*self.suspects, *self.refused]:
                 if source[2] < done.get(source[:2], -1):
@@ -415,8 +413,7 @@ class RouterWorker:
                     self.refused.pop(source, None)
         self.stats.counts.update(self._counts)
         self.stats.transactions += 1
-        self.stats.events += sum(1 for m in msgs if (m.topic(), m.partition()) not in rest
-                                 or m.offset() < rest[(m.topic(), m.partition())])
+        self.stats.events += len(self._routed)
 
     def _abort_and_rewind(self) -> None:
         """Abort the open transaction and read every owned partition again from its

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import replace
@@ -16,9 +18,10 @@ from test_router import load_profiles
 
 from pipeline import kafka_io, topics
 from pipeline.campaigns.learning import BanditLearner, current_weights
+from pipeline.procs import settings_env
 from pipeline.rules.loader import load_ruleset
 from pipeline.samples import make_profile, promotion_event
-from pipeline.settings import Settings
+from pipeline.settings import ROOT, Settings
 
 
 def bandit_config(tmp_path: Path, src: Path) -> Path:
@@ -62,6 +65,10 @@ def test_bandit_weights_follow_clicks_and_the_router_uses_them(ns: Settings, tmp
     assert record["inputs"]["variants"]["b"]["successes"] == 40
     decisions = kafka_io.read_topic(cfg, topics.CAMPAIGN_DECISIONS, None, 5, idle=1.0)
     assert len(decisions) == 1
+    shown = subprocess.run([sys.executable, "-m", "pipeline.cli", "rules", "weights"], cwd=ROOT,
+                           env=settings_env(cfg), capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "promotion_discount (click)" in shown.stdout and "40" in shown.stdout, shown.stdout
 
     rng = random.Random(4)
     profiles = [make_profile(rng, 1000 + i) | {"segments": []} for i in range(300)]

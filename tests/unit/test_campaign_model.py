@@ -55,6 +55,10 @@ def test_campaign_rejects_unknown_fields_and_bad_values() -> None:
         campaign(test={"fraction": 0})
     with pytest.raises(ValidationError):
         campaign(id="Bad Id")
+    with pytest.raises(ValidationError, match="not a duration"):
+        campaign(test={"evaluate_after": "soon"})
+    with pytest.raises(ValidationError, match="not a duration"):
+        campaign(metric={"attribution": "3 weeks"})
 
 
 def test_router_takes_the_campaign_rule_and_variant_only_from_campaign_events() -> None:
@@ -96,3 +100,15 @@ def test_start_and_end_need_an_offset() -> None:
         campaign(end_at="2026-12-24T10:00:00")
     with pytest.raises(ValidationError, match="not an ISO 8601"):
         campaign(end_at="tomorrow")
+
+
+def test_a_split_rollout_shares_variants_evenly() -> None:
+    """Regression: with on_no_winner: split, rollout members (all above the test fraction)
+    were mapped through the test split and went 37.5% / 62.5% to two variants."""
+    from pipeline.campaigns.model import split_variant
+
+    c = campaign()
+    rollout = [f"c{i}" for i in range(40_000) if assign(c, ("a", "b"), f"c{i}")[0] == "rollout"]
+    shares = Counter(split_variant(c.id, ("a", "b"), cid) for cid in rollout)
+    assert 0.48 < shares["a"] / len(rollout) < 0.52
+    assert split_variant(c.id, ("a", "b"), "c7") == split_variant(c.id, ("a", "b"), "c7")
