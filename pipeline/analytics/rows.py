@@ -14,6 +14,7 @@ Profiles are the one versioned table: their rows carry the record's Kafka timest
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +26,8 @@ from phonenumbers import carrier as _carrier
 
 from pipeline.analytics.privacy import mask, phone_hash, scrub
 from pipeline.errors import PermanentError
+from pipeline.sender.decision import Reject
+from pipeline.sender.numbers import parse_number
 
 Record = Mapping[str, Any]
 Row = tuple[Any, ...]
@@ -238,6 +241,8 @@ PROFILE_COLUMNS = (
     "locale",
     "time_zone",
     "operator",
+    "number_status",
+    "number_region",
     "segments",
     "attributes",
     "deleted",
@@ -255,6 +260,7 @@ def profile_row(r: Record, key: str, published_ms: int = 0) -> Row:
     """
     country = _s(r.get("country")) or "RU"
     e164, operator = profile_number(r["phone"], country)
+    fit = parse_number(r["phone"], country)
     attributes = {str(k): _s(scrub(str(v), e164) if e164 else v)
                   for k, v in (r.get("attributes") or {}).items()}
     return (
@@ -267,6 +273,8 @@ def profile_row(r: Record, key: str, published_ms: int = 0) -> Row:
         _s(r.get("locale")),
         _s(r.get("time_zone")),
         operator,
+        fit.reason if isinstance(fit, Reject) else "",
+        "" if isinstance(fit, Reject) else fit.region,
         [str(s) for s in r.get("segments") or ()],
         attributes,
         0,
@@ -279,7 +287,8 @@ def deleted_profile_row(customer_id: str, published_ms: int) -> Row:
     """A tombstone on the profiles topic → a `profiles` row marked deleted, fields empty."""
     if not customer_id:
         raise InvalidRecord("a profile tombstone without a key (customer_id)")
-    return (customer_id, "", "", "", "", "", "", "", "", [], {}, 1, published_ms, published_ms)
+    return (customer_id, "", "", "", "", "", "", "", "", "", "", [], {}, 1, published_ms,
+            published_ms)
 
 
 @lru_cache(maxsize=65536)
@@ -330,6 +339,45 @@ def order_row(r: Record, key: str = "") -> Row:
     )
 
 
+CAMPAIGN_MEMBER_COLUMNS = ("campaign_id", "customer_id", "snapshot", "phase", "variant",
+                           "time_zone", "frozen_at")
+
+
+def campaign_member_row(r: Record, key: str = "", published_ms: int = 0) -> Row:
+    """A member of a campaign's audience snapshot (JSON on campaigns.audience; the sink
+    takes `campaign_id` from the record key '<campaign>|<customer>' when the record lacks
+    it) → `campaign_members`, stamped with the record's Kafka time."""
+    campaign_id = _s(r.get("campaign_id"))
+    if not campaign_id or r.get("phase") not in ("test", "holdout", "rollout"):
+        raise InvalidRecord(f"an audience member without a campaign or phase: {r.get('phase')!r}")
+    return (campaign_id, r["customer_id"], _s(r.get("snapshot")), r["phase"],
+            _s(r.get("variant")), _s(r.get("zone")), int(published_ms))
+
+
+DECISION_COLUMNS = ("decision_id", "kind", "subject", "action", "winner", "reason", "metric",
+                    "probabilities", "weights", "previous_weights", "inputs", "decided_at")
+
+
+def decision_row(r: Record, key: str = "") -> Row:
+    """An automatic decision (JSON on campaigns.decisions) → `decisions`: a campaign's
+    verdict (`campaign_id`, `decided_at_ms`) or a bandit rule's weights (`rule_id`,
+    `updated_at_ms`); the inputs are kept as JSON."""
+    if r.get("campaign_id"):
+        kind, subject, at = "campaign", str(r["campaign_id"]), int(r["decided_at_ms"])
+        action = str(r["action"])
+    else:
+        kind, subject, at = "bandit", str(r["rule_id"]), int(r["updated_at_ms"])
+        action = "weights"
+    return (f"{kind}:{subject}:{at}", kind, subject, action, _s(r.get("winner")),
+            _s(r.get("reason")), _s(r.get("metric")), _floats(r.get("probabilities")),
+            _floats(r.get("weights")), _floats(r.get("previous_weights")),
+            json.dumps(r.get("inputs") or {}, sort_keys=True), at)
+
+
+def _floats(values: Any) -> dict[str, float]:
+    return {str(k): float(v) for k, v in (values or {}).items()}
+
+
 @dataclass(frozen=True)
 class TableMapping:
     """Where records of one schema go: the table, its insert columns, the row function.
@@ -353,6 +401,10 @@ MAPPINGS: dict[str, TableMapping] = {
     "consent_change": TableMapping("consent_changes", CONSENT_COLUMNS, consent_row),
     "customer_profile": TableMapping("profiles", PROFILE_COLUMNS, profile_row, versioned=True),
     "order_status_changed": TableMapping("orders", ORDER_COLUMNS, order_row),
+    # JSON topics of the campaign worker (no Avro contract; the sink parses them itself)
+    "campaign_member": TableMapping("campaign_members", CAMPAIGN_MEMBER_COLUMNS,
+                                    campaign_member_row, versioned=True),
+    "decision": TableMapping("decisions", DECISION_COLUMNS, decision_row),
 }
 REDELIVERIES = TableMapping("redeliveries", REDELIVERY_COLUMNS, redelivery_row)
 

@@ -37,6 +37,7 @@ on its own; with a ClickHouse server a real outage is simply stopping the server
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -68,7 +69,13 @@ from connectors.clickhouse import (
     migrate,
 )
 from pipeline import avro, topics
-from pipeline.analytics.rows import MAPPINGS, REDELIVERIES, deleted_profile_row, to_row
+from pipeline.analytics.rows import (
+    MAPPINGS,
+    REDELIVERIES,
+    InvalidRecord,
+    deleted_profile_row,
+    to_row,
+)
 from pipeline.analytics.writer import Batch, BatchWriter, Offset, SinkBuffer, write_with_retry
 from pipeline.deadletter import dead_letter
 from pipeline.errors import PermanentError, RassylkaError, RetryableError
@@ -86,7 +93,11 @@ SOURCE_TOPICS = (
     topics.CONSENT,
     topics.PROFILES,
     topics.ORDER_STATUS,
+    topics.CAMPAIGN_AUDIENCE,
+    topics.CAMPAIGN_DECISIONS,
 )
+# The campaign worker's topics carry JSON, not Avro: topic → the mapping (rows.MAPPINGS)
+JSON_TOPICS = {topics.CAMPAIGN_AUDIENCE: "campaign_member", topics.CAMPAIGN_DECISIONS: "decision"}
 FAULT_ENV = "RASSYLKA_CH_FAULT_FILE"
 AFTER_INSERT = "after_insert"
 
@@ -224,8 +235,13 @@ class Sink:
         self.buffer = SinkBuffer(self.config.max_rows, self.config.max_age_s, clock)
         # deployed topic name → the contract its records must have
         self.expected = {
-            settings.topic(name): topics.BY_NAME[name].schema for name in SOURCE_TOPICS
+            settings.topic(name): JSON_TOPICS.get(name) or topics.BY_NAME[name].schema
+            for name in SOURCE_TOPICS
         }
+        self.json_topics = {settings.topic(name) for name in JSON_TOPICS}
+        # Kafka timestamps version these tables' rows
+        self.versioned_topics = {settings.topic(topics.PROFILES),
+                                 settings.topic(topics.CAMPAIGN_AUDIENCE)}
         self.deadletter_topic = settings.topic(topics.DEAD_LETTERS)
         self.profiles_topic = settings.topic(topics.PROFILES)
         self._registry = decode_registry()
@@ -325,7 +341,7 @@ class Sink:
             source = Offset(topic, msg.partition(), msg.offset())
             value = msg.value()
             # the Kafka timestamp versions profile rows: a tombstone has no other time
-            published = published_ms(msg) if topic == self.profiles_topic else 0
+            published = published_ms(msg) if topic in self.versioned_topics else 0
             if value is None:
                 self.stats.tombstones += 1
                 if topic == self.profiles_topic and msg.key():  # a deleted profile
@@ -334,7 +350,10 @@ class Sink:
                     skip(source)
                 continue
             try:
-                schema, record = avro.decode_any(value, registry)
+                if topic in self.json_topics:
+                    schema, record = expected[topic], json_record(value, msg.key())
+                else:
+                    schema, record = avro.decode_any(value, registry)
                 if schema != expected.get(topic, schema):
                     raise avro.DecodeError(
                         f"a {schema} record on {topic}, which carries {expected[topic]}"
@@ -524,6 +543,20 @@ def published_ms(msg: Message) -> int:
     """The record's Kafka timestamp in epoch ms; 0 when the broker reports none."""
     kind, stamp = msg.timestamp()
     return 0 if kind == TIMESTAMP_NOT_AVAILABLE else int(stamp)
+
+
+def json_record(value: bytes, key: bytes | None) -> dict[str, Any]:
+    """A record of a JSON topic; an audience member gets its campaign from the key
+    ('<campaign>|<customer>') when it lacks one (snapshots before the field existed)."""
+    try:
+        record = json.loads(value)
+    except ValueError as exc:
+        raise InvalidRecord(f"not JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise InvalidRecord(f"a JSON {type(record).__name__}, not an object")
+    if "campaign_id" not in record and "|" in _text(key):
+        record["campaign_id"] = _text(key).partition("|")[0]
+    return record
 
 
 def _text(key: bytes | str | None) -> str:

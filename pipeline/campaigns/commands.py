@@ -71,15 +71,37 @@ def audience(client: Any, segments: dict[str, Any], campaign: Campaign,
     return [(str(r["customer_id"]), str(r.get("time_zone") or "")) for r in rows]
 
 
-def consented(client: Any, segments: dict[str, Any], campaign: Campaign, now_ms: int) -> int:
-    """Members whose number's latest marketing consent change is an opt-in (at equal
-    times an opt-out wins)."""
-    rows = client.query(
-        "SELECT count() AS n FROM (" + audience_query(segments, campaign, now_ms, "phone_hash")
-        + ") AS a INNER JOIN (SELECT phone_hash, argMax(status, (changed_at, status = "
-        "'opt_out')) AS latest FROM rassylka.consent_changes FINAL WHERE scope = "
-        "'marketing' GROUP BY phone_hash) AS c USING (phone_hash) WHERE c.latest = 'opt_in'")
-    return int(rows[0]["n"]) if rows else 0
+def reachable(client: Any, segments: dict[str, Any], campaign: Campaign, now_ms: int,
+              allowed_regions: frozenset[str], caps: tuple[Any, ...]) -> dict[str, int]:
+    """The audience through the sender's checks in its order, counted in one query:
+    `members`; then numbers the sender rejects (`invalid_number`, `not_mobile`,
+    `country_not_allowed` by limits.yaml); of the rest, `opted_in` (the number's latest
+    marketing consent change is an opt-in; at equal times an opt-out wins); of those,
+    `capped` (already at a marketing frequency cap now, by the messages sent)."""
+    fit = ("a.phone_hash != '' AND a.number_status = '' AND "
+           "(a.number_region = '' OR has({allowed:Array(String)}, a.number_region))")
+    windows = ", ".join(
+        f"countIf(decided_at >= fromUnixTimestamp64Milli({now_ms - cap.window_s * 1000}, 'UTC'))"
+        f" AS w{i}" for i, cap in enumerate(caps)) or "0 AS w0"
+    capped = " OR ".join(f"s.w{i} >= {cap.max_count}" for i, cap in enumerate(caps)) or "0"
+    sql = (
+        "SELECT count() AS members,"
+        " countIf(a.phone_hash = '' OR a.number_status = 'invalid_number') AS invalid_number,"
+        " countIf(a.phone_hash != '' AND a.number_status = 'not_mobile') AS not_mobile,"
+        " countIf(a.phone_hash != '' AND a.number_status = '' AND a.number_region != ''"
+        "  AND NOT has({allowed:Array(String)}, a.number_region)) AS country_not_allowed,"
+        f" countIf({fit} AND c.latest = 'opt_in') AS opted_in,"
+        f" countIf({fit} AND c.latest = 'opt_in' AND ({capped})) AS capped"
+        " FROM (" + audience_query(segments, campaign, now_ms,
+                                  "phone_hash, number_status, number_region") + ") AS a"
+        " LEFT JOIN (SELECT phone_hash, argMax(status, (changed_at, status = 'opt_out'))"
+        "  AS latest FROM rassylka.consent_changes FINAL WHERE scope = 'marketing'"
+        "  GROUP BY phone_hash) AS c ON c.phone_hash = a.phone_hash"
+        f" LEFT JOIN (SELECT phone_hash, {windows} FROM rassylka.messages FINAL"
+        "  WHERE lane = 'marketing' AND status = 'submitted' GROUP BY phone_hash) AS s"
+        " ON s.phone_hash = a.phone_hash")
+    rows = client.query(sql, {"allowed": sorted(allowed_regions)})
+    return {k: int(v) for k, v in rows[0].items()} if rows else {}
 
 
 @campaign_cli.command("validate")
@@ -95,16 +117,21 @@ def plan_command(campaign_id: str, config_dir: Path = typer.Option(None, help=CO
     """Dry run, sends nothing: audience, split by phase and variant, SMS size, duration."""
     from pipeline.rules.loader import load_ruleset
     from pipeline.rules.render import render
+    from pipeline.sender.limits import load_limits
     from pipeline.sms.encoding import segment_count
 
     settings, campaigns, rules, segments = _load(config_dir)
     campaign = _campaign(campaigns, campaign_id)
     variants = campaign.variants or rules[campaign.rule]
+    folder = config_dir or settings.config_dir
+    limits = load_limits(folder / "limits.yaml")
+    lane_caps = limits.frequency_caps.get("marketing")
     now_ms = int(time.time() * 1000)
     client = _client(settings)
     try:
         members = audience(client, segments, campaign, now_ms)
-        opted_in = consented(client, segments, campaign, now_ms)
+        checks = reachable(client, segments, campaign, now_ms, limits.allowed_regions,
+                           lane_caps.caps if lane_caps else ())
     finally:
         client.close()
     split: dict[tuple[str, str | None], int] = {}
@@ -125,7 +152,6 @@ def plan_command(campaign_id: str, config_dir: Path = typer.Option(None, help=CO
                     "landing_url": None, **campaign.promotion}
     from pipeline.sender.content import ContentRules
 
-    folder = config_dir or settings.config_dir
     price = ContentRules.load(folder / "content.yaml").cost_per_segment
     sizes, segments_of = {}, {}
     for v in rule.variants:
@@ -152,16 +178,43 @@ def plan_command(campaign_id: str, config_dir: Path = typer.Option(None, help=CO
                   f"sending{window}, plus the evaluation wait of {campaign.test.evaluate_after}; "
                   f"variant sizes: " + "; ".join(f"{k}: {v}" for k, v in sizes.items()),
                   highlight=False)
-    share = opted_in / len(members) if members else 0.0
+    console.print(_checks_table(checks, len(members)))
+    fit = checks.get("opted_in", 0) - checks.get("capped", 0)
+    share = fit / len(members) if members else 0.0
     expected = int(sendable * share)
     most = max(segments_of.values(), default=1)
-    console.print(f"marketing consent: {opted_in:,} of {len(members):,} members have opted in "
-                  f"({share:.0%}): about {expected:,} messages go out, the rest are suppressed "
-                  f"no_marketing_consent", highlight=False)
-    console.print(f"cost: about {expected * most * price:,.2f} at {price:g} a segment "
-                  f"({most} segment(s) for the longest variant; config/content.yaml)", highlight=False)
-    console.print("the sender still checks each number, quiet hours, caps and dedup when it "
-                  "sends", highlight=False)
+    console.print(f"about {expected:,} messages go out ({share:.0%} of the members pass the "
+                  f"checks); cost: about {expected * most * price:,.2f} at {price:g} a segment "
+                  f"({most} segment(s) for the longest variant; config/content.yaml)",
+                  highlight=False)
+    quiet = limits.quiet_hours.get("marketing")
+    console.print("when it sends, the sender checks each message again (consent, caps, dedup)"
+                  + (f" and holds it in the recipient's quiet hours "
+                     f"{quiet.start_min // 60:02d}:{quiet.start_min % 60:02d}–"
+                     f"{quiet.end_min // 60:02d}:{quiet.end_min % 60:02d}"
+                     if quiet else ""), highlight=False)
+
+
+def _checks_table(checks: dict[str, int], members: int) -> Table:
+    """The audience through the sender's checks, each row what the one above leaves."""
+    table = Table(title="Through the sender's checks (now)", title_justify="left")
+    for column, justify in (("check", "left"), ("members", "right"), ("left", "right"),
+                            ("outcome", "left")):
+        table.add_column(column, justify=justify)
+    left = members
+    steps = (("invalid_number", "number is not a valid number", "rejected invalid_number"),
+             ("not_mobile", "number is not a mobile", "rejected not_mobile"),
+             ("country_not_allowed", "region outside allowed_regions", "rejected country_not_allowed"))
+    for key, label, outcome in steps:
+        left -= checks.get(key, 0)
+        table.add_row(label, f"-{checks.get(key, 0):,}", f"{left:,}", outcome)
+    opted_in = checks.get("opted_in", 0)
+    table.add_row("no marketing opt-in", f"-{left - opted_in:,}", f"{opted_in:,}",
+                  "suppressed no_marketing_consent")
+    capped = checks.get("capped", 0)
+    table.add_row("at a frequency cap now", f"-{capped:,}", f"{opted_in - capped:,}",
+                  "suppressed frequency_cap")
+    return table
 
 
 @campaign_cli.command("start")
@@ -245,6 +298,31 @@ def status_command(campaign_id: str) -> None:
                            f"{decision['probabilities'].get(name, 0):.3f}")
         console.print(result)
         console.print(decision["reason"], highlight=False)
+
+
+@campaign_cli.command("report")
+def report_command(campaign_id: str,
+                   output: str = typer.Option("table", "--format", help="table or json.")) -> None:
+    """The funnel by phase and variant from ClickHouse: members, sent, delivered, clicked,
+    converted, revenue, opt-outs and cost (the holdout: members only, for the lift)."""
+    from pipeline.analytics.report import render_table
+    from pipeline.campaigns.funnel import campaign_funnel
+
+    settings = Settings.from_env()
+    client = _client(settings)
+    try:
+        rows = campaign_funnel(client, campaign_id)
+    finally:
+        client.close()
+    if output == "json":
+        print(json.dumps(rows, default=float))
+        return
+    if not rows:
+        err_console.print(f"[yellow]no members of campaign {campaign_id} in ClickHouse yet "
+                          f"(the sink stores campaigns.audience)[/yellow]", highlight=False)
+        raise typer.Exit(1)
+    console.print(render_table(rows, title=f"Campaign {campaign_id} by phase and variant "
+                                           f"(ClickHouse)"))
 
 
 @campaign_cli.command("worker")

@@ -95,8 +95,8 @@ def start_campaign(settings: Settings, campaign: Campaign, variants: tuple[str, 
     for customer_id, zone in sorted(set(members)):
         phase, variant = assign(campaign, variants, customer_id)
         phases[phase] += 1
-        member = {"snapshot": snapshot, "customer_id": customer_id, "zone": zone or "",
-                  "phase": phase, "variant": variant}
+        member = {"campaign_id": campaign.id, "snapshot": snapshot, "customer_id": customer_id,
+                  "zone": zone or "", "phase": phase, "variant": variant}
         while True:
             try:
                 producer.produce(audience_topic, key=f"{campaign.id}|{customer_id}".encode(),

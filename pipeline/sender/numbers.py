@@ -65,15 +65,21 @@ def normalise(
     Never raises, whatever `phone` holds; details never repeat the number (they reach
     analytics, where numbers must not appear in clear).
     """
-    if not isinstance(phone, str) or not phone or len(phone) > MAX_PHONE_CHARS:
-        return rejected("invalid_number", _describe_garbage(phone))
-    region = default_region.upper() if isinstance(default_region, str) else ""
-    info = _parse(phone, region)
+    info = parse_number(phone, default_region)
     if isinstance(info, Reject):
         return info
     if info.region not in allowed_regions:
         return rejected("country_not_allowed", f"{info.region} is not among the allowed regions")
     return info
+
+
+def parse_number(phone: str, default_region: str) -> NumberInfo | Reject:
+    """`normalise` without the allowed regions: `invalid_number` or `not_mobile`, else the
+    number (its `region` is what `allowed_regions` is checked against)."""
+    if not isinstance(phone, str) or not phone or len(phone) > MAX_PHONE_CHARS:
+        return rejected("invalid_number", _describe_garbage(phone))
+    region = default_region.upper() if isinstance(default_region, str) else ""
+    return _parse(phone, region)
 
 
 @lru_cache(maxsize=CACHE_SIZE)

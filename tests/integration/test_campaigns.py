@@ -191,6 +191,7 @@ def test_plan_counts_the_audience_its_consent_and_cost_from_clickhouse(
 
     from sendkit import opt_in, phone
     from test_replays import _wait_sink_caught_up
+    from test_sink import outcome
 
     from pipeline.procs import settings_env
     from pipeline.samples import make_profile
@@ -206,9 +207,21 @@ def test_plan_counts_the_audience_its_consent_and_cost_from_clickhouse(
     profiles = [make_profile(rng, 5000 + i) | {"phone": phone(800_000 + i), "country": "RU",
                                                "segments": ["msk"] if i % 5 == 0 else []}
                 for i in range(100)]
+    # numbers the sender would reject: not numbers, a Moscow landline, a US mobile
+    odd = {1: "+7 123", 3: "not a phone", 7: "+74951234567", 9: "+12015550123"}
+    for i, number in odd.items():
+        profiles[i]["phone"] = number
     kafka_io.publish(cfg, topics.PROFILES, [(p["customer_id"], p) for p in profiles],
                      "customer_profile")
-    opt_in(cfg, [p["phone"] for i, p in enumerate(profiles) if i % 2 == 0])
+    opt_in(cfg, [p["phone"] for i, p in enumerate(profiles) if i % 2 == 0 or i in odd])
+    # two marketing SMS in the last hour reach the 2-per-24h cap of config/limits.yaml
+    capped = [i for i in range(100) if i % 5 and i % 2 == 0][:3]
+    now = int(time.time() * 1000)
+    kafka_io.publish(cfg, topics.OUTCOMES, [
+        (f"cap-{i}-{n}", outcome(i * 10 + n, request_id=f"cap-{i}-{n}", lane="marketing",
+                                 status="submitted", phone=profiles[i]["phone"],
+                                 decided_at_ms=now - 600_000 * (n + 1)))
+        for i in capped for n in range(2)], "send_outcome")
     with stage(cfg, ["sink"], tmp_path) as sink:
         _wait_sink_caught_up(cfg, sink)
     before = len(kafka_io.read_topic(cfg, topics.PROMOTION, None, 5, idle=1.0))
@@ -217,9 +230,68 @@ def test_plan_counts_the_audience_its_consent_and_cost_from_clickhouse(
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     assert "80 in the audience" in out, out  # 100 minus the 20 tagged msk
-    members = [p for i, p in enumerate(profiles) if i % 5 != 0]
-    consented = sum(1 for i, p in enumerate(profiles) if i % 5 != 0 and i % 2 == 0)
-    assert f"{consented} of {len(members)} members have opted in" in out, out
+    members = [i for i in range(100) if i % 5]
+    valid = [i for i in members if i not in odd]
+    opted = [i for i in valid if i % 2 == 0]
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]]
+            for line in out.splitlines() if line.count("│") >= 5}
+    assert rows["number is not a valid number"][:2] == ["-2", f"{len(members) - 2}"], rows
+    assert rows["number is not a mobile"][:2] == ["-1", f"{len(members) - 3}"], rows
+    assert rows["region outside allowed_regions"][:2] == ["-1", f"{len(valid)}"], rows
+    assert rows["no marketing opt-in"][:2] == [f"-{len(valid) - len(opted)}", f"{len(opted)}"]
+    assert rows["at a frequency cap now"][:2] == ["-3", f"{len(opted) - 3}"], rows
     assert "cost: about" in out and "holdout" in out and "the winner" in out
     assert len(kafka_io.read_topic(cfg, topics.PROMOTION, None, 5, idle=1.0)) == before, \
         "a plan sends nothing"
+
+
+def test_guardrail_stops_a_campaign_whose_test_group_opts_out(ns: Settings, tmp_path: Path) -> None:
+    """Through the real router, sender and SMSC simulator: a fifth of the test group opts
+    out after its SMS (limit 5%); the worker stops the campaign with the guardrail, names
+    the variant, and the rest of the audience gets nothing."""
+    import random
+
+    from sendkit import config_with, opt_in, phone, sender, simulator
+
+    from pipeline.samples import make_profile
+
+    base = config_with(tmp_path, ns.config_dir, quiet_hours={}, frequency_caps={})
+    cfg = replace(ns, config_dir=campaign_config(
+        tmp_path, base, test={"fraction": 0.5, "holdout": 0.0, "evaluate_after": "15s"},
+        decision={"min_sample_per_variant": 1000},
+        guardrails={"max_opt_out_rate": 0.05, "max_failure_rate": 0.5, "min_sample": 30},
+        on_no_winner="best_mean"))
+    rng = random.Random(23)
+    profiles = [make_profile(rng, 9000 + i) | {"phone": phone(900_000 + i), "segments": [],
+                                               "time_zone": "Europe/Moscow"} for i in range(160)]
+    opt_in(cfg, [p["phone"] for p in profiles])
+    kafka_io.publish(cfg, topics.PROFILES, [(p["customer_id"], p) for p in profiles],
+                     "customer_profile")
+    campaign = load_campaigns(cfg.config_dir)["spring"]
+    members = [(p["customer_id"], "Europe/Moscow") for p in profiles]
+    plan = {c: assign(campaign, ("a", "b"), c) for c, _z in members}
+    test_group = {c for c, (phase, _v) in plan.items() if phase == "test"}
+    with simulator(tmp_path, "--latency-ms", "1-5") as sim, sender(cfg, sim, tmp_path), \
+            stage(cfg, ["router"], tmp_path), stage(cfg, ["campaign", "worker"], tmp_path):
+        start_campaign(cfg, campaign, ("a", "b"), members)
+        sent = kafka_io.read_topic(
+            cfg, topics.OUTCOMES,
+            lambda m: len({x.record["customer_id"] for x in m if x.record}) >= len(test_group), 90)
+        submitted = [m.record for m in sent if m.record["status"] == "submitted"]
+        quitters = [o for o in submitted if o["variant"] == "a"][::3]  # a's SMS annoys
+        kafka_io.publish(cfg, topics.CONSENT, [
+            (f"{o['phone']}|marketing", {"phone": o["phone"], "scope": "marketing",
+                                         "status": "opt_out", "source": "sms_reply",
+                                         "changed_at_ms": o["decided_at_ms"] + 1000,
+                                         "customer_id": o["customer_id"], "evidence": "STOP"})
+            for o in quitters], "consent_change")
+        deadline = time.monotonic() + 90
+        while status(cfg).get("status") not in ("done", "stopped") and time.monotonic() < deadline:
+            time.sleep(1.0)
+        outcomes = settle(cfg, topics.OUTCOMES, idle=3.0)
+    final = status(cfg)
+    assert final["status"] == "stopped", final
+    assert final["decision"]["action"] == "stop_guardrail", final["decision"]
+    assert "opt-out" in final["decision"]["reason"] and "a" in final["decision"]["reason"]
+    assert {m.record["customer_id"] for m in outcomes} == test_group, "no rollout"
+    assert final["sent"] == {"test": len(test_group)}

@@ -5,8 +5,10 @@ import pytest
 
 from pipeline.analytics.privacy import phone_hash
 from pipeline.analytics.rows import (
+    DECISION_COLUMNS,
     MAPPINGS,
     MESSAGE_COLUMNS,
+    PROFILE_COLUMNS,
     REDELIVERY_COLUMNS,
     InvalidRecord,
     message_row,
@@ -164,3 +166,36 @@ def test_invalid_records_are_permanent_errors() -> None:
         to_row("send_outcome", {**OUTCOME, "cost": "free"}, KEY)
     with pytest.raises(InvalidRecord):
         to_row("customer_profile", {}, KEY)
+
+
+@pytest.mark.parametrize(("phone", "status", "region"), [
+    ("+79161234567", "", "RU"),
+    ("+77012345678", "", "KZ"),
+    ("+74951234567", "not_mobile", ""),
+    ("+7 123", "invalid_number", ""),
+    ("", "invalid_number", ""),
+])
+def test_profile_rows_say_whether_the_sender_can_text_the_number(phone, status, region):
+    record = {"customer_id": "c1", "phone": phone, "country": "RU", "locale": "ru",
+              "time_zone": None, "segments": [], "attributes": {}, "updated_at_ms": 5}
+    row = dict(zip(PROFILE_COLUMNS, to_row("customer_profile", record, "k", 9)[1], strict=True))
+    assert (row["number_status"], row["number_region"]) == (status, region)
+
+
+def test_decisions_of_campaigns_and_bandits_become_one_table():
+    campaign = {"campaign_id": "spring", "decided_at_ms": 7, "action": "rollout", "winner": "b",
+                "probabilities": {"a": 0.1, "b": 0.9}, "reason": "r", "metric": "click",
+                "inputs": {"variants": {}}}
+    bandit = {"rule_id": "promo", "kind": "bandit", "metric": "conversion", "weights": {"a": 1},
+              "previous_weights": {"a": 0.5}, "updated_at_ms": 8, "inputs": {"x": 1}}
+    c = dict(zip(DECISION_COLUMNS, to_row("decision", campaign, "k")[1], strict=True))
+    b = dict(zip(DECISION_COLUMNS, to_row("decision", bandit, "k")[1], strict=True))
+    assert (c["decision_id"], c["kind"], c["action"], c["winner"]) == (
+        "campaign:spring:7", "campaign", "rollout", "b")
+    assert (b["decision_id"], b["kind"], b["action"], b["weights"]) == (
+        "bandit:promo:8", "bandit", "weights", {"a": 1.0})
+    assert json.loads(b["inputs"]) == {"x": 1}
+    with pytest.raises(PermanentError):
+        to_row("decision", {"action": "rollout"}, "k")
+    with pytest.raises(PermanentError):
+        to_row("campaign_member", {"customer_id": "c", "phase": "later"}, "k", 1)
