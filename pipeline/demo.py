@@ -2,11 +2,17 @@
 
 Starts an SMSC simulator (real SMPP), a router and a sender worker in a fresh topic
 namespace, publishes customers, consents, events and a few bad inputs, lets a customer
-reply STOP, and prints what happened to every request.
+reply STOP, and prints what happened to every request. Then it runs a campaign on a few
+thousand simulated customers (`pipeline.campaigns.demo`): plan, test, the automatic
+decision, the rollout, and its funnel by phase and variant.
 
-Everything it writes stays under `.run/demo/` (`settings.DEMO_DIR`): worker logs, and its
-own embedded ClickHouse folder `.run/demo/clickhouse`, wiped at each run, so the demo never
-mixes with `.run/clickhouse`, the default store of `rassylka sink` and `rassylka report`.
+Everything it writes stays under `.run/demo/` (`settings.DEMO_DIR`): worker logs, its copy
+of the configuration `.run/demo/config` (with the demo's campaign, and without marketing
+quiet hours), and its own embedded ClickHouse folder `.run/demo/clickhouse`; both are
+wiped at each run, so the demo never mixes with `.run/clickhouse`, the default store of
+`rassylka sink` and `rassylka report`. Embedded ClickHouse lets one process hold a store
+at a time: the sink holds it while it runs, the campaign's `plan` and `start` between two
+sinks, and the demo process itself only at the very end, to read the report.
 The redirect service runs with `--dev`: links are signed with the public development
 secret unless RASSYLKA_LINK_SECRET is set.
 """
@@ -27,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import kafka_io, topics
+from pipeline.campaigns import demo as campaign_demo
 from pipeline.kafka_io import Received
 from pipeline.offsets import wait_committed_to_end
 from pipeline.procs import free_port, start_simulator, start_stage, stop
@@ -59,14 +66,23 @@ def run_demo(base: Settings, console: Console) -> int:
     if base.clickhouse_url.startswith("chdb://"):
         shutil.rmtree(clickhouse_dir, ignore_errors=True)
         base = replace(base, clickhouse_url=f"chdb://{clickhouse_dir}")
-    settings = replace(base, topic_prefix=f"demo{tag}.", app_id=f"demo{tag}")
+    config_dir = campaign_demo.demo_config(base.config_dir, log_dir / "config")
+    settings = replace(base, topic_prefix=f"demo{tag}.", app_id=f"demo{tag}", config_dir=config_dir)
     samples = demo_samples()
     procs: list[subprocess.Popen[bytes]] = []
+
+    def stage(args: list[str], name: str) -> subprocess.Popen[bytes]:
+        proc = start_stage(settings, args, log_dir / f"{name}-{tag}.log")
+        procs.append(proc)
+        return proc
+
     try:
         with console.status("[bold]creating topics ...") as status:
             create_topics(settings)
             console.log(f"topics created with prefix [cyan]{settings.topic_prefix}[/cyan] "
                         f"on {settings.kafka_bootstrap}")
+            console.log(f"quiet hours lifted in the demo's copy of config/ ({config_dir}) "
+                        f"so it runs at any hour")
             status.update("[bold]starting the SMSC simulator (SMPP) ...")
             sim, port, control = start_simulator(log_dir, "--latency-ms", "5-30",
                                                  "--receipt-delay-ms", "200-1500", "--seed", "7")
@@ -83,8 +99,7 @@ def run_demo(base: Settings, console: Console) -> int:
                                                 "--port", str(redirect_port)],
                                      log_dir / f"redirect-{tag}.log"))
             procs.append(start_stage(settings, ["attribution"], log_dir / f"attribution-{tag}.log"))
-            sink = start_stage(settings, ["sink"], log_dir / f"sink-{tag}.log")
-            procs.append(sink)
+            sink = stage(["sink"], "sink")
             status.update(f"[bold]publishing {len(samples.profiles)} customer profiles and consents ...")
             kafka_io.publish(settings, topics.PROFILES,
                              ((p["customer_id"], p) for p in samples.profiles), "customer_profile")
@@ -98,10 +113,13 @@ def run_demo(base: Settings, console: Console) -> int:
                     "source": "web_form", "changed_at_ms": now - 86_400_000,
                     "customer_id": cid, "evidence": "checkout checkbox"})
                 for cid in opted_in if not isinstance(numbers[cid], Reject)], "consent_change")
+            customers = campaign_demo.publish_customers(settings)
             read = wait_committed_to_end(settings, "router", topics.PROFILES, 60)
             console.log(f"router {'has read' if read else 'has NOT yet read'} all "
                         f"{len(samples.profiles)} profiles; "
-                        f"{len(opted_in)} customers opted in to marketing")
+                        f"{len(opted_in)} customers opted in to marketing "
+                        f"(and {len(customers.profiles):,} more customers for the campaign, "
+                        f"{len(customers.opted_in):,} opted in)")
             status.update(f"[bold]publishing {len(samples.events)} events and {len(samples.bad)} bad inputs ...")
             by_topic: dict[str, list[Any]] = {}
             for topic, record in samples.events:
@@ -138,33 +156,57 @@ def run_demo(base: Settings, console: Console) -> int:
                               f"{len(truth.paid_orders)} paid orders within 120 s; "
                               f"see {log_dir}/attribution-{tag}.log[/red]")
             console.log(f"attribution credited {len(conversions)} conversions")
+            _print_requests(console, requests, outcomes, receipts)
+            _print_dead_letters(console, dead)
+            if stop_demo:
+                _print_stop(console, *stop_demo)
+            console.rule(f"Campaign {campaign_demo.CAMPAIGN_ID}")
+            status.update("[bold]the sink stores the customers, then lets go of ClickHouse ...")
+            wait_sink_drained(settings, 90)
+            stop(sink)
+            status.update("[bold]campaign plan and start read the audience in ClickHouse ...")
+            started = campaign_demo.plan_and_start(settings, console)
+            sink = stage(["sink"], "sink")
+            campaign = None
+            if started:
+                campaign = campaign_demo.run_campaign(
+                    settings, console, status, lambda: stage(["campaign", "worker"], "campaign"),
+                    redirect_port, customers)
+                campaign.add_to(truth)
             status.update("[bold]waiting for the pipeline to settle and the sink to store everything ...")
             final_outcomes = kafka_io.read_topic(settings, topics.OUTCOMES, None, 60, idle=4.0)
             final_receipts = kafka_io.read_topic(settings, topics.RECEIPTS, None, 30, idle=3.0)
             settle_truth(truth, final_outcomes, final_receipts)
             wait_sink_drained(settings, 90)
             stop(sink)
-            rows = report_rows(settings)
-        _print_requests(console, requests, outcomes, receipts)
-        _print_dead_letters(console, dead)
-        if stop_demo:
-            _print_stop(console, *stop_demo)
+            rows = report_rows(settings, campaign_demo.CAMPAIGN_ID)
         from pipeline.analytics.report import render_table
 
         console.print(render_table(rows["by_variant"], title="Funnel by rule and variant (ClickHouse)"))
         matches = _print_truth(console, truth, rows["total"][0] if rows["total"] else {})
+        campaign_ok = campaign is not None and not campaign.problems
+        if campaign is not None:
+            campaign_ok &= campaign_demo.print_funnel(console, campaign, rows["campaign"])
+            for problem in campaign.problems:
+                console.print(f"[red]campaign {campaign_demo.CAMPAIGN_ID}: {problem}[/red]")
         console.print(f"Query it yourself: CLICKHOUSE_URL=chdb://{clickhouse_dir} "
-                      f".venv/bin/rassylka report --by rule_id --by variant")
+                      f".venv/bin/rassylka report --by rule_id --by variant  (or: campaign report "
+                      f"{campaign_demo.CAMPAIGN_ID})", highlight=False)
         expected = {reason for *_, reason in samples.bad}
         got = {m.record["reason"] for m in dead if m.record}
         submitted = [o for o in outcomes if o.record["status"] == "submitted"]
-        if not requests or not submitted or not expected <= got or not matches:
+        if not requests or not submitted or not expected <= got or not matches or not campaign_ok:
             console.print(f"[red]demo incomplete: {len(requests)} requests, {len(submitted)} sent, "
-                          f"dead-letter reasons {got}[/red]")
+                          f"dead-letter reasons {got}, campaign "
+                          f"{'as simulated' if campaign_ok else 'NOT as simulated'}[/red]")
             return 1
+        assert campaign is not None
         console.print(f"[green]demo done[/green]: {len(requests)} SMS rendered, {len(submitted)} "
-                      f"submitted over SMPP, {len(dead)} bad inputs dead-lettered with their reasons. "
-                      f"Logs: {log_dir}")
+                      f"submitted over SMPP, {len(dead)} bad inputs dead-lettered with their reasons; "
+                      f"campaign {campaign_demo.CAMPAIGN_ID} rolled out "
+                      f"{campaign.state.get('winner')} to "
+                      f"{sum(1 for p, _v in campaign.members.values() if p == 'rollout'):,} "
+                      f"members. Logs: {log_dir}")
         return 0
     finally:
         for proc in reversed(procs):
@@ -270,24 +312,21 @@ def settle_truth(truth: GroundTruth, outcomes: list[Received], receipts: list[Re
 
 
 def wait_sink_drained(settings: Settings, timeout: float) -> None:
-    """Until the sink's group has committed past the last record of every analytics topic.
+    """Until the sink's group has committed past the last record of every topic it stores.
 
     Transactional topics end with commit markers, which a consumer never commits past
     when nothing follows them, so the target is the last *record* of each partition.
     """
     from confluent_kafka import Consumer, TopicPartition
 
-    names = (topics.OUTCOMES, topics.RECEIPTS, topics.CLICKS, topics.CONVERSIONS, topics.INBOUND,
-             topics.CONSENT)
-    target: dict[tuple[str, int], int] = {}
-    for name in names:
-        for m in kafka_io.read_topic(settings, name, None, 30, idle=1.0):
-            key = (m.topic, m.partition)
-            target[key] = max(target.get(key, 0), m.offset + 1)
+    from pipeline.analytics.sink import SOURCE_TOPICS
+
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": f"{settings.app_id}-sink", "enable.auto.commit": False})
-    deadline = time.monotonic() + timeout
+                         "group.id": f"{settings.app_id}-sink", "enable.auto.commit": False,
+                         "isolation.level": "read_committed", "enable.partition.eof": False})
     try:
+        target = _last_records(consumer, [settings.topic(name) for name in SOURCE_TOPICS])
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             committed = consumer.committed([TopicPartition(t, p) for t, p in target], timeout=10)
             if all(tp.offset >= target[(tp.topic, tp.partition)] for tp in committed):
@@ -298,13 +337,45 @@ def wait_sink_drained(settings: Settings, timeout: float) -> None:
     raise RuntimeError("the analytics sink did not catch up in time")
 
 
-def report_rows(settings: Settings) -> dict[str, list[dict[str, Any]]]:
-    """The funnel from ClickHouse: in total and by rule and variant."""
+def _last_records(consumer: Any, names: list[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) → offset after its last record, read to the end (never commits)."""
+    from confluent_kafka import TopicPartition
+
+    meta = consumer.list_topics(timeout=10)
+    ends = {}
+    for name in names:
+        for p in meta.topics[name].partitions if name in meta.topics else ():
+            low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+            if high > low:
+                ends[(name, p)] = high
+    target: dict[tuple[str, int], int] = {}
+    consumer.assign([TopicPartition(t, p, 0) for t, p in ends])
+    deadline, last_new = time.monotonic() + 60, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - last_new < 3.0:
+        for msg in consumer.consume(5000, 0.5):
+            last_new = time.monotonic()
+            if not msg.error():
+                target[(msg.topic(), msg.partition())] = msg.offset() + 1
+        positions = consumer.position([TopicPartition(t, p) for t, p in ends])
+        if all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in positions):
+            break  # past every record (and the transaction markers after them)
+    consumer.unassign()
+    return target
+
+
+def report_rows(settings: Settings, campaign_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The funnel from ClickHouse: in total, by rule and variant, and (with `campaign_id`)
+    the campaign's by phase and variant."""
     from connectors.clickhouse import connect
     from pipeline.analytics.report import funnel
 
     client = connect(settings.clickhouse_url)
-    return {"total": funnel(client), "by_variant": funnel(client, ["rule_id", "variant"])}
+    rows = {"total": funnel(client), "by_variant": funnel(client, ["rule_id", "variant"])}
+    if campaign_id is not None:
+        from pipeline.campaigns.funnel import campaign_funnel
+
+        rows["campaign"] = campaign_funnel(client, campaign_id)
+    return rows
 
 
 def _print_truth(console: Console, truth: GroundTruth, total: dict[str, Any]) -> bool:

@@ -295,3 +295,27 @@ def test_guardrail_stops_a_campaign_whose_test_group_opts_out(ns: Settings, tmp_
     assert "opt-out" in final["decision"]["reason"] and "a" in final["decision"]["reason"]
     assert {m.record["customer_id"] for m in outcomes} == test_group, "no rollout"
     assert final["sent"] == {"test": len(test_group)}
+
+
+def test_the_sending_window_holds_in_each_members_local_time(ns: Settings, tmp_path: Path) -> None:
+    """A window of two hours around Moscow's time now: the Moscow members get their SMS,
+    the members in Los Angeles (11 hours behind) wait, and the campaign goes on running."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    now = datetime.now(ZoneInfo("Europe/Moscow"))
+    window = {"from": (now - timedelta(hours=1)).strftime("%H:%M"),
+              "to": (now + timedelta(hours=1)).strftime("%H:%M")}
+    cfg = replace(ns, config_dir=campaign_config(tmp_path, ns.config_dir, window=window))
+    campaign = load_campaigns(cfg.config_dir)["spring"]
+    zone_of = {f"w{i:03d}": "Europe/Moscow" if i % 2 else "America/Los_Angeles"
+               for i in range(120)}
+    start_campaign(cfg, campaign, ("a", "b"), list(zone_of.items()))
+    inside = {c for c, z in zone_of.items()
+              if z == "Europe/Moscow" and assign(campaign, ("a", "b"), c)[0] != "holdout"}
+    with stage(cfg, ["campaign", "worker"], tmp_path):
+        campaign_events(cfg, len(inside), timeout=60)
+        time.sleep(3.0)  # the worker ticks every 100 ms: thirty chances to send too many
+        events = [m.record for m in settle(cfg, topics.PROMOTION, idle=2.0)]
+        assert status(cfg).get("status") == "running"
+    assert {e["customer_id"] for e in events} == inside
