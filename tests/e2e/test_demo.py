@@ -35,6 +35,6 @@ def test_demo_report_equals_ground_truth(settings: Settings) -> None:
     rows = [line for line in funnel.splitlines()
             if line.startswith(("│ test", "│ holdout", "│ rollout"))]
     cells = [[cell.strip() for cell in row.split("│")[1:3]] for row in rows]
-    assert cells == [["test", "a"], ["test", "b"], ["holdout", ""], ["rollout", "b"]], rows
+    assert cells == [["test", "a"], ["test", "b"], ["holdout", "—"], ["rollout", "b"]], rows
     for row in rows:
         assert row.count("✓") == 7 and "✗" not in row, row
