@@ -18,6 +18,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from pipeline.console import print_version
 from pipeline.errors import ConfigError
 from pipeline.settings import ROOT, Settings
 
@@ -38,6 +39,8 @@ _debug = {"on": False}
 def _options(
     debug: bool = typer.Option(False, "--debug", envvar="RASSYLKA_DEBUG",
                                help="Show tracebacks instead of one-line errors."),
+    _version: bool = typer.Option(False, "--version", callback=print_version, is_eager=True,
+                                  help="Print the installed version and exit."),
 ) -> None:
     _debug["on"] = debug
 
@@ -159,8 +162,11 @@ def router(
 
     logging.getLogger().setLevel({"warn": "WARNING", "crit": "CRITICAL"}.get(
         loglevel.lower(), loglevel.upper()))
+    from pipeline.releases import config_source
+
     settings = _settings()
-    check_rules(settings)
+    if config_source() == "files":
+        check_rules(settings)  # before Kafka: a broken config/ is the first thing said
     wait_for_kafka(settings)
     create_topics(settings)
     wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
@@ -182,21 +188,24 @@ def sender(
 ) -> None:
     """Run a sender worker: notification requests -> checks -> SMS gateway -> outcomes."""
     import asyncio
+    from dataclasses import replace
 
+    from pipeline.releases import LiveConfig
     from pipeline.sender.setup import build_gateway, load_policy
     from pipeline.sender.worker import SenderWorker
     from pipeline.topics import CATALOG, create_topics, wait_until_ready
 
     logging.getLogger().setLevel(loglevel.upper())
     settings = _settings()
-    policy, limits = load_policy(settings.config_dir)
-    gateway, rate = build_gateway(settings, limits, route)
     wait_for_kafka(settings)
     create_topics(settings)
     wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
+    live = LiveConfig(settings, f"sender-{worker_id}")
+    policy, limits = load_policy(live.folder)
+    gateway, rate = build_gateway(replace(settings, config_dir=live.folder), limits, route)
 
     worker = SenderWorker(
-        settings, policy, gateway, rate, worker_id=worker_id,
+        settings, policy, gateway, rate, worker_id=worker_id, live=live,
         max_in_flight=int(os.environ.get("RASSYLKA_MAX_IN_FLIGHT", "1024")),
         uncorrelated_wait_ms=int(float(os.environ.get("RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S", "60"))
                                  * 1000),
@@ -252,9 +261,29 @@ from pipeline.campaigns.commands import campaign_cli  # noqa: E402
 
 app.add_typer(campaign_cli, name="campaign")
 
+from pipeline.config_cli import config_cli  # noqa: E402
+
+app.add_typer(config_cli, name="config")
+
+from pipeline.registry import schemas_cli  # noqa: E402
+
+app.add_typer(schemas_cli, name="schemas")
+
 from pipeline.offsets import reset_offsets_command  # noqa: E402
 
 app.command("reset-offsets")(reset_offsets_command)
+
+from pipeline.rules.explain import explain_command  # noqa: E402
+from pipeline.sendtest import send_test_command  # noqa: E402
+
+rules_cli.command("explain")(explain_command)
+app.command("send-test")(send_test_command)
+
+from pipeline.console import deadletters_cli, produce_command, tail_command  # noqa: E402
+
+app.command("tail")(tail_command)
+app.command("produce")(produce_command)
+app.add_typer(deadletters_cli, name="deadletters")
 
 
 @app.command()

@@ -39,6 +39,7 @@ INBOUND = "sms.inbound"
 CLICKS = "sms.clicks"
 CONVERSIONS = "sms.conversions"
 DEAD_LETTERS = "deadletter"
+DEAD_LETTERS_REPLAYED = "deadletter.replayed"
 CONFIG = "config.rules"
 CAMPAIGN_CONTROL = "campaigns.control"
 CAMPAIGN_AUDIENCE = "campaigns.audience"
@@ -64,8 +65,11 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(CLICKS, "click", "message_id", doc="Tracked link clicks"),
     TopicSpec(CONVERSIONS, "conversion", "customer_id", doc="Attributed conversions"),
     TopicSpec(DEAD_LETTERS, "dead_letter", "original key", doc="Bad input with its reason"),
-    TopicSpec(CONFIG, "yaml bundle", "config file name", compacted=True, partitions=1,
-              doc="Published rules and templates"),
+    TopicSpec(DEAD_LETTERS_REPLAYED, "json: replay marker", "<topic>|<partition>|<offset>",
+              compacted=True, partitions=1,
+              doc="Dead letters replayed by `rassylka deadletters replay` (each once)"),
+    TopicSpec(CONFIG, "json: config release", "release:<number>", compacted=True, partitions=1,
+              doc="Config releases: every published config/ with its audit record"),
     TopicSpec(CAMPAIGN_CONTROL, "json: campaign command", "campaign id", compacted=True,
               partitions=1, doc="start / pause / resume / cancel, newest wins"),
     TopicSpec(CAMPAIGN_AUDIENCE, "json: audience member", "<campaign>|<customer>", partitions=1,

@@ -57,6 +57,18 @@ def kafka_bootstrap() -> Iterator[str]:
     yield local_bootstrap(os.environ)  # where kafka.sh started it: 127.0.0.1:$KAFKA_PORT
 
 
+@pytest.fixture(scope="session")
+def schema_registry_url() -> str:
+    """The Schema Registry for this session: SCHEMA_REGISTRY_URL, else the project's own
+    (`infra/registry/registry.sh up`: idempotent, on 127.0.0.1:SCHEMA_REGISTRY_PORT)."""
+    from pipeline.registry import registry_url
+
+    if not os.environ.get("SCHEMA_REGISTRY_URL"):
+        subprocess.run([str(ROOT / "infra" / "registry" / "registry.sh"), "up"], check=True,
+                       timeout=600)
+    return registry_url()
+
+
 @pytest.fixture
 def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
     """Settings for one test: its own topic prefix, consumer groups and state folder, and
@@ -76,7 +88,8 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def ns(settings: Settings) -> Settings:
-    """`settings` with every catalog topic created in the test's namespace."""
+def ns(settings: Settings, schema_registry_url: str) -> Settings:
+    """`settings` with every catalog topic created in the test's namespace (and the Schema
+    Registry running: stages decode Confluent-framed records with it)."""
     create_topics(settings)
     return settings

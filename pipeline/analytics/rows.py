@@ -61,6 +61,7 @@ MESSAGE_COLUMNS = (
     "attempts",
     "event_time",
     "decided_at",
+    "config_version",
 )
 
 RECEIPT_COLUMNS = (
@@ -138,6 +139,7 @@ def message_row(r: Record, key: str) -> Row:
         int(r.get("attempts") or 1),
         int(r.get("event_occurred_at_ms") or 0),
         int(r["decided_at_ms"]),
+        _s(r.get("config_version")),
     )
 
 
@@ -374,6 +376,23 @@ def decision_row(r: Record, key: str = "") -> Row:
             json.dumps(r.get("inputs") or {}, sort_keys=True), at)
 
 
+CONFIG_RELEASE_COLUMNS = ("version", "number", "stamp", "content_hash", "author", "message",
+                          "previous", "rollback_of", "added", "removed", "changed", "files",
+                          "published_at", "activate_at")
+
+
+def config_release_row(r: Record, key: str = "") -> Row:
+    """A config release (JSON on config.rules, `pipeline.releases.Release`) → `config_releases`."""
+    number, digest = int(r["number"]), str(r["content_hash"])
+    diff = r.get("diff") or {}
+    return (f"v{number}", number, f"v{number}@{digest[:8]}", digest, _s(r.get("author")),
+            _s(r.get("message")), _s(r.get("previous")), _s(r.get("rollback_of")),
+            [str(x) for x in diff.get("added", [])], [str(x) for x in diff.get("removed", [])],
+            [str(x) for x in diff.get("changed", [])],
+            {str(k): str(v) for k, v in r["files"].items()}, int(r["created_at_ms"]),
+            int(r["activate_at_ms"]))
+
+
 def _floats(values: Any) -> dict[str, float]:
     return {str(k): float(v) for k, v in (values or {}).items()}
 
@@ -405,6 +424,7 @@ MAPPINGS: dict[str, TableMapping] = {
     "campaign_member": TableMapping("campaign_members", CAMPAIGN_MEMBER_COLUMNS,
                                     campaign_member_row, versioned=True),
     "decision": TableMapping("decisions", DECISION_COLUMNS, decision_row),
+    "config_release": TableMapping("config_releases", CONFIG_RELEASE_COLUMNS, config_release_row),
 }
 REDELIVERIES = TableMapping("redeliveries", REDELIVERY_COLUMNS, redelivery_row)
 

@@ -95,9 +95,11 @@ SOURCE_TOPICS = (
     topics.ORDER_STATUS,
     topics.CAMPAIGN_AUDIENCE,
     topics.CAMPAIGN_DECISIONS,
+    topics.CONFIG,
 )
 # The campaign worker's topics carry JSON, not Avro: topic → the mapping (rows.MAPPINGS)
-JSON_TOPICS = {topics.CAMPAIGN_AUDIENCE: "campaign_member", topics.CAMPAIGN_DECISIONS: "decision"}
+JSON_TOPICS = {topics.CAMPAIGN_AUDIENCE: "campaign_member", topics.CAMPAIGN_DECISIONS: "decision",
+               topics.CONFIG: "config_release"}
 FAULT_ENV = "RASSYLKA_CH_FAULT_FILE"
 AFTER_INSERT = "after_insert"
 

@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -333,16 +334,46 @@ def worker_command(worker_id: str = typer.Option("0", help="Names its Kafka tran
     from pipeline.campaigns.followups import FollowUps
     from pipeline.campaigns.learning import BanditLearner
     from pipeline.campaigns.runner import CampaignRunner
+    from pipeline.errors import ConfigError
+    from pipeline.releases import LiveConfig
     from pipeline.rules.loader import load_ruleset
     from pipeline.topics import create_topics
 
     logging.getLogger().setLevel(loglevel.upper())
-    settings, campaigns, _rules, _segments = _load(config_dir)
+    settings = Settings.from_env()
+    if config_dir:
+        settings = replace(settings, config_dir=config_dir)
     create_topics(settings)
-    ruleset = load_ruleset(config_dir or settings.config_dir)
+    live = LiveConfig(settings, f"campaigns-{worker_id}")
+    _env, campaigns, _rules, _segments = _load(live.folder)
+    ruleset = load_ruleset(live.folder)
     runner = CampaignRunner(settings, campaigns, worker_id=worker_id,
                             learner=BanditLearner(settings, ruleset),
                             follow_ups=FollowUps(settings, ruleset, worker_id))
+
+    next_check = 0.0
+
+    def reconfigure(runner: CampaignRunner) -> None:
+        nonlocal next_check
+        if time.monotonic() < next_check:
+            return
+        next_check = time.monotonic() + live.check_every_s
+        change = live.changed()
+        if change is None:
+            return
+        folder, stamp = change
+        try:
+            runner.campaigns = load_campaigns(folder)
+            runner.learner = BanditLearner(settings, load_ruleset(folder))
+        except ConfigError as exc:
+            logging.getLogger(__name__).error("config %s not applied: %s", stamp,
+                                              "; ".join(exc.problems[:5]))
+            return
+        logging.getLogger(__name__).info(
+            "config %s applied: campaigns and bandit rules (follow-up rules at the next start; "
+            "started campaigns keep their definition)", stamp)
+
+    runner.reconfigure = reconfigure
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stop())
     runner.run()

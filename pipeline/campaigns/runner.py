@@ -163,6 +163,9 @@ class CampaignRunner:
         self.control: Consumer | None = None
         self.promotion_topic = settings.topic(topics.PROMOTION)
         self.progress_topic = settings.topic(topics.CAMPAIGN_PROGRESS)
+        # called every tick: swaps `campaigns` and `learner` when a config release takes
+        # effect (a campaign already started keeps the definition it started with)
+        self.reconfigure: Any = None
 
     def stop(self) -> None:
         self.stopping = True
@@ -188,6 +191,8 @@ class CampaignRunner:
                         self._apply(msg.key().decode(), json.loads(msg.value()), None)
                 for run in list(self.running.values()):
                     self._tick(run)
+                if self.reconfigure is not None:
+                    self.reconfigure(self)
                 if self.learner is not None:
                     self.learner.tick()
                 if self.follow_ups is not None:

@@ -182,6 +182,7 @@ def build_request(
         "allow_transliteration": rule.allow_transliteration,
         "campaign_id": (event.get("campaign_id") or None) if event_type == "promotion" else None,
         "links": links,
+        "config_version": None,  # the router worker stamps the config release in force
     }
 
 

@@ -35,9 +35,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline import avro, kafka_io, topics
+from pipeline import avro, kafka_io, releases, topics
 from pipeline.deadletter import dead_letter, without_payload
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RetryableError
 from pipeline.router.core import route
 from pipeline.rules.loader import load_ruleset
 from pipeline.settings import Settings
@@ -66,38 +66,41 @@ REFUSALS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
 Source = tuple[str, int, int]
 """An input record's position: topic, partition, offset."""
 STATS_EVERY_S = 30.0
+NO_RULE = "no_rule"
+"""Stats key prefix of events that matched no rule: `no_rule:<event type>`."""
 
 
 class RuleBook:
-    """The live rule set: loaded at start-up, reloaded when a file under `config/` changes.
-
-    A reload that fails validation keeps the previous rules and logs every problem.
+    """The live rule set, from the newest config release on Kafka or from `config/`
+    (`pipeline.releases.LiveConfig`). A reload that fails validation keeps the previous
+    rules and logs every problem. `stamp` names the config in force; requests carry it.
     """
 
     def __init__(self, settings: Settings) -> None:
-        self.config_dir = settings.config_dir
-        self.ruleset = load_ruleset(self.config_dir)
-        self.version = self._stamp()
+        self.live = releases.LiveConfig(settings, "router")
+        self.ruleset = load_ruleset(self.live.folder)
+        self.stamp = self.live.stamp
         self.reloads = 0
 
-    def _stamp(self) -> tuple[tuple[str, float], ...]:
-        files = sorted(p for p in self.config_dir.rglob("*.yaml") if p.is_file())
-        return tuple((str(p), p.stat().st_mtime) for p in files)
+    def close(self) -> None:
+        self.live.close()
 
     def maybe_reload(self) -> bool:
-        """Reload if any config file changed; True when new rules took effect."""
-        stamp = self._stamp()
-        if stamp == self.version:
+        """Apply a release that took effect, or reload changed files; True when new rules
+        took effect."""
+        change = self.live.changed()
+        if change is None:
             return False
-        self.version = stamp
+        folder, stamp = change
         try:
-            self.ruleset = load_ruleset(self.config_dir)
+            self.ruleset = load_ruleset(folder)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("config reload rejected, keeping previous rules: %s", problem)
             return False
+        self.stamp = stamp
         self.reloads += 1
-        log.info("rules reloaded from %s", self.config_dir)
+        log.info("rules reloaded from %s (%s)", folder, stamp)
         return True
 
 
@@ -142,10 +145,14 @@ class ProfileTable:
                 self.rows.pop(key, None)
             return
         try:
-            customer = avro.decode("customer_profile", value)["customer_id"]
+            customer = avro.decode("customer_profile", value)["customer_id"].encode()
         except avro.DecodeError:
             return
-        self.rows[customer.encode()] = value
+        except RetryableError:  # a registry-framed profile, the registry away: by its key
+            if key is None:
+                return
+            customer = key  # decoded when an event needs it (and retried until then)
+        self.rows[customer] = value
 
     def poll(self) -> None:
         assert self.consumer is not None
@@ -232,6 +239,13 @@ class RouterStats:
     events: int = 0
     transactions: int = 0
     aborted: int = 0
+
+    @property
+    def unmatched(self) -> Counter[str]:
+        """Committed events that matched no rule, by event type (for metrics)."""
+        prefix = f"{NO_RULE}:"
+        return Counter({k[len(prefix):]: v for k, v in self.counts.items()
+                        if k.startswith(prefix)})
 
     def line(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
@@ -324,7 +338,7 @@ class RouterWorker:
                 now = time.monotonic()
                 if now >= next_reload:
                     self.rules.maybe_reload()
-                    next_reload = now + 2.0
+                    next_reload = now + self.rules.live.check_every_s
                 if now >= next_stats:
                     log.info("router %s: %s", self.worker_id, self.stats.line())
                     next_stats = now + STATS_EVERY_S
@@ -333,6 +347,7 @@ class RouterWorker:
             self.consumer.close()
             self.profiles.close()
             self.learned.close()
+            self.rules.close()
         return self.stats
 
     def stop(self) -> None:
@@ -519,9 +534,14 @@ class RouterWorker:
             self._dead_letter(msg, failure.reason, f"rule {failure.rule_id}: {failure.error}",
                               record["event_id"])
         if not result.requests and not result.failures:
-            self._counts["no_rule"] += 1
+            # No topic record: counted per event type (added on commit, so once per event)
+            # and in the stats line; `rassylka rules explain` shows each rule's reason.
+            self._counts[f"{NO_RULE}:{schema}"] += 1
+            log.debug("router %s: event %s (%s, customer %s) matched no rule", self.worker_id,
+                      record["event_id"], schema, record["customer_id"])
         for request in result.requests:
             try:
+                request["config_version"] = self.rules.stamp
                 self._produce(self.lane_names[request["lane"]], request["customer_id"].encode(),
                               avro.encode("notification_request", request))
             except KafkaException as exc:  # refused at once, e.g. larger than the limit

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -37,6 +38,46 @@ def matching_rules(
     ]
 
 
+@dataclass(frozen=True)
+class Miss:
+    """Why one rule does not match an event for a customer: the first part that failed.
+
+    `part` is 'event' (another event type), 'campaign' / 'follow_up' (the event is meant
+    for another rule only), 'trigger' (a follow-up rule on an ordinary event), 'when' (the
+    `condition` that does not hold) or 'customer' (`key` is the filter part, as
+    `customer_mismatch` names it).
+    """
+
+    part: str
+    key: str = ""
+    condition: Condition | None = None
+
+
+def explain_match(
+    rule: Rule, event_type: str, event: Mapping[str, Any], profile: Mapping[str, Any]
+) -> Miss | None:
+    """None when `matching_rules` would pick `rule` for this event and profile, else why not.
+
+    Called by `rassylka rules explain`, never by the router: it checks the same things in
+    the same order as `matching_rules`, one rule at a time.
+    """
+    if rule.event != event_type:
+        return Miss("event", rule.event)
+    campaign = campaign_rule(event)
+    only = campaign or follow_up_rule(event)
+    if only is not None and rule.id != only:
+        return Miss("campaign" if campaign else "follow_up", only)
+    if rule.trigger == "follow_up" and rule.id != only:
+        return Miss("trigger", rule.trigger)
+    failed = failing_condition(rule.when, event)
+    if failed is not None:
+        return Miss("when", failed.path, failed)
+    part = customer_mismatch(rule.customer, profile)
+    if part is not None:
+        return Miss("customer", part)
+    return None
+
+
 def follow_up_rule(event: Mapping[str, Any]) -> str | None:
     """The rule a scheduled follow-up event is for (`attributes.follow_up_rule`), else None."""
     return (event.get("attributes") or {}).get("follow_up_rule") or None
@@ -62,20 +103,40 @@ def forced_variant(rule: Rule, event: Mapping[str, Any]) -> Variant | None:
 
 def event_matches(rule: Rule, event: Mapping[str, Any]) -> bool:
     """True when every `when:` condition of `rule` holds on `event`."""
-    return all(condition_holds(c, event) for c in rule.when)
+    return failing_condition(rule.when, event) is None
+
+
+def failing_condition(when: tuple[Condition, ...], event: Mapping[str, Any]) -> Condition | None:
+    """The first of `when` that does not hold on `event`, or None when they all hold."""
+    for condition in when:
+        if not condition_holds(condition, event):
+            return condition
+    return None
 
 
 def customer_matches(flt: CustomerFilter, profile: Mapping[str, Any]) -> bool:
     """True when `profile` passes every part of the rule's `customer:` filter."""
+    return customer_mismatch(flt, profile) is None
+
+
+def customer_mismatch(flt: CustomerFilter, profile: Mapping[str, Any]) -> str | None:
+    """The first part of `flt` that `profile` fails, or None when it passes them all.
+
+    Parts, in the order checked: 'segments_any', 'segments_none', 'locale_in', then
+    'attributes.<key>' for the first attribute condition that does not hold.
+    """
     segments = set(profile.get("segments") or ())
     if flt.segments_any and not segments.intersection(flt.segments_any):
-        return False
+        return "segments_any"
     if flt.segments_none and segments.intersection(flt.segments_none):
-        return False
+        return "segments_none"
     if flt.locale_in and profile.get("locale") not in flt.locale_in:
-        return False
+        return "locale_in"
     attributes = profile.get("attributes") or {}
-    return all(condition_holds(c, attributes, attributes_only=True) for c in flt.attributes)
+    for condition in flt.attributes:
+        if not condition_holds(condition, attributes, attributes_only=True):
+            return f"attributes.{condition.path}"
+    return None
 
 
 def lookup(record: Mapping[str, Any], path: str) -> Any:

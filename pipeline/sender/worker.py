@@ -46,6 +46,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from connectors.gateway import Gateway, GatewayInbound, GatewayReceipt, OutboundSms, SubmitResult
 from pipeline import avro, kafka_io, topics
 from pipeline.deadletter import dead_letter
+from pipeline.errors import ConfigError
+from pipeline.releases import LiveConfig
 from pipeline.sender.caps import CapState, record_send
 from pipeline.sender.consent import ConsentState, apply_change
 from pipeline.sender.content import check_content
@@ -55,6 +57,7 @@ from pipeline.sender.dedup import LedgerEntry, record
 from pipeline.sender.expiry import Hold, check_expiry
 from pipeline.sender.numbers import normalise
 from pipeline.sender.replies import FINAL_RECEIPT_STATES, InboundBook, Part, ReceiptBook
+from pipeline.sender.setup import load_policy
 from pipeline.sender.stop_words import consent_changes_for_stop
 from pipeline.sender.throttle import PriorityGate, TokenBucket
 from pipeline.settings import Settings
@@ -202,9 +205,14 @@ class SenderWorker:
                  route_rate: float, worker_id: str = "0", max_in_flight: int = 1024,
                  cycle_s: float = 0.02,
                  uncorrelated_wait_ms: int = UNCORRELATED_RECEIPT_WAIT_MS,
-                 fault: str | None = None) -> None:
+                 fault: str | None = None, live: LiveConfig | None = None) -> None:
         self.settings = settings
         self.policy = policy
+        # where the policy came from (a config release or config/), stamped on outcomes;
+        # a new release swaps the policy between cycles (routes apply at a restart)
+        self.live = live
+        self.config_stamp = live.stamp if live else None
+        self._next_config_check = 0.0
         self.gateway = gateway
         self.worker_id = worker_id
         # Priority is decided in `queue`; whatever is on the wire waits in the gateway's
@@ -394,6 +402,7 @@ class SenderWorker:
         last_activity = time.monotonic()
         try:
             while not self.stopping:
+                self._maybe_reload()
                 busy = await self._cycle()
                 if busy:
                     last_activity = time.monotonic()
@@ -411,6 +420,25 @@ class SenderWorker:
 
     def stop(self) -> None:
         self.stopping = True
+
+    def _maybe_reload(self) -> None:
+        """Swap the policy when a config release took effect (or config/ changed)."""
+        if self.live is None or time.monotonic() < self._next_config_check:
+            return
+        self._next_config_check = time.monotonic() + self.live.check_every_s
+        change = self.live.changed()
+        if change is None:
+            return
+        folder, stamp = change
+        try:
+            self.policy, _limits = load_policy(folder)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("config reload rejected, keeping the previous policy: %s", problem)
+            return
+        self.config_stamp = stamp
+        log.info("sender %s: policy reloaded from %s (%s); routes.yaml changes apply at "
+                 "the next start", self.worker_id, folder, stamp)
 
     def _load_recent_replies(self) -> None:
         """Remember the replies recorded in the last dedup window (from `sms.inbound`), so
@@ -839,6 +867,7 @@ class SenderWorker:
             "event_occurred_at_ms": request["event_occurred_at_ms"],
             "decided_at_ms": now,
             "attempts": job.attempts if job else 1,
+            "config_version": self.config_stamp,
         }
 
     # ------------------------------------------------------ receipts, replies

@@ -42,6 +42,7 @@ OUTCOME = {
     "event_occurred_at_ms": 1_700_000_000_000,
     "decided_at_ms": 1_700_000_001_000,
     "attempts": 1,
+    "config_version": "v3@0123abcd",
 }
 
 SAMPLES = {
