@@ -101,6 +101,17 @@ def rollback_command(
     _published(release)
 
 
+@config_cli.command("schema")
+def schema_command(
+    out: Path = typer.Option(Path("config/schema"), help="Folder to write the schemas into."),
+) -> None:
+    """Write the JSON Schemas of rules.yaml and templates that editors use (from the models)."""
+    from pipeline.rules.schema import write_json_schemas
+
+    for path in write_json_schemas(out):
+        console.print(f"[green]✓[/green] wrote {path}", highlight=False)
+
+
 @config_cli.command("show")
 def show_command(version: str, file: str = typer.Argument(None, help="One file of it.")) -> None:
     """The files of release VERSION (or one of them)."""

@@ -1,4 +1,5 @@
-"""Loading and validating rules.yaml and templates: every kind of problem, precisely worded."""
+"""Loading and validating rules.yaml and templates: every kind of problem, precisely worded,
+each starting with the file and line (`config/rules.yaml:19: rules[0] (order_shipped): ...`)."""
 
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def test_unknown_rule_field_is_named_with_suggestion():
     rule["tempalte"] = rule.pop("template")
     problems = problems_of(bundle([rule]))
     assert (
-        "config/rules.yaml: rules[0] (order_shipped): unknown field 'tempalte' (did you mean 'template'?)"
+        "config/rules.yaml:19: rules[0] (order_shipped): unknown field 'tempalte' (did you mean 'template'?)"
         in problems
     )
 
@@ -127,7 +128,7 @@ def test_rule_index_is_reported():
     del second["template"]
     problems = problems_of(bundle([shipped_rule(), second]))
     assert any(
-        p.startswith("config/rules.yaml: rules[1] (order_shipped_vip): unknown field 'tempalte'")
+        p.startswith("config/rules.yaml:29: rules[1] (order_shipped_vip): unknown field 'tempalte'")
         for p in problems
     )
 
@@ -137,7 +138,7 @@ def test_condition_on_unknown_event_field_lists_fields():
     rule["when"] = {"stauts": "shipped"}
     (problem,) = problems_of(bundle([rule]))
     assert problem.startswith(
-        "config/rules.yaml: rules[0] (order_shipped): when.stauts: no field 'stauts' in event "
+        "config/rules.yaml:13: rules[0] (order_shipped): when.stauts: no field 'stauts' in event "
         "order_status_changed (did you mean 'status'?) (fields: event_id, customer_id,"
     )
     assert "tracking_url" in problem and "attributes.<key>" in problem
@@ -192,7 +193,7 @@ def test_bad_duration(bad):
     rule["ttl"] = bad
     (problem,) = problems_of(bundle([rule]))
     assert problem == (
-        f"config/rules.yaml: rules[0] (order_shipped): ttl: bad duration {bad!r} "
+        f"config/rules.yaml:19: rules[0] (order_shipped): ttl: bad duration {bad!r} "
         "(use a positive number and unit: 30s, 15m, 6h, 2d)"
     )
 
@@ -209,7 +210,8 @@ def test_parse_duration():
 def test_duplicate_id():
     problems = problems_of(bundle([shipped_rule(), shipped_rule()]))
     assert (
-        "config/rules.yaml: rules[1] (order_shipped): duplicate id 'order_shipped' (first at rules[0])"
+        "config/rules.yaml:20: rules[1] (order_shipped): duplicate id 'order_shipped' "
+        "(first at rules[0], line 10)"
         in problems
     )
 
@@ -250,19 +252,19 @@ def test_weights_must_be_positive_and_variant_names_unique():
     ]
     problems = problems_of(bundle([rule]))
     assert (
-        "config/rules.yaml: rules[0] (order_shipped): variants[0].weight: weight must be a positive number, got 0"
+        "config/rules.yaml:22: rules[0] (order_shipped): variants[0].weight: weight must be a positive number, got 0"
         in problems
     )
     assert (
-        "config/rules.yaml: rules[0] (order_shipped): variants[1].name: duplicate variant name 'a'"
+        "config/rules.yaml:23: rules[0] (order_shipped): variants[1].name: duplicate variant name 'a'"
         in problems
     )
     assert (
-        "config/rules.yaml: rules[0] (order_shipped): variants[1].weight: weight must be a positive number, got -3"
+        "config/rules.yaml:25: rules[0] (order_shipped): variants[1].weight: weight must be a positive number, got -3"
         in problems
     )
     assert (
-        "config/rules.yaml: rules[0] (order_shipped): variants[2].weight: weight must be a positive number, got '70%'"
+        "config/rules.yaml:28: rules[0] (order_shipped): variants[2].weight: weight must be a positive number, got '70%'"
         in problems
     )
 
@@ -271,7 +273,7 @@ def test_template_and_variants_are_exclusive():
     rule = shipped_rule() | {"variants": [{"name": "a", "template": "order_shipped", "weight": 1}]}
     problems = problems_of(bundle([rule]))
     assert (
-        "config/rules.yaml: rules[0] (order_shipped): needs exactly one of 'template:' or 'variants:'"
+        "config/rules.yaml:10: rules[0] (order_shipped): needs exactly one of 'template:' or 'variants:'"
         in problems
     )
 
@@ -280,7 +282,7 @@ def test_template_not_found():
     rule = shipped_rule() | {"template": "order_shiped"}
     (problem,) = problems_of(bundle([rule]))
     assert problem == (
-        "config/rules.yaml: rules[0] (order_shipped): template: template 'order_shiped' not found "
+        "config/rules.yaml:16: rules[0] (order_shipped): template: template 'order_shiped' not found "
         "(no config/templates/order_shiped.yaml) (did you mean 'order_shipped'?)"
     )
 
@@ -290,7 +292,7 @@ def test_template_missing_required_locale():
     del template["locales"]["en"]
     problems = problems_of(bundle(templates=[template]))
     assert (
-        "config/templates/order_shipped.yaml: template order_shipped: missing required locale 'en' "
+        "config/templates/order_shipped.yaml:3: template order_shipped: missing required locale 'en' "
         "(required: ru, en)" in problems
     )
 
@@ -301,7 +303,7 @@ def test_template_syntax_error_names_template_locale_and_line():
     problems = problems_of(bundle(templates=[template]))
     (problem,) = [p for p in problems if "syntax error" in p]
     assert problem.startswith(
-        "config/templates/order_shipped.yaml: template order_shipped, locale en, line 2: syntax error:"
+        "config/templates/order_shipped.yaml:4: template order_shipped, locale en, line 2: syntax error:"
     )
 
 
@@ -320,7 +322,7 @@ def test_template_unknown_variable():
     template["locales"]["ru"] = "Заказ {{ event.order_id }}\n{{ evnt.tracking_url }} {{ now }}"
     problems = problems_of(bundle(templates=[template]))
     assert (
-        "config/templates/order_shipped.yaml: template order_shipped, locale ru, line 2: unknown variable "
+        "config/templates/order_shipped.yaml:5: template order_shipped, locale ru, line 2: unknown variable "
         "'evnt' (did you mean 'event'?) (allowed: customer, event, rule; filters: money, date, datetime)"
         in problems
     )
@@ -351,7 +353,7 @@ def test_template_id_must_match_file_name():
     )
     problems = problems_of(files)
     assert (
-        "config/templates/order_shipped.yaml: id 'shipped' does not match the file name (expected 'order_shipped')"
+        "config/templates/order_shipped.yaml:2: id 'shipped' does not match the file name (expected 'order_shipped')"
         in problems
     )
 
@@ -360,7 +362,7 @@ def test_yaml_errors_and_duplicate_keys_have_line_numbers():
     files = bundle()
     files["rules.yaml"] = files["rules.yaml"] + "  - id: [unclosed\n"
     (problem,) = problems_of(files)
-    assert problem.startswith("config/rules.yaml: YAML error at line")
+    assert problem.startswith("config/rules.yaml:20: YAML error at column 3:")
 
     files = bundle()
     files["templates/order_shipped.yaml"] = (
@@ -369,7 +371,7 @@ def test_yaml_errors_and_duplicate_keys_have_line_numbers():
     (problem,) = problems_of(files)
     assert (
         problem
-        == "config/templates/order_shipped.yaml: YAML error at line 2, column 1: duplicate key 'id'"
+        == "config/templates/order_shipped.yaml:2: YAML error at column 1: duplicate key 'id'"
     )
 
 
@@ -377,20 +379,20 @@ def test_settings_are_validated():
     settings = SETTINGS | {"default_locale": "de", "default_ttl": "forever", "colour": "red"}
     problems = problems_of(bundle(settings=settings))
     text = "\n".join(problems)
-    assert "config/rules.yaml: settings: unknown field 'colour'" in text
-    assert "settings.default_locale: 'de' is not one of required_locales (ru, en)" in text
-    assert "settings.default_ttl: bad duration 'forever'" in text
+    assert "config/rules.yaml:9: settings: unknown field 'colour'" in text
+    assert "config/rules.yaml:5: settings.default_locale: 'de' is not one of required_locales (ru, en)" in text
+    assert "config/rules.yaml:7: settings.default_ttl: bad duration 'forever'" in text
 
 
 def test_send_at_must_name_a_string_field():
     problems = problems_of(bundle([shipped_rule() | {"send_at": "amount_minor"}]))
     assert problems == [
-        "config/rules.yaml: rules[0] (order_shipped): send_at: field 'amount_minor' of event "
+        "config/rules.yaml:20: rules[0] (order_shipped): send_at: field 'amount_minor' of event "
         'order_status_changed is "long", not an ISO datetime string'
     ]
     problems = problems_of(bundle([shipped_rule() | {"send_at": "ship_at"}]))
     assert problems[0].startswith(
-        "config/rules.yaml: rules[0] (order_shipped): send_at: no field 'ship_at'"
+        "config/rules.yaml:20: rules[0] (order_shipped): send_at: no field 'ship_at'"
     )
     assert load_bundle(bundle([shipped_rule() | {"send_at": "attributes.ship_at"}]))
 
@@ -405,9 +407,9 @@ def test_customer_filter_is_validated():
     }
     problems = problems_of(bundle([rule]))
     text = "\n".join(problems)
-    assert "customer: unknown field 'segment_any' (did you mean 'segments_any'?)" in text
-    assert "customer.locale_in: expected a list of strings, got 'ru'" in text
-    assert "customer.attributes.tier: unknown operator 'oneof'" in text
+    assert ":21: rules[0] (order_shipped): customer: unknown field 'segment_any' (did you mean 'segments_any'?)" in text
+    assert ":23: rules[0] (order_shipped): customer.locale_in: expected a list of strings, got 'ru'" in text
+    assert ":26: rules[0] (order_shipped): customer.attributes.tier: unknown operator 'oneof'" in text
 
 
 def test_all_problems_are_collected_at_once(tmp_path: Path):
@@ -486,7 +488,8 @@ def test_hostile_templates_are_refused_with_file_locale_and_line(source, expecte
     started = time.monotonic()
     problems = problems_of(bundle(templates=[template]))
     assert time.monotonic() - started < 2.0  # nothing is built or run while validating
-    where = "config/templates/order_shipped.yaml: template order_shipped, locale en, line 2: "
+    # a quoted scalar: the file line is where the text starts; the template line is exact
+    where = "config/templates/order_shipped.yaml:4: template order_shipped, locale en, line 2: "
     for text in expected:
         assert any(p.startswith(where) and text in p for p in problems), (text, problems)
 
@@ -496,7 +499,7 @@ def test_a_loop_over_an_event_text_field_names_the_rule():
     template["locales"]["ru"] = "{% for c in event.status %}{{ c }}{% endfor %}"
     problems = problems_of(bundle(templates=[template]))
     assert (
-        "config/templates/order_shipped.yaml: template order_shipped, locale ru, line 1: "
+        "config/templates/order_shipped.yaml:5: template order_shipped, locale ru, line 1: "
         "event.status: a loop over a text field iterates its characters (field type "
     ) in problems[0]
     assert problems[0].endswith("(the template is used by rules[0] (order_shipped))")
@@ -534,9 +537,9 @@ def test_render_limits_are_settings_with_defaults():
     assert load_bundle(bundle(settings=tuned)).settings.render == RenderLimits(20, 480)
     bad = SETTINGS | {"render": {"timeout_ms": 0, "max_chars": "lots", "depth": 3}}
     text = "\n".join(problems_of(bundle(settings=bad)))
-    assert "settings.render: unknown field 'depth'" in text
-    assert "settings.render.timeout_ms: expected a whole number from 1 to 5,000, got 0" in text
-    assert "settings.render.max_chars: expected a whole number from 1 to 100,000, got 'lots'" in text
+    assert "config/rules.yaml:12: settings.render: unknown field 'depth'" in text
+    assert "config/rules.yaml:10: settings.render.timeout_ms: expected a whole number from 1 to 5,000, got 0" in text
+    assert "config/rules.yaml:11: settings.render.max_chars: expected a whole number from 1 to 100,000, got 'lots'" in text
 
 
 def _two_variants(**extra) -> dict:
@@ -557,7 +560,7 @@ def test_strategy_bandit_loads_with_its_options_and_fixed_is_the_default():
 
 
 @pytest.mark.parametrize("extra, expected", [
-    ({"strategy": "greedy"}, "strategy: expected fixed or bandit"),
+    ({"strategy": "greedy"}, "strategy: unknown strategy 'greedy' (known: fixed, bandit)"),
     ({"bandit": {"metric": "click"}}, "only with strategy: bandit"),
     ({"strategy": "bandit", "bandit": {"metric": "opens"}}, "bandit.metric"),
     ({"strategy": "bandit", "bandit": {"min_share": 0.6}}, "bandit.min_share"),
