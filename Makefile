@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA := infra/kafka/kafka.sh
 REGISTRY := infra/registry/registry.sh
+POSTGRES := infra/postgres/postgres.sh
+CONNECT := infra/connect/connect.sh
 PYTEST_ARGS ?=
 # The local broker's port. Exported: kafka.sh starts the broker on it and every rassylka
 # command, worker and test uses 127.0.0.1:$(KAFKA_PORT) — unless KAFKA_BOOTSTRAP names a cluster.
@@ -15,9 +17,14 @@ KAFKA_ADDRESS = $(if $(KAFKA_BOOTSTRAP),$(KAFKA_BOOTSTRAP) (KAFKA_BOOTSTRAP: not
 # http://127.0.0.1:$(SCHEMA_REGISTRY_PORT)/apis/ccompat/v7 — unless SCHEMA_REGISTRY_URL names another.
 SCHEMA_REGISTRY_PORT ?= 18081
 export SCHEMA_REGISTRY_PORT
+# The database outbox: the local PostgreSQL (ERP stand-in) and Kafka Connect worker with Debezium.
+POSTGRES_PORT ?= 15432
+export POSTGRES_PORT
+CONNECT_PORT ?= 18083
+export CONNECT_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-up kafka-down kafka-status registry-up registry-down registry-status topics demo test test-unit bench lint fmt clean
+.PHONY: help install chromium prometheus kafka-up kafka-down kafka-status registry-up registry-down registry-status postgres-up postgres-down connect-up connect-down topics demo test test-unit bench lint fmt clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -32,6 +39,18 @@ $(BIN)/.installed: pyproject.toml
 	@echo "[setup] installed"
 
 install: $(BIN)/.installed ## create the virtualenv and install everything
+
+chromium: ## install headless Chromium (Debian `chromium`) when missing: the dashboard test renders with it
+	@command -v chromium >/dev/null || { \
+		echo "[setup] installing chromium (apt-get) for the dashboard test ..."; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q -o DPkg::Lock::Timeout=300 chromium; }
+
+prometheus: ## install Prometheus (Debian `prometheus`) when missing: a test scrapes the workers with it
+	@command -v prometheus >/dev/null || { \
+		echo "[setup] installing prometheus (apt-get) for the metrics test ..."; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 prometheus; }
 
 kafka-up: ## fetch (once) and start the local broker on 127.0.0.1:KAFKA_PORT (19092), wait until it answers
 	@$(KAFKA) up
@@ -51,13 +70,25 @@ registry-down: ## stop the local Schema Registry (it forgets its schemas: they l
 registry-status: ## is the local Schema Registry running?
 	@$(REGISTRY) status
 
+postgres-up: ## start the local PostgreSQL on 127.0.0.1:POSTGRES_PORT (15432), logical replication on, outbox tables ready
+	@$(POSTGRES) up
+
+postgres-down: ## stop the local PostgreSQL (its data stays in infra/postgres/.cache)
+	@$(POSTGRES) down
+
+connect-up: kafka-up ## fetch (once) and start Kafka Connect with Debezium on 127.0.0.1:CONNECT_PORT (18083)
+	@$(CONNECT) up
+
+connect-down: ## stop the local Kafka Connect worker
+	@$(CONNECT) down
+
 topics: install kafka-up ## create every topic of the catalog (idempotent)
 	@$(BIN)/rassylka topics create
 
-demo: install kafka-up ## the whole pipeline on sample data, printed as tables
+demo: install kafka-up postgres-up connect-up ## the whole pipeline on sample data, printed as tables
 	@$(BIN)/rassylka demo
 
-test: install kafka-up registry-up ## the whole test suite on the real broker and Schema Registry
+test: install chromium prometheus kafka-up registry-up postgres-up connect-up ## the whole test suite on the real broker, Schema Registry, PostgreSQL and Kafka Connect
 	@$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only (no broker)
@@ -72,5 +103,5 @@ lint: install ## ruff check
 fmt: install ## ruff format
 	@$(BIN)/ruff format pipeline connectors tests
 
-clean: kafka-down registry-down ## stop the broker and registry, remove the virtualenv, caches and local state
-	rm -rf $(VENV) .run infra/kafka/.cache infra/registry/.cache .pytest_cache
+clean: connect-down postgres-down kafka-down registry-down ## stop the broker, registry, Connect and PostgreSQL, remove the virtualenv, caches and local state
+	rm -rf $(VENV) .run infra/kafka/.cache infra/registry/.cache infra/connect/.cache infra/postgres/.cache .pytest_cache

@@ -58,6 +58,8 @@ class OutboundSms:
     request's expiry) is passed on to the provider as the message's validity (SMPP
     ``validity_period``, the HTTP body's ``valid_until`` / ``ttl_s``), so the SMSC gives up
     delivering it when the pipeline's time-to-live has run out; ``None``: provider default.
+    ``lane``, ``region`` (the number's ISO region) and ``operator`` (its range holder) are
+    what the sender knows of the recipient; ``connectors.failover`` routes by them.
     """
 
     message_id: str
@@ -68,6 +70,9 @@ class OutboundSms:
     parts: list[bytes]
     priority: int = 0
     valid_until_ms: int | None = None
+    lane: str | None = None
+    region: str | None = None
+    operator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,9 @@ class SubmitResult:
     ``error='in_doubt'`` or ``'not_bound'``) and ``retryable`` says whether sending the
     message again can succeed. ``in_doubt`` means the SMSC may have taken the part:
     a retry can duplicate it.
+
+    ``route`` is the route that gave this answer and ``cost_per_segment`` its tariff,
+    both set by ``connectors.failover.RoutingGateway`` (None: no tariff configured).
     """
 
     message_id: str
@@ -88,6 +96,8 @@ class SubmitResult:
     status: int
     error: str | None
     retryable: bool
+    route: str | None = None
+    cost_per_segment: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +116,7 @@ class GatewayReceipt:
     destination: str
     received_at_ms: int
     ack: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    route: str | None = None  # the route it came over (set by the routing gateway)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +134,7 @@ class GatewayInbound:
     received_at_ms: int
     gateway_ref: str | None = None
     ack: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    route: str | None = None  # the route it came over (set by the routing gateway)
 
 
 GatewayEvent = GatewayReceipt | GatewayInbound

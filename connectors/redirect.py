@@ -41,7 +41,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from pipeline import avro, kafka_io, topics
+from pipeline import avro, kafka_io, metrics, topics
 from pipeline.links import (
     DEV_SECRET,
     SECRET_ENV,
@@ -179,6 +179,7 @@ class LinkFeed:
                 for msg in batch:
                     if msg.error() or msg.value() is None:
                         continue
+                    metrics.events_in(msg.topic()).inc()
                     try:
                         request = avro.decode("notification_request", msg.value(), reg)
                     except avro.DecodeError as exc:  # the sender dead-letters it; not ours to do
@@ -290,9 +291,17 @@ def create_redirect_app(
             status=200 if loaded else 503,
         )
 
+    async def metrics_page(request: web.Request) -> web.Response:
+        body, content_type = metrics.metrics_body(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    metrics.exporting()
     app = web.Application()
     app.router.add_get("/c/{code}", click)
+    # Both say "ready": the link index is loaded (/healthz kept its meaning for callers).
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", healthz)
+    app.router.add_get("/metrics", metrics_page)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app

@@ -117,6 +117,7 @@ class SimConfig:
     deliver_window: int = 512  # deliver_sm awaiting their answer, per session
     redeliver_s: float = 5.0  # wait before retrying a refused or unanswered deliver_sm
     enquire_link_s: float = 30.0  # probe an ESME silent for this long
+    refuse_binds: int = 0  # answer every bind with this command_status (e.g. 0x0D); 0 = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,8 +360,8 @@ class SmscSimulator:
         except ValueError:
             session.respond(pdu, ESME_RBINDFAIL)
             return
-        if self._stopping or self._server is None:
-            session.respond(pdu, ESME_RBINDFAIL)
+        if self._stopping or self._server is None or self.config.refuse_binds:
+            session.respond(pdu, self.config.refuse_binds or ESME_RBINDFAIL)
             return
         peer.system_id, peer.bind_type = request.system_id, BIND_TYPES[pdu.command_id]
         self._sessions[peer.session_id] = peer
@@ -722,6 +723,12 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     )
     p.add_argument("--deliver-window", type=int, default=d.deliver_window)
     p.add_argument("--redeliver-s", type=float, default=d.redeliver_s)
+    p.add_argument(
+        "--refuse-binds",
+        type=lambda v: int(v, 0),
+        default=d.refuse_binds,
+        help="answer every bind with this status, e.g. 0x0D (ESME_RBINDFAIL)",
+    )
     a = p.parse_args(argv)
     return SimConfig(
         host=a.host,
@@ -742,6 +749,7 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         deliver_timeout_s=a.deliver_timeout_s,
         deliver_window=a.deliver_window,
         redeliver_s=a.redeliver_s,
+        refuse_binds=a.refuse_binds,
     )
 
 

@@ -409,6 +409,8 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
                 result["state"] = state_footprint(settings, state_numbers, console)
             status.update(f"[bold]ceiling: plain consume → produce loop over {events} payloads ...")
             result["ceiling_per_s"] = ceiling(settings, payloads)
+            status.update("[bold]HTTP API: single and batch requests until their 202 ...")
+            result["api"] = api_section(settings, log_dir, console)
             if campaign_profiles:
                 status.update(f"[bold]campaigns: audience of {campaign_profiles:,} profiles, "
                               f"fan-out of {campaign_members:,} ...")
@@ -452,9 +454,51 @@ def _print(console: Console, r: dict[str, Any]) -> None:
                       f"{c['audience']:,} in {c['audience_s']:.1f} s")
         table.add_row(f"campaign fan-out, snapshot → Kafka ({c['sent']:,} members)",
                       f"{c['fanout_per_s']:,.0f} /s (snapshot written in {c['snapshot_s']:.1f} s)")
+    if "api" in r:
+        _api_rows(table, r["api"])
     if "state" in r:
         st = r["state"]
         table.add_row(f"state for {st['consent']:,} consents + {st['ledger']:,} ledger entries",
                       f"{st['rss_mb']:.0f} MB, restored in {st['restore_s']:.1f} s")
     console.print(table)
     console.print(f"results: {RESULTS / 'latest.json'}")
+
+
+# ------------------------------------------------------------------ HTTP API
+def api_section(settings: Settings, log_dir: Path, console: Console) -> dict[str, Any]:
+    """The HTTP API: single-event requests and batches, each timed to its 202."""
+    from pipeline.api.bench import api_bench
+
+    out = api_bench(settings, log_dir)
+    console.log(f"HTTP API: {out['single']['events_per_s']:,.0f} single requests/s, "
+                f"{out['batch']['events_per_s']:,.0f} events/s in batches")
+    return out
+
+
+def _api_rows(table: Table, a: dict[str, Any]) -> None:
+    s, b = a["single"], a["batch"]
+    table.add_row(f"HTTP API, single events ({a['concurrency']} connections)",
+                  f"{s['events_per_s']:,.0f} /s, p99 {s['latency_ms']['p99']:.0f} ms to 202")
+    table.add_row(f"HTTP API, batches of {b['batch_size']:,} events",
+                  f"{b['events_per_s']:,.0f} events/s, p99 {b['latency_ms']['p99']:.0f} ms to 202")
+
+
+def run_api_bench(base: Settings, console: Console) -> int:
+    """`rassylka bench --api-only`: the HTTP API section alone; writes bench/results/api.json."""
+    tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
+    settings = replace(base, topic_prefix=f"bench{tag}.", app_id=f"bench{tag}", partitions=4)
+    log_dir = ROOT / ".run" / "bench" / tag
+    log_dir.mkdir(parents=True, exist_ok=True)
+    create_topics(settings)
+    result = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "api": api_section(settings, log_dir, console)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "api.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    m = result["machine"]
+    table = Table(title=f"Rassylka HTTP API — {m['cpus']} CPUs, {m['cpu_model']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    _api_rows(table, result["api"])
+    console.print(table)
+    console.print(f"results: {RESULTS / 'api.json'}")
+    return 0

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -33,6 +34,8 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 _debug = {"on": False}
+METRICS_PORT_HELP = ("Serve /metrics, /healthz and /readyz on this port (0: off); "
+                     "RASSYLKA_METRICS_HOST picks the address (default 0.0.0.0).")
 
 
 @app.callback()
@@ -41,8 +44,17 @@ def _options(
                                help="Show tracebacks instead of one-line errors."),
     _version: bool = typer.Option(False, "--version", callback=print_version, is_eager=True,
                                   help="Print the installed version and exit."),
+    log_format: str = typer.Option("text", "--log-format", envvar="RASSYLKA_LOG_FORMAT",
+                                   help="Log lines as text or json (one object per line)."),
 ) -> None:
     _debug["on"] = debug
+    if log_format != "text":  # main() set up text lines
+        from pipeline.metrics import use_log_format
+
+        try:
+            use_log_format(log_format)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--log-format") from exc
 
 
 def _settings() -> Settings:
@@ -58,6 +70,31 @@ def wait_for_kafka(settings: Settings) -> None:
     from pipeline.kafka_io import ensure_reachable
 
     ensure_reachable(settings.kafka_bootstrap, settings.kafka_wait_s, on_wait=_say)
+
+
+def wait_for_kafka_or_config(settings: Settings, check: Any) -> None:
+    """Check the local config/ with `check`, then wait for the broker, in the order that
+    says what to fix first: with RASSYLKA_CONFIG_SOURCE=files a bad config/ is the error;
+    with `auto` (releases, else config/) it is the error when the broker is down too
+    (the worker would fall back to it); with `kafka` config/ is not read."""
+    from pipeline.errors import KafkaUnreachable
+    from pipeline.releases import config_source
+
+    source = config_source()
+    local: ConfigError | None = None
+    if source != "kafka":
+        try:
+            check(settings)
+        except ConfigError as exc:
+            if source == "files":
+                raise
+            local = exc
+    try:
+        wait_for_kafka(settings)
+    except KafkaUnreachable:
+        if local is not None:
+            raise local from None
+        raise
 
 
 def check_rules(settings: Settings) -> None:
@@ -152,26 +189,26 @@ def rules_validate(
 @app.command()
 def router(
     worker_id: str = typer.Option("0", help="Unique per router process: names its Kafka transactions."),
-    loglevel: str = typer.Option("warning", help="Python log level (debug, info, warning, error)."),
+    loglevel: str = typer.Option("info", help="Python log level (debug, info, warning, error)."),
+    metrics_port: int = typer.Option(0, envvar="RASSYLKA_METRICS_PORT", help=METRICS_PORT_HELP),
 ) -> None:
     """Run a router worker: business events -> notification requests, exactly once."""
     import signal
 
+    from pipeline import metrics
     from pipeline.router.worker import RouterWorker
     from pipeline.topics import CATALOG, create_topics, wait_until_ready
 
     logging.getLogger().setLevel({"warn": "WARNING", "crit": "CRITICAL"}.get(
         loglevel.lower(), loglevel.upper()))
-    from pipeline.releases import config_source
-
     settings = _settings()
-    if config_source() == "files":
-        check_rules(settings)  # before Kafka: a broken config/ is the first thing said
-    wait_for_kafka(settings)
+    health = metrics.Health()
+    metrics.serve(metrics_port, health)
+    wait_for_kafka_or_config(settings, check_rules)
     create_topics(settings)
     wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
     try:
-        worker = RouterWorker(settings, worker_id=worker_id)
+        worker = RouterWorker(settings, worker_id=worker_id, health=health)
     except ConfigError as exc:  # changed since check_rules
         raise rules_error(settings.config_dir, exc.problems) from exc
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -184,12 +221,14 @@ def router(
 def sender(
     worker_id: str = typer.Option("0", help="Unique per sender process: names its Kafka transactions."),
     route: str = typer.Option(None, help="Gateway route from config/routes.yaml (default: default_route)."),
-    loglevel: str = typer.Option("warning", help="Python log level."),
+    loglevel: str = typer.Option("info", help="Python log level."),
+    metrics_port: int = typer.Option(0, envvar="RASSYLKA_METRICS_PORT", help=METRICS_PORT_HELP),
 ) -> None:
     """Run a sender worker: notification requests -> checks -> SMS gateway -> outcomes."""
     import asyncio
     from dataclasses import replace
 
+    from pipeline import metrics
     from pipeline.releases import LiveConfig
     from pipeline.sender.setup import build_gateway, load_policy
     from pipeline.sender.worker import SenderWorker
@@ -197,7 +236,9 @@ def sender(
 
     logging.getLogger().setLevel(loglevel.upper())
     settings = _settings()
-    wait_for_kafka(settings)
+    health = metrics.Health()
+    metrics.serve(metrics_port, health)
+    wait_for_kafka_or_config(settings, lambda s: load_policy(s.config_dir))
     create_topics(settings)
     wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
     live = LiveConfig(settings, f"sender-{worker_id}")
@@ -209,7 +250,7 @@ def sender(
         max_in_flight=int(os.environ.get("RASSYLKA_MAX_IN_FLIGHT", "1024")),
         uncorrelated_wait_ms=int(float(os.environ.get("RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S", "60"))
                                  * 1000),
-        fault=os.environ.get("RASSYLKA_SENDER_FAULT") or None)
+        fault=os.environ.get("RASSYLKA_SENDER_FAULT") or None, health=health)
     stats = asyncio.run(worker.run())
     console.print(f"sender {worker_id} stopped: {stats}", highlight=False)
 
@@ -227,12 +268,15 @@ def bench(
     campaign_profiles: int = typer.Option(1_000_000, help="Profiles for the campaign audience "
                                           "measurement (0: skip campaigns)."),
     campaign_members: int = typer.Option(100_000, help="Members fanned out by the campaign run."),
+    api_only: bool = typer.Option(False, "--api-only", help="Only the HTTP API section."),
 ) -> None:
     """Benchmark: throughput, latency percentiles and the ratio to a plain Kafka loop."""
-    from pipeline.bench import run_bench
+    from pipeline.bench import run_api_bench, run_bench
 
     settings = _settings()
     wait_for_kafka(settings)
+    if api_only:
+        sys.exit(run_api_bench(settings, console))
     sys.exit(run_bench(settings, console, events, rate, seconds, routers, senders, state_numbers,
                        sink_records, restart, campaign_profiles, campaign_members))
 
@@ -285,6 +329,10 @@ app.command("tail")(tail_command)
 app.command("produce")(produce_command)
 app.add_typer(deadletters_cli, name="deadletters")
 
+from pipeline.dashboard.cli import dashboard_command  # noqa: E402
+
+app.command("dashboard")(dashboard_command)
+
 
 @app.command()
 def redirect(host: str = typer.Option("0.0.0.0", help="Address to listen on."),
@@ -304,12 +352,69 @@ def redirect(host: str = typer.Option("0.0.0.0", help="Address to listen on."),
 
 @app.command()
 def attribution(loglevel: str = typer.Option("warn", help="crit, error, warn, info or debug."),
-                window_days: float = typer.Option(7.0, help="Last-touch attribution window.")) -> None:
+                window_days: float = typer.Option(7.0, help="Last-touch attribution window."),
+                metrics_port: int = typer.Option(0, envvar="RASSYLKA_METRICS_PORT",
+                                                 help=METRICS_PORT_HELP)) -> None:
     """Run the attribution worker (Faust): paid orders -> conversions credited to the last touch."""
     from pipeline.attribution.agents import attribution_command
 
     wait_for_kafka(_settings())
-    attribution_command(loglevel, window_days)
+    attribution_command(loglevel, window_days, metrics_port)
+
+
+@app.command()
+def api(host: str = typer.Option("0.0.0.0", help="Address to listen on."),
+        port: int = typer.Option(8090, help="Port to listen on.")) -> None:
+    """Run the HTTP events API: JSON events, profiles and consents in, 202 once stored."""
+    from pipeline.api.app import api_command
+
+    settings = _settings()
+    wait_for_kafka(settings)
+    api_command(host, port, settings)
+
+
+from pipeline.api.keys import api_keys_cli  # noqa: E402
+
+app.add_typer(api_keys_cli, name="api-keys")
+
+
+@app.command()
+def outbox(
+    worker_id: str = typer.Option("0", help="Unique per outbox process: names its Kafka transactions."),
+    dedup_days: float = typer.Option(7.0, envvar="RASSYLKA_OUTBOX_DEDUP_DAYS",
+                                     help="How long row ids are remembered to drop Debezium's "
+                                          "repeats; delete outbox rows well before that."),
+    create_connector: bool = typer.Option(
+        False, "--create-connector", help="First create or update this deployment's Debezium "
+        "connector (idempotent) on CONNECT_URL / 127.0.0.1:CONNECT_PORT, reading the PostgreSQL "
+        "on 127.0.0.1:POSTGRES_PORT, database POSTGRES_DB (default erp)."),
+    loglevel: str = typer.Option("info", help="Python log level (debug, info, warning, error)."),
+    metrics_port: int = typer.Option(0, envvar="RASSYLKA_METRICS_PORT", help=METRICS_PORT_HELP),
+) -> None:
+    """Run the outbox stage: Debezium's outbox rows -> Avro events, exactly once per row."""
+    import signal
+
+    from pipeline import metrics
+    from pipeline import outbox as cdc
+    from pipeline.outbox import OutboxWorker
+    from pipeline.topics import create_topics
+
+    logging.getLogger().setLevel({"warn": "WARNING", "crit": "CRITICAL"}.get(
+        loglevel.lower(), loglevel.upper()))
+    settings = _settings()
+    health = metrics.Health()
+    metrics.serve(metrics_port, health)
+    wait_for_kafka(settings)
+    create_topics(settings)
+    if create_connector:
+        name = cdc.slot_name(settings)
+        cdc.create_connector(name, cdc.connector_config(settings, cdc.Database.from_env(), name))
+        _say(f"connector {name} runs on {cdc.connect_url()}")
+    worker = OutboxWorker(settings, worker_id=worker_id, dedup_days=dedup_days, health=health)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    stats = worker.run()
+    console.print(f"outbox {worker_id} stopped: {stats.line()}", highlight=False)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ import typer
 from pipeline import avro, topics
 from pipeline.errors import ConfigError, RassylkaError
 from pipeline.settings import Settings
+from pipeline.validation import avro_contract, default_key, validate_items
 
 REPLAYED = topics.DEAD_LETTERS_REPLAYED
 """Compacted topic of replay markers: key `<topic>|<partition>|<offset>` of the original."""
@@ -326,19 +327,6 @@ def produce_command(
                   f"{acked} acknowledged", highlight=False)
 
 
-def avro_contract(schema: str) -> bool:
-    """Whether a TopicSpec.schema names an Avro contract of `schemas/` (not json/yaml)."""
-    return schema in avro.registry().current
-
-
-def default_key(spec: topics.TopicSpec) -> list[str] | None:
-    """The fields whose values, joined by `|`, make the key of `spec`'s records."""
-    names = {f["name"] for f in avro.registry().contract(spec.schema).schema["fields"]}
-    parts = [p.strip("<>") for p in spec.key.split("|")]
-    parts = ["phone" if p == "e164" else p for p in parts]
-    return parts if all(p in names for p in parts) else None
-
-
 def read_items(source: str) -> list[Any]:
     """The items of a JSON array or JSON-lines file (`-`: stdin); ConfigError naming the
     line of the first one that is not JSON."""
@@ -365,109 +353,6 @@ def read_items(source: str) -> list[Any]:
                               hint="give one JSON object per line, or one JSON array") from exc
     return items
 
-
-def validate_items(name: str, contract: avro.Contract, items: list[Any],
-                   key_fields: list[str]) -> tuple[list[tuple[bytes | None, bytes]], list[str]]:
-    """(key, encoded value) of each item, and one line per problem (`item N: field: what`)."""
-    invalid_event = None
-    if name in topics.EVENT_TOPICS:
-        from pipeline.router.worker import invalid_event
-    encoded: list[tuple[bytes | None, bytes]] = []
-    problems: list[str] = []
-    for number, item in enumerate(items, 1):
-        found = check(contract.schema, item, contract.schema["name"], {})
-        if not found and invalid_event is not None and (why := invalid_event(item)):
-            found = [why]
-        missing = [f for f in key_fields if isinstance(item, dict) and not item.get(f)]
-        if not found and missing:
-            found = [f"{missing[0]}: empty, but it is the key (--key-field)"]
-        if not found:
-            try:
-                encoded.append(("|".join(str(item[f]) for f in key_fields).encode()
-                                if key_fields else None, avro.encode(contract.name, item)))
-            except ValueError as exc:
-                found = [str(exc)]
-        problems.extend(f"item {number}: {problem}" for problem in found)
-    return encoded, problems
-
-
-_INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
-
-
-def check(schema: Any, value: Any, path: str, named: dict[str, Any]) -> list[str]:
-    """Why `value` is not a datum of Avro `schema` (raw JSON form), one line per problem,
-    each starting with the field path; [] when it is one. Unknown record fields are
-    problems too: Avro would silently drop a misspelt optional field."""
-    if isinstance(schema, str) and schema in named:
-        schema = named[schema]
-    if isinstance(schema, list):
-        for branch in schema:
-            if not check(branch, value, path, named):
-                return []
-        kinds = "|".join(b if isinstance(b, str) else b.get("type", "?") for b in schema)
-        return [f"{path}: {_shown(value)} is not one of {kinds}"]
-    kind = schema if isinstance(schema, str) else schema["type"]
-    if kind == "record":
-        named[schema.get("name")] = schema
-        if schema.get("namespace"):
-            named[f"{schema['namespace']}.{schema['name']}"] = schema
-        if not isinstance(value, dict):
-            return [f"{path}: a JSON object expected, got {_shown(value)}"]
-        out = []
-        for field in schema["fields"]:
-            where = f"{path}.{field['name']}" if path != schema["name"] else field["name"]
-            if field["name"] not in value:
-                if "default" not in field:
-                    out.append(f"{where}: missing (required, {_type_name(field['type'])})")
-                continue
-            out.extend(check(field["type"], value[field["name"]], where, named))
-        known = {f["name"] for f in schema["fields"]}
-        out.extend(f"{k}: unknown field of {schema['name']}" if path == schema["name"]
-                   else f"{path}.{k}: unknown field" for k in value if k not in known)
-        return out
-    if isinstance(schema, dict) and kind in ("array", "map"):
-        if kind == "array":
-            if not isinstance(value, list):
-                return [f"{path}: a JSON array expected, got {_shown(value)}"]
-            return [p for i, v in enumerate(value) for p in check(schema["items"], v, f"{path}[{i}]", named)]
-        if not isinstance(value, dict):
-            return [f"{path}: a JSON object (map) expected, got {_shown(value)}"]
-        return [p for k, v in value.items() for p in check(schema["values"], v, f"{path}.{k}", named)]
-    if kind == "enum":
-        named[schema["name"]] = schema
-        return [] if value in schema["symbols"] else [
-            f"{path}: {_shown(value)} is not one of {', '.join(schema['symbols'])}"]
-    ok = {
-        "null": value is None,
-        "boolean": isinstance(value, bool),
-        "string": isinstance(value, str),
-        "bytes": isinstance(value, str),
-        "fixed": isinstance(value, str),
-        "float": isinstance(value, int | float) and not isinstance(value, bool),
-        "double": isinstance(value, int | float) and not isinstance(value, bool),
-    }
-    if kind in _INT_RANGE:
-        low, high = _INT_RANGE[kind]
-        if not isinstance(value, int) or isinstance(value, bool):
-            return [f"{path}: {_shown(value)} is not an integer ({kind})"]
-        return [] if low <= value <= high else [f"{path}: {value} is out of range for {kind}"]
-    if kind not in ok:
-        return [f"{path}: unsupported Avro type {kind!r}"]
-    return [] if ok[kind] else [f"{path}: {_shown(value)} is not a {kind}"]
-
-
-def _type_name(schema: Any) -> str:
-    if isinstance(schema, list):
-        return "|".join(_type_name(b) for b in schema)
-    return schema if isinstance(schema, str) else str(schema.get("type"))
-
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    text = text if len(text) <= 40 else text[:37] + "..."
-    kind = {dict: "object", list: "array", str: "string", bool: "boolean",
-            type(None): "null"}.get(type(value), type(value).__name__)
-    return f"{text} ({kind})" if value is not None else "null"
 
 
 # --------------------------------------------------------------- dead letters

@@ -32,6 +32,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pipeline import demo_doors as doors_demo
 from pipeline import kafka_io, topics
 from pipeline.campaigns import demo as campaign_demo
 from pipeline.kafka_io import Received
@@ -70,6 +71,8 @@ def run_demo(base: Settings, console: Console) -> int:
     settings = replace(base, topic_prefix=f"demo{tag}.", app_id=f"demo{tag}", config_dir=config_dir)
     samples = demo_samples()
     procs: list[subprocess.Popen[bytes]] = []
+    doors = doors_demo.Doors()
+    doors_ok = False
 
     def stage(args: list[str], name: str) -> subprocess.Popen[bytes]:
         proc = start_stage(settings, args, log_dir / f"{name}-{tag}.log")
@@ -120,15 +123,26 @@ def run_demo(base: Settings, console: Console) -> int:
                         f"{len(opted_in)} customers opted in to marketing "
                         f"(and {len(customers.profiles):,} more customers for the campaign, "
                         f"{len(customers.opted_in):,} opted in)")
+            status.update("[bold]starting the HTTP API and the database outbox ...")
+            api_port = free_port()
+            api_key = doors_demo.start_api(settings, stage, api_port)
+            doors_demo.open_outbox(settings, stage, doors_demo.outbox_customers(
+                customers.profiles, customers.audience), doors)
             status.update(f"[bold]publishing {len(samples.events)} events and {len(samples.bad)} bad inputs ...")
+            to_api, direct = doors_demo.split_for_api(samples.events)
             by_topic: dict[str, list[Any]] = {}
-            for topic, record in samples.events:
+            for topic, record in direct:
                 by_topic.setdefault(topic, []).append((record["customer_id"], record))
+                doors.kafka.add(record["event_id"])
             for topic, items in by_topic.items():
                 kafka_io.publish(settings, topic, items, topics.EVENT_TOPICS[topic])
+            doors.api.update(doors_demo.post_events(api_port, api_key, to_api))
             for topic, key, value, _reason in samples.bad:
                 kafka_io.publish(settings, topic, [(key, value)])
-            console.log("events published")
+            doors_demo.wait_outbox_events(settings, doors)
+            console.log(f"events published: {len(doors.kafka)} to Kafka, {len(doors.api)} through "
+                        f"the HTTP API (202 after the broker stored them), {len(doors.outbox)} from "
+                        f"{doors.outbox_rows} outbox rows via Debezium and `rassylka outbox`")
             status.update("[bold]waiting for the router: requests and dead letters ...")
             dead = _unique_dead_letters(_wait(settings, topics.DEAD_LETTERS, len(samples.bad), 60))
             requests = (
@@ -157,6 +171,7 @@ def run_demo(base: Settings, console: Console) -> int:
                               f"see {log_dir}/attribution-{tag}.log[/red]")
             console.log(f"attribution credited {len(conversions)} conversions")
             _print_requests(console, requests, outcomes, receipts)
+            doors_ok = doors_demo.print_doors(console, doors, requests, outcomes)
             _print_dead_letters(console, dead)
             if stop_demo:
                 _print_stop(console, *stop_demo)
@@ -195,7 +210,8 @@ def run_demo(base: Settings, console: Console) -> int:
         expected = {reason for *_, reason in samples.bad}
         got = {m.record["reason"] for m in dead if m.record}
         submitted = [o for o in outcomes if o.record["status"] == "submitted"]
-        if not requests or not submitted or not expected <= got or not matches or not campaign_ok:
+        if not requests or not submitted or not expected <= got or not matches or not campaign_ok \
+                or not doors_ok:
             console.print(f"[red]demo incomplete: {len(requests)} requests, {len(submitted)} sent, "
                           f"dead-letter reasons {got}, campaign "
                           f"{'as simulated' if campaign_ok else 'NOT as simulated'}[/red]")
@@ -211,6 +227,7 @@ def run_demo(base: Settings, console: Console) -> int:
     finally:
         for proc in reversed(procs):
             stop(proc)
+        doors.close()  # the demo's connector, replication slot and ERP database
 
 
 def _stop_reply(settings: Settings, console: Console, status: Any, control: int,

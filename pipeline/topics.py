@@ -47,6 +47,7 @@ CAMPAIGN_PROGRESS = "campaigns.progress"
 CAMPAIGN_DECISIONS = "campaigns.decisions"
 VARIANT_WEIGHTS = "rules.variant_weights"
 FOLLOW_UPS = "followups.pending"
+OUTBOX_CHANGES = "outbox.changes"
 
 CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(ORDER_STATUS, "order_status_changed", "customer_id", doc="Order status changes"),
@@ -82,6 +83,8 @@ CATALOG: tuple[TopicSpec, ...] = (
               doc="Current variant weights of strategy: bandit rules"),
     TopicSpec(FOLLOW_UPS, "json: pending follow-up", "follow-up id", compacted=True,
               partitions=1, doc="Follow-ups scheduled and not yet sent or cancelled"),
+    TopicSpec(OUTBOX_CHANGES, "json: Debezium change record", "json: outbox row id",
+              doc="Rows of the ERP's outbox table, streamed by Debezium (pipeline/outbox.py)"),
 )
 
 EVENT_TOPICS: dict[str, str] = {

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.outbox import Database
 from pipeline.settings import ROOT, Settings, local_bootstrap
 from pipeline.topics import create_topics
 
@@ -67,6 +68,26 @@ def schema_registry_url() -> str:
         subprocess.run([str(ROOT / "infra" / "registry" / "registry.sh"), "up"], check=True,
                        timeout=600)
     return registry_url()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Database:
+    """The ERP stand-in database for this session: `infra/postgres/postgres.sh up` (idempotent;
+    installs Debian's server package when missing) on 127.0.0.1:POSTGRES_PORT."""
+    subprocess.run([str(ROOT / "infra" / "postgres" / "postgres.sh"), "up"], check=True, timeout=900)
+    return Database.from_env()
+
+
+@pytest.fixture(scope="session")
+def connect_url(kafka_bootstrap: str) -> str:
+    """The Kafka Connect worker (with Debezium) for this session: CONNECT_URL, else
+    `infra/connect/connect.sh up` (idempotent) against the session's broker."""
+    from pipeline.outbox import connect_url as url
+
+    if not os.environ.get("CONNECT_URL"):
+        subprocess.run([str(ROOT / "infra" / "connect" / "connect.sh"), "up"], check=True,
+                       timeout=900, env={**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap})
+    return url()
 
 
 @pytest.fixture

@@ -163,8 +163,12 @@ def sink_command(
         help="Testing: ClickHouse writes fail while this file exists.",
     ),
     loglevel: str = typer.Option("info", help="Python log level."),
+    metrics_port: int = typer.Option(0, envvar="RASSYLKA_METRICS_PORT",
+                                     help="Serve /metrics, /healthz and /readyz on this port "
+                                          "(0: off)."),
 ) -> None:
     """Run an analytics sink worker: fact topics -> ClickHouse, until SIGTERM."""
+    from pipeline import metrics
     from pipeline.analytics.sink import SinkConfig, run_sink
 
     logging.getLogger().setLevel(loglevel.upper())
@@ -179,10 +183,12 @@ def sink_command(
     from pipeline.topics import CATALOG, create_topics, wait_until_ready
 
     settings = Settings.from_env()
+    health = metrics.Health()
+    metrics.serve(metrics_port, health)
     wait_for_kafka(settings)
     create_topics(settings)
     wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG])
-    stats = run_sink(settings, config)
+    stats = run_sink(settings, config, health)
     console.print(f"sink stopped: {stats.summary()}", highlight=False)
 
 

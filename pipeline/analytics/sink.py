@@ -68,7 +68,7 @@ from connectors.clickhouse import (
     connect,
     migrate,
 )
-from pipeline import avro, topics
+from pipeline import avro, metrics, topics
 from pipeline.analytics.rows import (
     MAPPINGS,
     REDELIVERIES,
@@ -226,8 +226,13 @@ class Sink:
         writers: Mapping[str, BatchWriter],
         config: SinkConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        health: metrics.Health | None = None,
     ) -> None:
         self.settings = settings
+        self.health = health or metrics.Health()  # /healthz, /readyz (pipeline.metrics)
+        self.joined = False
+        self.health.require("partitions assigned", lambda: self.joined)
+        self._lag = metrics.LagSampler()
         self.consumer = consumer
         self.producer = producer
         self.writers = dict(writers)
@@ -257,7 +262,8 @@ class Sink:
         self._last_stats = clock()
 
     @classmethod
-    def build(cls, settings: Settings, config: SinkConfig | None = None) -> Sink:
+    def build(cls, settings: Settings, config: SinkConfig | None = None,
+              health: metrics.Health | None = None) -> Sink:
         """Connect to ClickHouse (migrating its schema) and Kafka for `settings`.
 
         Raises `RetryableError` when ClickHouse cannot be reached at start-up.
@@ -290,7 +296,7 @@ class Sink:
             }
         )
         return cls(settings, consumer, producer, build_writers(client, DEFAULT_DATABASE, config.fault_file),
-                   config)
+                   config, health=health)
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -307,12 +313,18 @@ class Sink:
                  self.settings.app_id)
         # never more than max_rows at once, so a batch stays below 2 × max_rows
         read_at_most = max(1, min(self.config.consume_batch, self.config.max_rows))
+        next_sample = 0.0
         try:
             while not self._stopping.is_set():
                 messages = self.consumer.consume(read_at_most, self.config.poll_timeout_s)
                 if messages:
                     self.process(messages)
                 self.step()
+                self.health.beat()
+                if time.monotonic() >= next_sample:
+                    next_sample = time.monotonic() + metrics.SAMPLE_EVERY_S
+                    held = (self._pending.row_count if self._pending else 0) + len(self.buffer)
+                    metrics.SINK_LAG.set(self._lag.sample(self.consumer) + held)
             self._store_held("shutdown")
         finally:
             self.producer.flush(10.0)
@@ -333,6 +345,7 @@ class Sink:
         registry = self._registry
         key = self.settings.phone_hash_key
         count = 0
+        per_topic: dict[str, int] = {}
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -340,6 +353,7 @@ class Sink:
                 continue
             count += 1
             topic = msg.topic()
+            per_topic[topic] = per_topic.get(topic, 0) + 1
             source = Offset(topic, msg.partition(), msg.offset())
             value = msg.value()
             # the Kafka timestamp versions profile rows: a tombstone has no other time
@@ -372,6 +386,7 @@ class Sink:
                 continue
             add(table, row, source)
         self.stats.consumed += count
+        metrics.count_topics(per_topic)
 
     def step(self) -> None:
         """Store the pending or due batch when it is time; log stats when they are due."""
@@ -413,6 +428,7 @@ class Sink:
 
     def _store(self, batch: Batch) -> None:
         """Insert, flush dead letters, then commit exactly the batch's offsets."""
+        began = time.monotonic()
         if batch.row_count:
             write_with_retry(self.writers, batch, sleep=self._inner_sleep,
                              max_wait=self.config.inner_retry_s, first_delay=0.1)
@@ -430,6 +446,8 @@ class Sink:
         self.stats.batches += 1
         for table, rows in batch.rows.items():
             self.stats.rows[table] += len(rows)
+        metrics.SINK_BATCH_ROWS.observe(batch.row_count)
+        metrics.TRANSACTION_SECONDS.labels("sink").observe(time.monotonic() - began)
 
     def _inner_sleep(self, seconds: float) -> None:
         self.stats.retries += 1
@@ -470,6 +488,7 @@ class Sink:
                 self.producer.poll(0.1)
         self._dead_letters_unflushed += 1
         self.stats.dead_letters += 1
+        metrics.dead_letters("sink")(reason).inc()
         log.warning("dead letter from %s[%d]@%d: %s: %s", msg.topic(), msg.partition(),
                     msg.offset(), reason, error[:200])
 
@@ -503,6 +522,7 @@ class Sink:
         self._paused = False
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self.joined = True
         log.info("sink assigned %d partitions", len(partitions))
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -567,7 +587,8 @@ def _text(key: bytes | str | None) -> str:
     return key or ""
 
 
-def run_sink(settings: Settings, config: SinkConfig | None = None) -> SinkStats:
+def run_sink(settings: Settings, config: SinkConfig | None = None,
+             health: metrics.Health | None = None) -> SinkStats:
     """Build a sink for `settings` and run it until SIGTERM / SIGINT (the CLI's `sink`).
 
     A ClickHouse server that cannot be reached at start-up is waited for (backing off up
@@ -577,7 +598,7 @@ def run_sink(settings: Settings, config: SinkConfig | None = None) -> SinkStats:
     delay = config.first_backoff_s
     while True:
         try:
-            sink = Sink.build(settings, config)
+            sink = Sink.build(settings, config, health)
             break
         except RetryableError as exc:
             log.warning("ClickHouse not available at start-up (%s); retrying in %.1fs",

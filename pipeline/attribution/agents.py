@@ -31,7 +31,7 @@ from typing import Any
 
 import faust
 
-from pipeline import avro, topics
+from pipeline import avro, metrics, topics
 from pipeline.attribution import core
 from pipeline.deadletter import dead_letter
 from pipeline.settings import Settings
@@ -102,9 +102,15 @@ def install_attribution(
     unmatched = table("unmatched")
     customers = table("customers")
 
+    dead_letters = metrics.dead_letters(STAGE)
+
+    def seen(event: faust.types.EventT) -> None:
+        metrics.events_in(event.message.topic).inc()
+
     async def send_dead_letter(event: faust.types.EventT, reason: str, error: str) -> None:
         msg = event.message
         stats.counts[f"dead_letter:{reason}"] += 1
+        dead_letters(reason).inc()
         log.warning("dead letter from %s/%s@%s: %s: %s",
                     msg.topic, msg.partition, msg.offset, reason, error)
         record = dead_letter(STAGE, reason, error, msg.topic, msg.partition, msg.offset,
@@ -115,6 +121,7 @@ def install_attribution(
     @app.agent(sources, name="attribution-ingest")
     async def ingest(stream: faust.StreamT) -> None:
         async for event in stream.events():
+            seen(event)
             try:
                 await ingest_one(event)
             except Exception as exc:  # never let one record stop the worker
@@ -154,6 +161,7 @@ def install_attribution(
     @app.agent(orders_topic, name="attribution-orders")
     async def ingest_orders(stream: faust.StreamT) -> None:
         async for event in stream.events():
+            seen(event)
             try:
                 record = avro.decode("order_status_changed", event.value or b"", reg)
             except avro.DecodeError as exc:
@@ -179,6 +187,7 @@ def install_attribution(
     @app.agent(by_message, name="attribution-messages")
     async def join_messages(stream: faust.StreamT) -> None:
         async for event in stream.events():
+            seen(event)
             try:
                 fact = json.loads(event.value)
                 key = event.key
@@ -208,6 +217,7 @@ def install_attribution(
     @app.agent(by_customer, name="attribution-customers")
     async def attribute(stream: faust.StreamT) -> None:
         async for event in stream.events():
+            seen(event)
             try:
                 fact = json.loads(event.value)
                 state = core.CustomerState.from_bytes(customers.get(event.key))
@@ -230,8 +240,10 @@ def install_attribution(
     return stats
 
 
-def attribution_command(loglevel: str = "warn", window_days: float = 7.0) -> None:
-    """Run an attribution worker until stopped (mounted as `rassylka attribution`)."""
+def attribution_command(loglevel: str = "warn", window_days: float = 7.0,
+                        metrics_port: int = 0) -> None:
+    """Run an attribution worker until stopped (mounted as `rassylka attribution`); with
+    `metrics_port`, serve /metrics, /healthz and /readyz there."""
     from pipeline.app import create_app
     from pipeline.topics import CATALOG, create_topics, ensure_topics, wait_until_ready
 
@@ -240,9 +252,23 @@ def attribution_command(loglevel: str = "warn", window_days: float = 7.0) -> Non
     create_topics(settings)
     ensure_topics(settings, internal)
     wait_until_ready(settings, [settings.topic(spec.name) for spec in CATALOG] + internal)
+    health = metrics.Health()
+    metrics.serve(metrics_port, health)
     app = create_app(settings, STAGE)
     install_attribution(app, settings, window_ms=int(window_days * 86_400_000))
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    health.require("no rebalance in progress", lambda: not app.rebalancing)
+
+    @app.timer(interval=1.0)
+    async def beat() -> None:  # the event loop comes round: /healthz
+        health.beat()
+
+    json_logs = metrics.json_logs()  # keep --log-format json: Faust would replace the handlers
+    if json_logs:
+        from mode.utils.logging import level_number
+
+        logging.getLogger().setLevel(level_number(loglevel))
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
+                          override_logging=not json_logs)
     worker.execute_from_commandline()
 
 

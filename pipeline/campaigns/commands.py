@@ -329,8 +329,12 @@ def report_command(campaign_id: str,
 @campaign_cli.command("worker")
 def worker_command(worker_id: str = typer.Option("0", help="Names its Kafka transactions."),
                    config_dir: Path = typer.Option(None, help=CONFIG_DIR_HELP),
-                   loglevel: str = typer.Option("info", help="Python log level.")) -> None:
+                   loglevel: str = typer.Option("info", help="Python log level."),
+                   metrics_port: int = typer.Option(
+                       0, envvar="RASSYLKA_METRICS_PORT",
+                       help="Serve /metrics, /healthz and /readyz on this port (0: off).")) -> None:
     """Run the campaign worker: campaigns (fan out, decide, roll out), bandit weights, follow-ups."""
+    from pipeline import metrics
     from pipeline.campaigns.followups import FollowUps
     from pipeline.campaigns.learning import BanditLearner
     from pipeline.campaigns.runner import CampaignRunner
@@ -343,13 +347,16 @@ def worker_command(worker_id: str = typer.Option("0", help="Names its Kafka tran
     settings = Settings.from_env()
     if config_dir:
         settings = replace(settings, config_dir=config_dir)
+    health = metrics.Health()
+    metrics.serve(metrics_port, health)
     create_topics(settings)
     live = LiveConfig(settings, f"campaigns-{worker_id}")
+    metrics.set_config_stamp(live.stamp)
     _env, campaigns, _rules, _segments = _load(live.folder)
     ruleset = load_ruleset(live.folder)
     runner = CampaignRunner(settings, campaigns, worker_id=worker_id,
                             learner=BanditLearner(settings, ruleset),
-                            follow_ups=FollowUps(settings, ruleset, worker_id))
+                            follow_ups=FollowUps(settings, ruleset, worker_id), health=health)
 
     next_check = 0.0
 
@@ -369,6 +376,7 @@ def worker_command(worker_id: str = typer.Option("0", help="Names its Kafka tran
             logging.getLogger(__name__).error("config %s not applied: %s", stamp,
                                               "; ".join(exc.problems[:5]))
             return
+        metrics.set_config_stamp(stamp)
         logging.getLogger(__name__).info(
             "config %s applied: campaigns and bandit rules (follow-up rules at the next start; "
             "started campaigns keep their definition)", stamp)

@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from pipeline import avro, kafka_io, topics
+from pipeline import avro, kafka_io, metrics, topics
 from pipeline.campaigns.decision import DecisionRule, VariantResult, decide
 from pipeline.campaigns.facts import reactions
 from pipeline.campaigns.model import Campaign, assign, duration_s, split_variant
@@ -149,8 +149,10 @@ class CampaignRunner:
     """One campaign worker process: `run()` until `stop()`."""
 
     def __init__(self, settings: Settings, campaigns: dict[str, Campaign], worker_id: str = "0",
-                 tick_s: float = 0.1, learner: Any = None, follow_ups: Any = None) -> None:
+                 tick_s: float = 0.1, learner: Any = None, follow_ups: Any = None,
+                 health: metrics.Health | None = None) -> None:
         self.settings = settings
+        self.health = health or metrics.Health()  # /healthz, /readyz (pipeline.metrics)
         self.learner = learner  # a BanditLearner: rules with strategy: bandit
         self.follow_ups = follow_ups  # FollowUps: rules with follow_up
         self.campaigns = campaigns
@@ -184,10 +186,13 @@ class CampaignRunner:
             self._apply(campaign_id, command, states.get(campaign_id))
         if self.follow_ups is not None:
             self.follow_ups.start()
+        control_in = metrics.events_in(self.settings.topic(topics.CAMPAIGN_CONTROL))
         try:
             while not self.stopping:
+                self.health.beat()
                 for msg in self.control.consume(100, 0):
                     if msg.error() is None and msg.value() is not None:
+                        control_in.inc()
                         self._apply(msg.key().decode(), json.loads(msg.value()), None)
                 for run in list(self.running.values()):
                     self._tick(run)
@@ -351,6 +356,7 @@ class CampaignRunner:
         if reason:
             run.state["reason"] = reason
         run.state["updated_at_ms"] = now_ms()
+        began = time.monotonic()
         try:
             self.producer.begin_transaction()
             for key, value in records:
@@ -361,6 +367,7 @@ class CampaignRunner:
                 self.producer.produce(self.settings.topic(topics.CAMPAIGN_DECISIONS),
                                       key=run.campaign.id.encode(), value=json.dumps(decision).encode())
             self.producer.commit_transaction(30)
+            metrics.TRANSACTION_SECONDS.labels("campaigns").observe(time.monotonic() - began)
         except KafkaException as exc:
             log.warning("campaign %s: transaction failed (%s); trying again",
                         run.campaign.id, exc.args[0] if exc.args else exc)

@@ -35,7 +35,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline import avro, kafka_io, releases, topics
+from pipeline import avro, kafka_io, metrics, releases, topics
 from pipeline.deadletter import dead_letter, without_payload
 from pipeline.errors import ConfigError, RetryableError
 from pipeline.router.core import route
@@ -256,9 +256,14 @@ class RouterStats:
 class RouterWorker:
     """One router process. `run()` until `stop()` (SIGTERM/SIGINT in the CLI)."""
 
-    def __init__(self, settings: Settings, worker_id: str = "0") -> None:
+    def __init__(self, settings: Settings, worker_id: str = "0",
+                 health: metrics.Health | None = None) -> None:
         self.settings = settings
         self.worker_id = worker_id
+        self.health = health or metrics.Health()  # /healthz, /readyz (pipeline.metrics)
+        self.joined = False
+        self.health.require("partitions assigned", lambda: self.joined)
+        self._lag = metrics.LagSampler()
         self.group = f"{settings.app_id}-router"
         self.rules = RuleBook(settings)
         self.profiles = ProfileTable(settings)
@@ -317,6 +322,7 @@ class RouterWorker:
         return consumer
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.joined = True
         log.info("router %s reads %s", self.worker_id,
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing")
 
@@ -332,16 +338,22 @@ class RouterWorker:
         self.learned = LearnedWeights(self.settings)
         self.producer = self._new_producer()
         self.consumer = self._new_consumer()
-        next_reload = next_stats = time.monotonic()
+        next_reload = next_stats = next_sample = time.monotonic()
+        metrics.set_config_stamp(self.rules.stamp)
         try:
             while not self.stopping:
                 now = time.monotonic()
+                self.health.beat()
                 if now >= next_reload:
-                    self.rules.maybe_reload()
+                    if self.rules.maybe_reload():
+                        metrics.set_config_stamp(self.rules.stamp)
                     next_reload = now + self.rules.live.check_every_s
                 if now >= next_stats:
                     log.info("router %s: %s", self.worker_id, self.stats.line())
                     next_stats = now + STATS_EVERY_S
+                if now >= next_sample:
+                    self._lag.sample(self.consumer)
+                    next_sample = now + metrics.SAMPLE_EVERY_S
                 self._cycle()
         finally:
             self.consumer.close()
@@ -395,6 +407,7 @@ class RouterWorker:
         self._delivery_errors = []
         self._routed = []
         self._counts = Counter()
+        began = time.monotonic()
         producer.begin_transaction()
         done: dict[tuple[str, int], int] = {}
         rest: dict[tuple[str, int], int] = {}
@@ -429,6 +442,9 @@ class RouterWorker:
         self.stats.counts.update(self._counts)
         self.stats.transactions += 1
         self.stats.events += len(self._routed)
+        metrics.TRANSACTION_SECONDS.labels("router").observe(time.monotonic() - began)
+        metrics.count_committed("router", self._counts)
+        metrics.count_topics(Counter(source[0] for source in self._routed))
 
     def _abort_and_rewind(self) -> None:
         """Abort the open transaction and read every owned partition again from its

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from connectors.failover import RoutingGateway
+from connectors.gateway import Gateway
 from connectors.http_gateway import HttpGateway, HttpRoute
+from connectors.routing import (
+    FailoverSettings,
+    RoutingTable,
+    Tariff,
+    parse_failover,
+    parse_routing,
+    parse_tariff,
+)
 from connectors.smpp import SmppGateway, SmppRoute
 from pipeline.errors import ConfigError
 from pipeline.sender.content import ContentRules
@@ -18,12 +30,24 @@ from pipeline.sender.limits import Limits, load_limits
 from pipeline.settings import Settings
 
 ROUTE_KEYS = {"type", "host", "port", "system_id", "password_env", "binds", "window",
-              "rate_per_bind", "currency"}
+              "rate_per_bind", "currency", "tariff"}
 # `type: http`: a JSON provider; secrets come from the variables the *_env fields name.
 HTTP_ROUTE_KEYS = {"type", "url", "api_key_env", "callback_host", "callback_port",
                    "callback_path", "callback_secret_env", "rate_per_s", "concurrency",
-                   "timeout_s", "currency"}
+                   "timeout_s", "currency", "tariff"}
 HTTP_REQUIRED = ("url", "api_key_env", "callback_secret_env")
+TOP_KEYS = ("default_route", "routes", "routing", "failover")
+
+
+@dataclass(frozen=True)
+class RoutesConfig:
+    """`config/routes.yaml`, validated: the routes, how messages pick them, their prices."""
+
+    default: str
+    routes: dict[str, dict[str, Any]]
+    table: RoutingTable
+    tariffs: dict[str, Tariff]
+    failover: FailoverSettings
 
 
 def load_policy(config_dir: Path) -> tuple[SenderPolicy, Limits]:
@@ -42,12 +66,29 @@ def load_policy(config_dir: Path) -> tuple[SenderPolicy, Limits]:
 
 
 def load_routes(config_dir: Path) -> tuple[str, dict[str, dict[str, Any]]]:
-    """(default route name, route name -> settings) from `config/routes.yaml`."""
+    """(default route name, route name -> settings) from `config/routes.yaml`; the whole
+    file is validated (routing rules and tariffs too): ConfigError lists every problem."""
+    config = read_routes(config_dir)
+    return config.default, config.routes
+
+
+def read_routes(config_dir: Path) -> RoutesConfig:
+    """Everything in `config/routes.yaml` (see `connectors.routing` for `routing:`,
+    `tariff:` and `failover:`); ConfigError lists every problem, each naming the file."""
     path = config_dir / "routes.yaml"
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: must be a mapping with `routes:`"])
     routes = data.get("routes") or {}
-    problems = []
+    problems = [f"{path}: unknown section {key!r} (known: {', '.join(TOP_KEYS)})"
+                for key in data if key not in TOP_KEYS]
+    tariffs: dict[str, Tariff] = {}
     for name, route in routes.items():
+        tariff, bad = parse_tariff(route.get("tariff"), f"{path}: routes.{name}.tariff",
+                                   route.get("currency"))
+        problems += bad
+        if tariff is not None:
+            tariffs[name] = tariff
         if route.get("type") == "http":
             for key in sorted(set(route) - HTTP_ROUTE_KEYS):
                 problems.append(f"{path}: routes.{name}: unknown field {key!r}")
@@ -62,35 +103,78 @@ def load_routes(config_dir: Path) -> tuple[str, dict[str, dict[str, Any]]]:
     default = data.get("default_route")
     if default not in routes:
         problems.append(f"{path}: default_route {default!r} is not one of {sorted(routes)}")
+    table, bad = parse_routing(data.get("routing"), str(path), routes, default)
+    problems += bad
+    failover, bad = parse_failover(data.get("failover"), f"{path}: failover")
+    problems += bad
     if problems:
         raise ConfigError(problems)
-    return default, routes
+    return RoutesConfig(default, routes, table, tariffs, failover)
 
 
 def build_gateway(
     settings: Settings, limits: Limits, route_name: str | None = None,
-    environ: dict[str, str] | None = None,
-) -> tuple[SmppGateway | HttpGateway, float]:
-    """The gateway for `route_name` (default route if None) and its total rate in msg/s.
+    environ: Mapping[str, str] | None = None,
+) -> tuple[RoutingGateway, float]:
+    """The sender's gateway over its routes, and their total rate in msg/s.
 
-    RASSYLKA_SMPP_HOST / RASSYLKA_SMPP_PORT override the configured address (tests and
-    the demo run the simulator on a free port); the password comes from the variable the
-    route's `password_env` names. HTTP routes: see `build_http_gateway`.
+    Messages are routed by `routing:` in routes.yaml (`connectors.routing`), failing over
+    as `connectors.failover` says; `route_name` (`--route`) or RASSYLKA_ROUTE sends
+    everything over that one route instead. Each route paces itself at its own rate:
+    see `build_route`.
     """
     env = os.environ if environ is None else environ
-    default, routes = load_routes(settings.config_dir)
-    name = route_name or env.get("RASSYLKA_ROUTE") or default
-    conf = routes[name]
+    config = read_routes(settings.config_dir)
+    only = route_name or env.get("RASSYLKA_ROUTE")
+    if only and only not in config.routes:
+        raise ConfigError([f"{settings.config_dir / 'routes.yaml'}: route {only!r} is not "
+                           f"one of {sorted(config.routes)}"])
+    table = RoutingTable.single(only) if only else config.table
+    primary = only or config.default
+    gateways: dict[str, Gateway] = {}
+    total = 0.0
+    for name in table.route_names:
+        gateways[name], rate = build_route(name, config.routes[name], limits, env,
+                                           primary=name == primary)
+        total += rate
+    return RoutingGateway(gateways, table, config.tariffs, config.failover), total
+
+
+def route_env(env: Mapping[str, str], name: str, key: str, generic: str,
+              primary: bool) -> str | None:
+    """An address override for route `name`: RASSYLKA_ROUTE_<NAME>_<KEY> (NAME upper-cased,
+    other characters than letters and digits as `_`), else - for the default route, or
+    the one `--route` names - the `generic` variable; None when neither is set."""
+    specific = f"RASSYLKA_ROUTE_{re.sub(r'[^A-Za-z0-9]', '_', name).upper()}_{key}"
+    if env.get(specific):
+        return env[specific]
+    if primary and env.get(generic):
+        return env[generic]
+    return None
+
+
+def build_route(name: str, conf: dict[str, Any], limits: Limits, env: Mapping[str, str],
+                primary: bool = True) -> tuple[SmppGateway | HttpGateway, float]:
+    """The gateway of one route (a `routes:` entry) and its rate in msg/s.
+
+    SMPP: RASSYLKA_ROUTE_<NAME>_HOST / _PORT, or for the primary route RASSYLKA_SMPP_HOST /
+    RASSYLKA_SMPP_PORT, override the configured address (tests and the demo run
+    simulators on free ports); the password comes from the variable the route's
+    `password_env` names; a `limits.yaml` entry for the route wins over its
+    binds / rate_per_bind, and RASSYLKA_RATE_PER_BIND over both. HTTP: `build_http_gateway`.
+    """
     if conf.get("type") == "http":
-        return build_http_gateway(name, conf, limits, env)
+        return build_http_gateway(name, conf, limits, env, primary=primary)
     rate = limits.routes.get(name)
     binds = int(conf.get("binds", rate.binds if rate else 1))
     per_bind = float(rate.rate_per_bind if rate else conf.get("rate_per_bind", 100))
     if env.get("RASSYLKA_RATE_PER_BIND"):
         per_bind = float(env["RASSYLKA_RATE_PER_BIND"])
+    host = route_env(env, name, "HOST", "RASSYLKA_SMPP_HOST", primary)
+    port = route_env(env, name, "PORT", "RASSYLKA_SMPP_PORT", primary)
     route = SmppRoute(
-        host=env.get("RASSYLKA_SMPP_HOST", conf.get("host", "127.0.0.1")),
-        port=int(env.get("RASSYLKA_SMPP_PORT", conf.get("port", 2775))),
+        host=host or conf.get("host", "127.0.0.1"),
+        port=int(port or conf.get("port", 2775)),
         system_id=conf.get("system_id", "rassylka"),
         password=env.get(conf.get("password_env", ""), "") or "secret",
         name=name,
@@ -102,13 +186,14 @@ def build_gateway(
 
 
 def build_http_gateway(name: str, conf: dict[str, Any], limits: Limits,
-                       env: Mapping[str, str]) -> tuple[HttpGateway, float]:
+                       env: Mapping[str, str], primary: bool = True) -> tuple[HttpGateway, float]:
     """The HTTP gateway for route `name` (a `type: http` entry) and its rate in msg/s.
 
     The API key and the callback secret come from the variables `api_key_env` and
     `callback_secret_env` name; either one unset is a ConfigError (an empty callback
-    secret would let anyone forge receipts). RASSYLKA_HTTP_URL and
-    RASSYLKA_HTTP_CALLBACK_PORT override the configured provider URL and callback port.
+    secret would let anyone forge receipts). RASSYLKA_ROUTE_<NAME>_URL and
+    RASSYLKA_ROUTE_<NAME>_CALLBACK_PORT (for the primary route also RASSYLKA_HTTP_URL and
+    RASSYLKA_HTTP_CALLBACK_PORT) override the configured provider URL and callback port.
     A `limits.yaml` entry for the route (binds × rate_per_bind) wins over `rate_per_s`.
     """
     problems = []
@@ -124,12 +209,13 @@ def build_http_gateway(name: str, conf: dict[str, Any], limits: Limits,
     rate = limits.routes.get(name)
     per_s = rate.binds * rate.rate_per_bind if rate else float(conf.get("rate_per_s", 50))
     route = HttpRoute(
-        url=env.get("RASSYLKA_HTTP_URL", conf["url"]),
+        url=route_env(env, name, "URL", "RASSYLKA_HTTP_URL", primary) or conf["url"],
         api_key=secrets["api_key_env"],
         callback_secret=secrets["callback_secret_env"],
         name=name,
         callback_host=conf.get("callback_host", "127.0.0.1"),
-        callback_port=int(env.get("RASSYLKA_HTTP_CALLBACK_PORT", conf.get("callback_port", 8781))),
+        callback_port=int(route_env(env, name, "CALLBACK_PORT", "RASSYLKA_HTTP_CALLBACK_PORT",
+                                    primary) or conf.get("callback_port", 8781)),
         callback_path=conf.get("callback_path", "/sms/callback"),
         rate_per_s=per_s,
         concurrency=int(conf.get("concurrency", 16)),

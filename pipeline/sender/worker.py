@@ -36,7 +36,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +44,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from connectors.gateway import Gateway, GatewayInbound, GatewayReceipt, OutboundSms, SubmitResult
-from pipeline import avro, kafka_io, topics
+from pipeline import avro, kafka_io, metrics, topics
 from pipeline.deadletter import dead_letter
 from pipeline.errors import ConfigError
 from pipeline.releases import LiveConfig
@@ -77,6 +77,7 @@ UNCORRELATED_RECEIPT_WAIT_MS = 60_000
 FAULTS = frozenset({"exit_before_commit", "exit_after_commit"})
 PARKED_RESULT_KEEP_MS = 600_000  # answers for partitions away this long are given up
 _WIRE_MARK = b"\x01"  # WIRE value: mark, 8-byte sender token, the request's bytes
+STATS_EVERY_S = 30.0  # the info line of what the worker did
 
 
 def _wire_value(token: bytes, raw: bytes) -> bytes:
@@ -144,6 +145,15 @@ class SenderStats:
     def count(self, key: str) -> None:
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
+    def line(self) -> str:
+        """One line for the periodic info log."""
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items()))
+        average = self.transaction_s / self.transactions * 1000 if self.transactions else 0.0
+        return (f"{self.submitted} submitted, {self.receipts} receipts "
+                f"({self.receipts_uncorrelated} uncorrelated), {self.inbound} replies, "
+                f"{self.transactions} transactions (avg {average:.1f} ms); "
+                f"{counts or 'no outcomes yet'}")
+
 
 class ConsentView:
     """Every worker's read-only view of all consent (a global table over the consent topic)."""
@@ -205,7 +215,8 @@ class SenderWorker:
                  route_rate: float, worker_id: str = "0", max_in_flight: int = 1024,
                  cycle_s: float = 0.02,
                  uncorrelated_wait_ms: int = UNCORRELATED_RECEIPT_WAIT_MS,
-                 fault: str | None = None, live: LiveConfig | None = None) -> None:
+                 fault: str | None = None, live: LiveConfig | None = None,
+                 health: metrics.Health | None = None) -> None:
         self.settings = settings
         self.policy = policy
         # where the policy came from (a config release or config/), stamped on outcomes;
@@ -260,6 +271,13 @@ class SenderWorker:
         self._abort_pending = False
         self._rewind_pending: set[int] | None = None
         self._last_sweep_ms = 0
+        self.health = health or metrics.Health()  # /healthz, /readyz (pipeline.metrics)
+        self.joined = False
+        self.health.require("partitions assigned", lambda: self.joined)
+        self.health.require("gateway bound", lambda: getattr(self.gateway, "bound", 1) > 0)
+        self._tx = metrics.Pending()  # the open transaction's metrics, added on commit
+        self._lag = metrics.LagSampler()
+        self._next_sample = self._next_stats = 0.0
 
     # ---------------------------------------------------------------- set-up
     def _connect(self) -> None:
@@ -317,6 +335,7 @@ class SenderWorker:
         self.consumer = self._new_consumer()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.joined = True
         new = {tp.partition for tp in partitions} - self.owned
         if not new:
             return
@@ -400,9 +419,11 @@ class SenderWorker:
         events_task = asyncio.create_task(self._pump_events())
         await asyncio.to_thread(self._connect)
         last_activity = time.monotonic()
+        metrics.set_config_stamp(self.config_stamp)
         try:
             while not self.stopping:
                 self._maybe_reload()
+                self._observe()
                 busy = await self._cycle()
                 if busy:
                     last_activity = time.monotonic()
@@ -421,6 +442,28 @@ class SenderWorker:
     def stop(self) -> None:
         self.stopping = True
 
+    def _observe(self) -> None:
+        """Each cycle: the health beat; every few seconds the gauges (between transactions,
+        so the consumer is this thread's); every STATS_EVERY_S the info line."""
+        self.health.beat()
+        now = time.monotonic()
+        if now >= self._next_sample:
+            self._next_sample = now + metrics.SAMPLE_EVERY_S
+            if self.consumer is not None:
+                self._lag.sample(self.consumer)
+            route = str(getattr(self.gateway, "name", None) or "gateway")
+            for lane in self.queue.lanes:
+                metrics.QUEUE_DEPTH.labels(lane, route).set(self.queue.pending(lane))
+            metrics.IN_FLIGHT.set(len(self.in_flight))
+            metrics.THROTTLE_RATE.labels(f"{route}/sender").set(self.bucket.rate_per_s)
+            for bind, rate in metrics.gateway_rates(self.gateway).items():
+                metrics.THROTTLE_RATE.labels(bind).set(rate)
+        if now >= self._next_stats:
+            if self._next_stats:
+                log.info("sender %s: %s; %d queued, %d on the wire", self.worker_id,
+                         self.stats.line(), self.queue.pending(), len(self.in_flight))
+            self._next_stats = now + STATS_EVERY_S
+
     def _maybe_reload(self) -> None:
         """Swap the policy when a config release took effect (or config/ changed)."""
         if self.live is None or time.monotonic() < self._next_config_check:
@@ -437,6 +480,7 @@ class SenderWorker:
                 log.error("config reload rejected, keeping the previous policy: %s", problem)
             return
         self.config_stamp = stamp
+        metrics.set_config_stamp(stamp)
         log.info("sender %s: policy reloaded from %s (%s); routes.yaml changes apply at "
                  "the next start", self.worker_id, folder, stamp)
 
@@ -551,6 +595,7 @@ class SenderWorker:
                 or self._parked_due(now) or self._pending_in_doubt or (self.holds and self.holds[0][0] <= now)
                 or (dispatch and self.queue) or sweep):
             return [], []
+        self._tx.clear()
         # Receipts, replies and answers this transaction records: put back if it aborts.
         taken: list[GatewayReceipt | GatewayInbound] = []
         while self.events:
@@ -591,6 +636,10 @@ class SenderWorker:
             self.stats.transactions += 1
             self.stats.transaction_s += ended - began
             self.stats.longest_transaction_s = max(self.stats.longest_transaction_s, ended - began)
+            self._tx.commit()
+            metrics.TRANSACTION_SECONDS.labels("sender").observe(ended - began)
+            if msgs:
+                metrics.count_topics(Counter(msg.topic() for msg in msgs))
         except KafkaException as exc:
             log.warning("transaction failed (%s); aborting and rewinding to the last commit",
                         exc.args[0] if exc.args else exc)
@@ -664,6 +713,7 @@ class SenderWorker:
         producer.produce(self.settings.topic(topics.DEAD_LETTERS), key=msg.key(),
                          value=avro.encode("dead_letter", record_))
         self.stats.count(f"dead_letter:{reason}")
+        self._tx.add(metrics.dead_letters("sender")(reason))
 
     def _redelivered(self, producer: Producer, request: dict[str, Any], detail: str,
                      now: int) -> None:
@@ -760,12 +810,17 @@ class SenderWorker:
             parts=encoded.short_messages(),
             priority=1 if request["lane"] == "transactional" else 0,
             valid_until_ms=request["expires_at_ms"],
+            lane=request["lane"],
+            region=job.send.number.region,
+            operator=job.send.number.operator,
         )
+        started = time.monotonic()
         try:
             result = await self.gateway.send(sms)
         except Exception as exc:  # a gateway bug must not lose the message
             log.exception("gateway send raised")
             result = SubmitResult(request["request_id"], [], False, 0, f"in_doubt: {exc}", True)
+        metrics.SUBMIT_LATENCY.observe(time.monotonic() - started)
         job.result = result
         job.answered_ms = now_ms()
         self.finished.append(job)
@@ -838,6 +893,7 @@ class SenderWorker:
         producer.produce(self.settings.topic(topics.OUTCOMES), key=request["request_id"].encode(),
                          value=avro.encode("send_outcome", outcome))
         self.stats.count(status if reason is None else f"{status}:{reason}")
+        self._tx.add(metrics.outcomes(status, reason or ""))
 
     def _outcome_record(self, request: dict[str, Any], status: str, reason: str | None,
                         detail: str | None, job: Job | None, result: SubmitResult | None,
@@ -859,11 +915,11 @@ class SenderWorker:
             "phone": number.e164 if number else None,
             "region": number.region if number else None,
             "operator": number.operator if number else None,
-            "gateway": getattr(self.gateway, "name", None) if result else None,
+            "gateway": (result.route or getattr(self.gateway, "name", None)) if result else None,
             "gateway_message_ids": list(result.gateway_message_ids) if result else [],
             "segments": verdict.encoded.segments if verdict and status == "submitted" else 0,
             "encoding": verdict.encoded.encoding if verdict else None,
-            "cost": verdict.cost if verdict and status == "submitted" else 0.0,
+            "cost": _cost(verdict, result) if verdict and status == "submitted" else 0.0,
             "event_occurred_at_ms": request["event_occurred_at_ms"],
             "decided_at_ms": now,
             "attempts": job.attempts if job else 1,
@@ -934,6 +990,7 @@ class SenderWorker:
             log.warning("receipt for unknown SMSC id %s recorded without a message id "
                         "after %d ms", gw_id, self.uncorrelated_wait_ms)
             self.stats.receipts_uncorrelated += 1
+            self._tx.add(metrics.RECEIPTS_UNCORRELATED)
         producer.produce(
             self.settings.topic(topics.RECEIPTS),
             key=(part.message_id if part else gw_id).encode(),
@@ -945,7 +1002,7 @@ class SenderWorker:
                 "segment": part.segment if part else 0,
                 "segments": part.segments if part else 0,
                 "received_at_ms": receipt.received_at_ms,
-                "gateway": getattr(self.gateway, "name", None),
+                "gateway": receipt.route or getattr(self.gateway, "name", None),
             }))
         self.stats.receipts += 1
         published.add((gw_id, state))
@@ -975,7 +1032,7 @@ class SenderWorker:
             "to": event.destination,
             "text": event.text,
             "received_at_ms": event.received_at_ms,
-            "gateway": getattr(self.gateway, "name", None),
+            "gateway": event.route or getattr(self.gateway, "name", None),
         }
         producer.produce(self.settings.topic(topics.INBOUND), key=sender.encode(),
                          value=avro.encode("inbound_message", inbound))
@@ -1032,6 +1089,14 @@ class _View:
     def cap_state(self, e164: str, lane: str) -> CapState | None:
         value = self.worker.store.get(self.p, CAPS + lane[:1].encode() + e164.encode())
         return CapState.from_bytes(value) if value else None
+
+
+def _cost(verdict: Any, result: SubmitResult | None) -> float:
+    """A sent message's cost: segments × the tariff of the route that took it, when that
+    route has one; else the content check's (content.yaml `cost_per_segment`)."""
+    if result is not None and result.cost_per_segment is not None:
+        return float(verdict.encoded.segments * result.cost_per_segment)
+    return float(verdict.cost)
 
 
 def _add_ack(acks: list[Callable[[], None]], event: GatewayReceipt | GatewayInbound) -> None:

@@ -10,8 +10,9 @@ from pipeline.procs import settings_env
 from pipeline.settings import ROOT, Settings
 
 
-def test_demo_report_equals_ground_truth(settings: Settings) -> None:
-    env = settings_env(settings)
+def test_demo_report_equals_ground_truth(settings: Settings, postgres: object,
+                                        connect_url: str) -> None:
+    env = settings_env(settings) | {"CONNECT_URL": connect_url}
     for name in ("RASSYLKA_TOPIC_PREFIX", "RASSYLKA_APP_ID", "CLICKHOUSE_URL", "RASSYLKA_CONFIG_DIR"):
         env.pop(name, None)  # the demo picks its own namespace and a fresh embedded ClickHouse
     run = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo"], cwd=ROOT, env=env,
@@ -25,6 +26,14 @@ def test_demo_report_equals_ground_truth(settings: Settings) -> None:
     assert "suppressed: opted_out" in out
     for reason in ("undecodable", "unknown_customer", "invalid_event"):
         assert reason in out
+    # Three doors (Kafka, the HTTP API, the database outbox), one path: each door's events
+    # became requests and submitted SMS.
+    doors = out[out.index("Three doors, one path"):]
+    for door in ("Kafka (direct)", "HTTP API", "database outbox"):
+        line = next(line for line in doors.splitlines() if line.startswith(f"│ {door}"))
+        events, requests, submitted = (int(c.strip()) for c in line.split("│")[2:5])
+        assert events > 0 and requests > 0 and submitted > 0, line
+    assert "outbox door skipped" not in out
     # The campaign: its plan, the decision for the variant customers prefer, the rollout,
     # and its funnel by phase and variant in ClickHouse equal to the ground truth.
     assert "$ rassylka campaign plan demo_sale" in out

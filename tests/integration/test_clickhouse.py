@@ -49,7 +49,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
 @pytest.fixture
 def db(client: Client) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
-    assert migrate(client, name) == ["001_facts", "002_funnel", "003_redeliveries", "004_segments"]
+    assert migrate(client, name) == ["001_facts", "002_funnel", "003_redeliveries", "004_segments",
+                                     "005_campaigns", "006_releases"]
     yield name
     client.command(f"DROP DATABASE IF EXISTS {name}")
 
@@ -175,7 +176,7 @@ def test_migrations_are_idempotent(client: Client, db: str) -> None:
         "orders",
         "schema_migrations",
     } <= tables
-    assert client.command(f"SELECT count() FROM {db}.schema_migrations") == 4
+    assert client.command(f"SELECT count() FROM {db}.schema_migrations") == 6
 
 
 def test_funnel_counts_messages_once_each(client: Client, db: str) -> None:
