@@ -58,6 +58,18 @@ def open_link(port: int, code: str) -> int:
         return int(exc.code)
 
 
+def click_link(port: int, code: str, wait_s: float = 20.0) -> int:
+    """Open a short link as `open_link`, waiting (bounded) while the redirect answers 404:
+    it indexes links as it reads the requests the router made, so a message delivered a
+    moment ago may not be known to it yet. Returns the last status (302 expected)."""
+    deadline = time.monotonic() + wait_s
+    status = open_link(port, code)
+    while status == 404 and time.monotonic() < deadline:
+        time.sleep(0.25)
+        status = open_link(port, code)
+    return status
+
+
 def simulate(settings: Settings, redirect_port: int, requests: list[Received],
              outcomes: list[Received], receipts: list[Received], seed: int = 7) -> GroundTruth:
     """Customers react to the SMS they got; returns the ground truth of what they did."""
@@ -78,7 +90,7 @@ def simulate(settings: Settings, redirect_port: int, requests: list[Received],
         variant = request["variant"] if request["variant"] in CLICK_P else "default"
         if not codes or rng.random() >= CLICK_P[variant]:
             continue
-        status = open_link(redirect_port, codes[0])
+        status = click_link(redirect_port, codes[0])
         if status != 302:
             raise RuntimeError(f"redirect service answered {status} for a valid link")
         truth.clicked.add(outcome["message_id"])

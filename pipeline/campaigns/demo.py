@@ -47,7 +47,7 @@ from pipeline.campaigns.runner import TERMINAL, read_latest
 from pipeline.procs import settings_env, stop
 from pipeline.samples import make_profile, order_event
 from pipeline.settings import ROOT, Settings
-from pipeline.simulate import _CODE, GroundTruth, open_link
+from pipeline.simulate import _CODE, GroundTruth, click_link
 
 CAMPAIGN_ID = "demo_sale"
 CLICK_P = {"a": 0.08, "b": 0.24}  # the simulated customers prefer b
@@ -269,7 +269,7 @@ class Reactions:
             codes = _CODE.findall(request["text"])
             if not codes or self.rng.random() >= CLICK_P.get(o["variant"], 0.0):
                 continue
-            status = open_link(self.redirect_port, codes[0])
+            status = click_link(self.redirect_port, codes[0])
             if status != 302:
                 raise RuntimeError(f"redirect service answered {status} for a valid link")
             self.clicked.add(o["message_id"])
