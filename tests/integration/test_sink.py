@@ -187,9 +187,13 @@ def test_lost_insert_acknowledgement_is_deduplicated_by_token(
     fault.write_text(AFTER_INSERT)
     with stage(ns, ["sink"], tmp_path, extra_env={FAULT_ENV: str(fault)}) as proc:
         publish_outcomes(ns, range(2_000))
-        time.sleep(4)
-        assert progress(ns)[0] == 0
+        # bounded, not a fixed sleep: a loaded machine takes seconds to migrate and join
+        deadline = time.monotonic() + 60
+        while "acknowledgement lost" not in log_text(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert "acknowledgement lost" in log_text(tmp_path)
+        time.sleep(1.0)  # a few retries of the same batch, none committed
+        assert progress(ns)[0] == 0
         fault.unlink()
         wait_stored(ns, proc, 2_000, timeout=30)
         assert stop(proc) == 0
