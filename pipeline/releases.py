@@ -376,16 +376,19 @@ class LiveConfig:
                 release = self.follower.wait_current(timeout=5.0)
             if release is not None:
                 self.folder = self.follower.config_dir(release)
-            elif source == "auto":
-                self.follower.close()
-                self.follower = None
+            # `auto` without a release: config/ now, and the first release when it comes
         self.stamp = (self.follower.applied.stamp if self.follower and self.follower.applied
                       else files_stamp(self.folder))
         self._mtimes = self._scan()
 
     @property
+    def on_release(self) -> bool:
+        return self.follower is not None and self.follower.applied is not None
+
+    @property
     def check_every_s(self) -> float:
-        """How often to call `changed()`: often for releases (they switch at an instant)."""
+        """How often to call `changed()`: often while following releases (they switch at an
+        instant), every 2 s when only files are watched."""
         return 0.25 if self.follower is not None else 2.0
 
     def close(self) -> None:
@@ -393,7 +396,7 @@ class LiveConfig:
             self.follower.close()
 
     def _scan(self) -> tuple[tuple[str, float], ...]:
-        if self.follower is not None:
+        if self.on_release:
             return ()
         files = sorted(p for p in self.folder.rglob("*.yaml") if p.is_file())
         return tuple((str(p), p.stat().st_mtime) for p in files)
@@ -401,10 +404,11 @@ class LiveConfig:
     def changed(self) -> tuple[Path, str] | None:
         if self.follower is not None:
             release = self.follower.poll()
-            if release is None:
+            if release is not None:
+                self.folder = self.follower.config_dir(release)
+                return self.folder, release.stamp
+            if self.on_release:
                 return None
-            self.folder = self.follower.config_dir(release)
-            return self.folder, release.stamp
         mtimes = self._scan()
         if mtimes == self._mtimes:
             return None

@@ -120,3 +120,26 @@ def test_release_applies_everywhere_at_once_and_is_stamped_audited_and_rolled_ba
                         "ON m.config_version = r.stamp GROUP BY version ORDER BY version")
     assert joined == [{"version": "v1", "n": len(profiles)}, {"version": "v2", "n": len(profiles)}]
     assert json.dumps(stored)  # plain values
+
+
+def test_a_worker_started_on_files_takes_the_first_release_when_it_comes(
+        ns: Settings, tmp_path: Path) -> None:
+    """RASSYLKA_CONFIG_SOURCE=auto with no release yet: config/ now, and the first release
+    published later is applied without a restart (it was not, before: the worker stopped
+    following the topic)."""
+    live = releases.LiveConfig(ns, "probe")
+    try:
+        assert live.folder == ns.config_dir and live.stamp.startswith("files@")
+        assert live.changed() is None
+        v1 = releases.publish(ns, releases.read_files(ns.config_dir), "first", "ops@test",
+                              activate_after_ms=0)
+        deadline = time.monotonic() + 20
+        change = None
+        while change is None and time.monotonic() < deadline:
+            change = live.changed()
+            time.sleep(live.check_every_s)
+        assert change is not None and change[1] == v1.stamp
+        assert (change[0] / "rules.yaml").read_text(encoding="utf-8") == v1.files["rules.yaml"]
+        assert live.changed() is None
+    finally:
+        live.close()
