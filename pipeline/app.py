@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import faust
 
 from pipeline.settings import Settings
@@ -13,6 +16,8 @@ def create_app(settings: Settings, stage: str) -> faust.App:
     Tuned against Faust's slow defaults: commits every 10k messages or 1 s instead
     of per message, bigger stream buffers, producer batching with a short linger.
     """
+    datadir = Path(tempfile.gettempdir()) / "rassylka-faust"
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     return faust.App(
         f"{settings.app_id}-{stage}",
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -34,4 +39,7 @@ def create_app(settings: Settings, stage: str) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         worker_redirect_stdouts=False,
+        # Faust writes a version folder even with memory stores; keep it out of the
+        # working directory (the default is `<id>-data` wherever the worker was started).
+        datadir=str(datadir / "{conf.name}-data"),
     )

@@ -11,7 +11,9 @@ door) and has a non-empty key. Every problem names the field path it is about.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from pipeline import avro, topics
@@ -46,11 +48,10 @@ def validate_item(name: str, contract: avro.Contract, item: Any,
                   key_fields: list[str]) -> tuple[bytes | None, bytes] | list[Problem]:
     """(key, single-object encoded value) of one item for catalog topic `name`, or the
     problems that keep it off the topic (never both, never an empty list)."""
-    found = problems(contract.schema, item, contract.schema["name"], {})
+    found = [] if accepts(contract)(item) else problems(contract.schema, item,
+                                                        contract.schema["name"], {})
     if not found and name in topics.EVENT_TOPICS:
-        from pipeline.router.worker import invalid_event
-
-        if why := invalid_event(item):
+        if why := _router_check()(item):
             field, _, rest = why.partition(" ")
             found = [Problem(field, rest) if field in item else Problem("", why)]
     missing = [f for f in key_fields if isinstance(item, dict) and not item.get(f)]
@@ -65,6 +66,13 @@ def validate_item(name: str, contract: avro.Contract, item: Any,
         return [Problem("", str(exc))]
 
 
+@lru_cache(maxsize=1)
+def _router_check() -> Callable[[dict[str, Any]], str | None]:
+    from pipeline.router.worker import invalid_event  # the router's module is heavy
+
+    return invalid_event
+
+
 def validate_items(name: str, contract: avro.Contract, items: list[Any],
                    key_fields: list[str]) -> tuple[list[tuple[bytes | None, bytes]], list[str]]:
     """(key, encoded value) of each item, and one line per problem (`item N: field: what`)."""
@@ -77,6 +85,77 @@ def validate_items(name: str, contract: avro.Contract, items: list[Any],
         else:
             encoded.append(result)
     return encoded, lines
+
+
+def accepts(contract: avro.Contract) -> Callable[[Any], bool]:
+    """A predicate true exactly when `problems` of `contract`'s schema finds none: the
+    schema compiled once into nested closures, so the common case (a valid item) costs
+    a few checks per field instead of a walk of the schema. `problems` still names what
+    is wrong with an item this refuses."""
+    found = _ACCEPTS.get(contract.fingerprint)
+    if found is None:
+        found = _ACCEPTS[contract.fingerprint] = _compile(contract.schema, {})
+    return found
+
+
+_ACCEPTS: dict[bytes, Callable[[Any], bool]] = {}
+
+
+def _compile(schema: Any, named: dict[str, Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    """The predicate of `schema` (raw JSON form); `named` maps the named types seen so
+    far to their predicates (filled in when a record's fields are compiled, so a
+    recursive reference works)."""
+    if isinstance(schema, str) and schema in named:
+        return lambda value, name=schema: named[name](value)
+    if isinstance(schema, list):
+        branches = [_compile(branch, named) for branch in schema]
+        return lambda value: any(ok(value) for ok in branches)
+    kind = schema if isinstance(schema, str) else schema["type"]
+    if kind == "record":
+        return _compile_record(schema, named)
+    if isinstance(schema, dict) and kind == "array":
+        item = _compile(schema["items"], named)
+        return lambda value: isinstance(value, list) and all(item(v) for v in value)
+    if isinstance(schema, dict) and kind == "map":
+        each = _compile(schema["values"], named)
+        return lambda value: isinstance(value, dict) and all(each(v) for v in value.values())
+    if kind == "enum":
+        symbols = frozenset(schema["symbols"])
+        ok = named[schema["name"]] = lambda value: isinstance(value, str) and value in symbols
+        return ok
+    if kind in _INT_RANGE:
+        low, high = _INT_RANGE[kind]
+        return lambda value: (isinstance(value, int) and not isinstance(value, bool)
+                              and low <= value <= high)
+    ok = _PRIMITIVES.get(kind)
+    return ok if ok is not None else lambda value: False
+
+
+def _compile_record(schema: dict[str, Any],
+                    named: dict[str, Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    fields: list[tuple[str, Callable[[Any], bool]]] = []
+    required: list[str] = []
+    known = frozenset(f["name"] for f in schema["fields"])
+
+    def ok(value: Any) -> bool:
+        if not isinstance(value, dict) or not value.keys() <= known:
+            return False
+        for name in required:
+            if name not in value:
+                return False
+        for name, check in fields:
+            if name in value and not check(value[name]):
+                return False
+        return True
+
+    named[schema["name"]] = ok  # before the fields: a field may refer to this record
+    if schema.get("namespace"):
+        named[f"{schema['namespace']}.{schema['name']}"] = ok
+    for field in schema["fields"]:
+        fields.append((field["name"], _compile(field["type"], named)))
+        if "default" not in field:
+            required.append(field["name"])
+    return ok
 
 
 def check(schema: Any, value: Any, path: str, named: dict[str, Any]) -> list[str]:

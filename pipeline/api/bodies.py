@@ -91,7 +91,7 @@ def event(settings: Settings, kind: str, body: Any, ids: Callable[[int], str]) -
                                             f"{', '.join(sorted(EVENT_TYPES))}")])
     if not isinstance(body, dict):
         raise Invalid(400, [Problem("", "the body must be a JSON object (one event)")])
-    record, event_id, found = _event(settings, kind, body, ids(0), "")
+    record, event_id, found = _event(settings, kind, body, ids, 0, "")
     if found:
         raise Invalid(422, found)
     assert record is not None
@@ -127,7 +127,7 @@ def batch(settings: Settings, body: Any, ids: Callable[[int], str], max_items: i
         if not isinstance(item.get("event"), dict):
             found.append(Problem(f"{where}.event", "a JSON object (the event) expected"))
             continue
-        record, event_id, problems = _event(settings, kind, item["event"], ids(i),
+        record, event_id, problems = _event(settings, kind, item["event"], ids, i,
                                             f"{where}.event")
         found += problems
         if record is not None:
@@ -150,10 +150,10 @@ def consents(settings: Settings, body: Any, max_items: int) -> Accepted:
     return _records(settings, topics.CONSENT, body, max_items, _consent_problems)
 
 
-def _event(settings: Settings, kind: str, item: dict[str, Any], event_id: str,
-           where: str) -> tuple[Record | None, str, list[Problem]]:
+def _event(settings: Settings, kind: str, item: dict[str, Any], ids: Callable[[int], str],
+           index: int, where: str) -> tuple[Record | None, str, list[Problem]]:
     if "event_id" not in item:
-        item = {**item, "event_id": event_id}
+        item = {**item, "event_id": ids(index)}
     name = EVENT_TYPES[kind]
     result = validate_item(name, avro.registry().contract(kind), item, ["customer_id"])
     if isinstance(result, list):
