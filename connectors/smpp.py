@@ -37,6 +37,7 @@ import logging
 import random
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 
@@ -185,6 +186,45 @@ class SmppCounters:
         return asdict(self)
 
 
+class Window:
+    """The window of one bind: at most `size` submits unanswered, taken in FIFO order.
+
+    asyncio.Semaphore would do, but its acquire scans every waiter (`locked()`), and with
+    the sender keeping twice the window on the wire there are always dozens waiting: that
+    scan was 7% of the sender's CPU. Here taking and giving back a slot cost O(1).
+    """
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def __aenter__(self) -> None:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return
+        slot = asyncio.get_running_loop().create_future()
+        self.waiters.append(slot)
+        try:
+            await slot  # resolved by `_give_back`: the slot is ours
+        except asyncio.CancelledError:
+            if slot.done() and not slot.cancelled():
+                self._give_back()  # handed a slot while being cancelled: pass it on
+            raise  # a cancelled waiter left in `waiters` is skipped by `_give_back`
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._give_back()
+
+    def _give_back(self) -> None:
+        while self.waiters:
+            slot = self.waiters.popleft()
+            if not slot.done():
+                slot.set_result(None)
+                return
+        self.free += 1
+
+
 class _Bind:
     __slots__ = ("index", "session", "up", "window", "bucket", "task", "ever_bound", "inflight")
 
@@ -192,7 +232,7 @@ class _Bind:
         self.index = index
         self.session: SmppSession | None = None
         self.up = False
-        self.window = asyncio.Semaphore(window)
+        self.window = Window(window)
         self.bucket = AimdBucket(rate)
         self.task: asyncio.Task[None] | None = None
         self.ever_bound = False

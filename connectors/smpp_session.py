@@ -25,6 +25,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import smpp34
@@ -175,9 +176,14 @@ def absolute_time(epoch_ms: int) -> str:
 
     Tenths of a second are kept, rounded down (the message expires no later than asked).
     """
-    at = datetime.fromtimestamp(epoch_ms // 1000, UTC)
-    tenths = (epoch_ms % 1000) // 100
-    return at.strftime("%y%m%d%H%M%S") + f"{tenths}00+"
+    return _absolute_tenths(epoch_ms // 100)
+
+
+@lru_cache(maxsize=4096)
+def _absolute_tenths(tenths_since_epoch: int) -> str:
+    # Cached: requests made together expire together, and strftime is slow per submit.
+    seconds, tenths = divmod(tenths_since_epoch, 10)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%y%m%d%H%M%S") + f"{tenths}00+"
 
 
 def parse_time(value: str, now_ms: int) -> int | None:

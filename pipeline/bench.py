@@ -1,14 +1,18 @@
 """`make bench`: end-to-end throughput and latency on the real broker and SMSC simulator.
 
-Three measurements in one run, on one broker:
+The main measurements, in one run, on one broker:
 
 1. ceiling — a plain confluent-kafka consume → produce loop over the same event payloads;
 2. throughput — N payment-due events published as fast as the broker takes them, timed
    from the first publish to the last accepted submit_sm at the simulator, through the
-   router and the sender with every check on;
-3. latency — events offered at a fixed rate; per event, publish → submit_sm at the
-   simulator (each bench customer has its own number, so the simulator's log tells
-   which event each submit_sm belongs to).
+   router and the sender with every check on; three times, with each process's CPU per
+   event (`bench_procs.CpuMeter`);
+3. latency — events offered at a fixed rate (the target rate and half of it); per event,
+   publish → submit_sm at the simulator (each bench customer has its own number, so the
+   simulator's log tells which event each submit_sm belongs to).
+
+Then the restart, the state footprint, the bare Faust floor, the HTTP API, campaigns, the
+scale-out run (`scale_out_run`) and the analytics sink.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import avro, kafka_io, topics
+from pipeline.bench_procs import CpuMeter, faust_floor, group_spread, listener_pid, wait_for
 from pipeline.offsets import wait_committed_to_end
 from pipeline.procs import start_simulator, start_stage, stop
 from pipeline.settings import ROOT, Settings
@@ -308,6 +313,142 @@ def campaign_bench(settings: Settings, profiles: int, members: int, console: Con
     return out
 
 
+def _latency_run(settings: Settings, sim_log: SimLog, seen: dict[str, int], first: int,
+                 rate: int, seconds: int, tag: str) -> dict[str, Any]:
+    """Events offered at `rate`/s for `seconds`; per event, publish → accepted submit_sm."""
+    count = rate * seconds
+    sent_at: dict[str, float] = {}
+    prod = kafka_io.producer(settings, **{"linger.ms": 1})
+    start = time.monotonic()
+    for n in range(count):
+        delay = start + n / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        i = first + n
+        event = _event(i, tag)
+        prod.produce(settings.topic(topics.PAYMENT_DUE), key=f"b{i:07d}".encode(),
+                     value=avro.encode("payment_due", event))
+        prod.poll(0)
+        sent_at[f"7926{i:07d}"] = event["occurred_at_ms"]
+    prod.flush(30)
+    offered_s = time.monotonic() - start
+    _wait_submits(sim_log, len(seen) + count, 120, seen)
+    lat = [seen[d] - t for d, t in sent_at.items() if d in seen]
+    return {"p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
+            "max": max(lat) if lat else None, "mean": statistics.fmean(lat) if lat else None,
+            "measured": len(lat), "offered": count, "offered_rate": rate,
+            "achieved_rate": count / offered_s}
+
+
+def _throughput_run(settings: Settings, sim_log: SimLog, seen: dict[str, int], first: int,
+                    events: int, tag: str, meter: CpuMeter) -> dict[str, Any]:
+    """`events` published as fast as the broker takes them; events/s from the first publish
+    to the last accepted submit_sm, and each process's CPU per event (receipts included:
+    the meter stops once they have come back)."""
+    payloads = [avro.encode("payment_due", _event(i, tag)) for i in range(first, first + events)]
+    before = len(seen)
+    meter.start()
+    t0 = time.time()
+    kafka_io.publish(settings, topics.PAYMENT_DUE,
+                     ((f"b{i:07d}", p) for i, p in zip(range(first, first + events), payloads,
+                                                       strict=True)))
+    publish_s = time.time() - t0
+    _wait_submits(sim_log, before + events, 300, seen)
+    reached = len(seen) - before
+    last = max(seen.values()) / 1000
+    time.sleep(1.0)  # the last receipts (100-500 ms) are part of each message's cost
+    meter.stop()
+    return {"events_per_s": reached / (last - t0), "publish_s": publish_s, "reached": reached,
+            "elapsed_s": last - t0, "cpu_s": meter.spent,
+            "cpu_us_per_event": meter.per_event_us(max(reached, 1)), "payloads": payloads}
+
+
+def scale_out_run(base: Settings, console: Console, events: int) -> dict[str, Any]:
+    """Two routers and two senders on one set of topics (4 partitions): the partitions each
+    holds, and every event's submit_sm at the simulator exactly once."""
+    tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
+    settings = replace(base, topic_prefix=f"scale{tag}.", app_id=f"scale{tag}", partitions=4)
+    log_dir = ROOT / ".run" / "bench" / f"scale{tag}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        create_topics(settings)
+        sim_log = SimLog(log_dir / "submits.jsonl")
+        sim, port, _control = start_simulator(log_dir, "--log", str(sim_log.path),
+                                              "--receipt-delay-ms", "100-500", "--seed", "2")
+        procs.append(sim)
+        env = {"RASSYLKA_SMPP_PORT": str(port), "RASSYLKA_RATE_PER_BIND": "100000"}
+        kafka_io.publish(settings, topics.PROFILES,
+                         ((f"b{i:07d}", avro.encode("customer_profile", _profile(i)))
+                          for i in range(events)))
+        for i in range(2):
+            procs.append(start_stage(settings, ["router", "--worker-id", str(i)],
+                                     log_dir / f"router{i}.log"))
+            procs.append(start_stage(settings, ["sender", "--worker-id", str(i)],
+                                     log_dir / f"sender{i}.log", env))
+        spread: dict[str, list[list[str]]] = {}
+
+        def both_groups_spread() -> bool:
+            for stage in ("router", "sender"):
+                try:
+                    spread[stage] = group_spread(settings, f"{settings.app_id}-{stage}")
+                except Exception:  # noqa: BLE001 - the group may not exist yet
+                    return False
+            return all(len(m) == 2 and all(m) for m in spread.values())
+
+        if not wait_for(both_groups_spread, 120, 1.0):
+            raise RuntimeError(f"scale-out: the partitions were not spread over two workers "
+                               f"each within 120 s: {spread}")
+        if not wait_committed_to_end(settings, "router", topics.PROFILES, 180):
+            raise RuntimeError("scale-out: the routers did not read the profiles within 180 s")
+        t0 = time.time()
+        kafka_io.publish(settings, topics.PAYMENT_DUE,
+                         ((f"b{i:07d}", _event(i, tag)) for i in range(events)), "payment_due")
+        submits: dict[str, int] = {}
+        copies: dict[str, int] = {}
+
+        def all_submitted() -> bool:
+            for s in sim_log.read_new():
+                if s["status"] == 0:
+                    submits.setdefault(s["destination"], s["at_ms"])
+                    copies[s["destination"]] = copies.get(s["destination"], 0) + 1
+            return len(submits) >= events
+
+        wait_for(all_submitted, 300, 0.2)
+        time.sleep(2.0)  # anything sent twice would show up now
+        all_submitted()
+        last = max(submits.values()) / 1000 if submits else t0
+        out = {"routers": 2, "senders": 2, "partitions": settings.partitions,
+               "router_partitions": spread["router"], "sender_partitions": spread["sender"],
+               "events": events, "submitted": len(submits),
+               "lost": events - len(submits), "doubled": sum(1 for c in copies.values() if c > 1),
+               "events_per_s": len(submits) / (last - t0) if last > t0 else float("nan")}
+        console.log(f"scale-out: {out['submitted']:,} of {events:,} submitted once, "
+                    f"{out['doubled']} twice, {out['events_per_s']:,.0f}/s with 2 + 2 workers")
+        return out
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def kannel_section(log_dir: Path, port: int, sim_pid: int, sim_log: SimLog, messages: int,
+                   result: dict[str, Any]) -> dict[str, Any]:
+    """Kannel side by side: the same messages (text, encoding, validity) through bearerbox
+    and smsbox to the same simulator, receipts asked for as Rassylka asks for them; its
+    throughput and CPU per message, and Rassylka's as ratios to them."""
+    from pipeline.bench_kannel import kannel_bench
+
+    out = kannel_bench(log_dir / "kannel", port, messages, 32, sim_log.path, sim_pid,
+                       first=5_000_000, receipts=True)
+    out.pop("destinations", None)
+    sim_log.read_new()  # Kannel's submits are not Rassylka's: skip them in the log
+    cpu = result["cpu_us_per_event"]
+    ours_ms = (cpu.get("router", 0.0) + cpu.get("sender", 0.0)) / 1000
+    out["ratio_throughput"] = result["throughput"]["events_per_s"] / out["per_s"]
+    out["ratio_cpu"] = ours_ms / out["cpu_ms_per_message"]["total"]
+    return out
+
+
 def _children(stage: str) -> list[int]:
     out = subprocess.run(["pgrep", "-f", f"pipeline.cli {stage}"], capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]
@@ -317,20 +458,26 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
               seconds: int = 5, routers: int = 1, senders: int = 1,
               state_numbers: int = 1_000_000, sink_records: int = 200_000,
               restart: bool = True, campaign_profiles: int = 1_000_000,
-              campaign_members: int = 100_000) -> int:
-    """Run the benchmark; prints a table and writes bench/results/latest.json."""
+              campaign_members: int = 100_000, runs: int = 3, api: bool = True,
+              scale_out: bool = True, faust: bool = True, kannel: bool = True) -> int:
+    """Run the benchmark; prints a table and writes bench/results/latest.json.
+
+    Latency at `rate` and at half of it; throughput `runs` times (the median is reported,
+    with each process's CPU per event); then the restart, the state footprint, the
+    ceiling, the bare Faust floor, the HTTP API, campaigns, the scale-out run and the sink.
+    """
     tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
     settings = replace(base, topic_prefix=f"bench{tag}.", app_id=f"bench{tag}", partitions=4)
     log_dir = ROOT / ".run" / "bench" / tag
     log_dir.mkdir(parents=True, exist_ok=True)
-    latency_n = rate * seconds
+    rates = sorted({rate // 2, rate})
     warmup = 200
     restart_n = 100
-    total = warmup + events + latency_n + restart_n
+    total = warmup + runs * events + sum(rates) * seconds + restart_n
     procs: list[subprocess.Popen[bytes]] = []
     result: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                              "events": events, "offered_rate": rate, "routers": routers,
-                              "senders": senders}
+                              "events": events, "routers": routers,
+                              "senders": senders, "rates": rates}
     try:
         with console.status("[bold]setting up ...") as status:
             create_topics(settings)
@@ -339,12 +486,12 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
                                                   "--receipt-delay-ms", "100-500", "--seed", "1")
             procs.append(sim)
             env = {"RASSYLKA_SMPP_PORT": str(port), "RASSYLKA_RATE_PER_BIND": "100000"}
-            for i in range(routers):
-                procs.append(start_stage(settings, ["router", "--worker-id", str(i)],
-                                         log_dir / f"router{i}.log"))
-            for i in range(senders):
-                procs.append(start_stage(settings, ["sender", "--worker-id", str(i)],
-                                         log_dir / f"sender{i}.log", env))
+            routers_ = [start_stage(settings, ["router", "--worker-id", str(i)],
+                                    log_dir / f"router{i}.log") for i in range(routers)]
+            senders_ = [start_stage(settings, ["sender", "--worker-id", str(i)],
+                                    log_dir / f"sender{i}.log", env) for i in range(senders)]
+            procs += routers_ + senders_
+            broker = listener_pid(int(settings.kafka_bootstrap.rsplit(":", 1)[1]))
             status.update(f"[bold]publishing {total} customer profiles ...")
             kafka_io.publish(settings, topics.PROFILES,
                              ((f"b{i:07d}", avro.encode("customer_profile", _profile(i)))
@@ -359,63 +506,68 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
             if len(seen) < warmup:
                 raise RuntimeError(f"warm-up: only {len(seen)} of {warmup} reached the simulator")
 
-            status.update(f"[bold]latency: {rate} events/s for {seconds} s ...")
-            sent_at: dict[str, float] = {}
-            prod = kafka_io.producer(settings, **{"linger.ms": 1})
-            start = time.monotonic()
+            meter = CpuMeter({"router": [p.pid for p in routers_], "sender": [p.pid for p in senders_],
+                              "broker": [pid for pid in [broker] if pid],
+                              "simulator": [sim.pid]})
             first = warmup
-            for n in range(latency_n):
-                target = start + n / rate
-                delay = target - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                i = first + n
-                event = _event(i, tag)
-                prod.produce(settings.topic(topics.PAYMENT_DUE), key=f"b{i:07d}".encode(),
-                             value=avro.encode("payment_due", event))
-                prod.poll(0)
-                sent_at[f"7926{i:07d}"] = event["occurred_at_ms"]
-            prod.flush(30)
-            offered_s = time.monotonic() - start
-            _wait_submits(sim_log, warmup + latency_n, 120, seen)
-            time.sleep(2.0)  # let the receipts of the latency run drain before the burst
-            lat = [seen[d] - t for d, t in sent_at.items() if d in seen]
-            result["latency_ms"] = {"p50": percentile(lat, 50), "p95": percentile(lat, 95),
-                                    "p99": percentile(lat, 99), "max": max(lat) if lat else None,
-                                    "mean": statistics.fmean(lat) if lat else None,
-                                    "measured": len(lat), "offered": latency_n,
-                                    "achieved_rate": latency_n / offered_s}
+            result["latency_ms"] = {}
+            for offered in rates:
+                status.update(f"[bold]latency: {offered} events/s for {seconds} s ...")
+                result["latency_ms"][str(offered)] = _latency_run(
+                    settings, sim_log, seen, first, offered, seconds, tag)
+                first += offered * seconds
+                time.sleep(2.0)  # let the receipts of the latency run drain before the next
 
-            status.update(f"[bold]throughput: {events} events as fast as the broker takes them ...")
-            payloads = [avro.encode("payment_due", _event(i, tag))
-                        for i in range(warmup + latency_n, warmup + latency_n + events)]
-            t0 = time.time()
-            kafka_io.publish(settings, topics.PAYMENT_DUE,
-                             ((f"b{i:07d}", p) for i, p in zip(range(warmup + latency_n, warmup + latency_n + events),
-                                                               payloads, strict=True)))
-            publish_s = time.time() - t0
-            _wait_submits(sim_log, warmup + latency_n + events, 300, seen)
-            reached = len(seen) - warmup - latency_n
-            last = max(seen.values()) / 1000
-            result["throughput"] = {"events_per_s": reached / (last - t0), "publish_s": publish_s,
-                                    "reached": reached, "elapsed_s": last - t0}
+            runs_ = []
+            for n in range(runs):
+                status.update(f"[bold]throughput {n + 1}/{runs}: {events} events as fast as the "
+                              f"broker takes them ...")
+                runs_.append(_throughput_run(settings, sim_log, seen, first, events, tag, meter))
+                first += events
+            result["throughput_runs"] = runs_
+            rates_ = [r["events_per_s"] for r in runs_]
+            median = statistics.median(rates_)
+            result["throughput"] = {"events_per_s": median, "runs": rates_,
+                                    "reached": sum(r["reached"] for r in runs_)}
+            result["cpu_us_per_event"] = {
+                name: statistics.median(r["cpu_us_per_event"][name] for r in runs_)
+                for name in runs_[0]["cpu_us_per_event"]}
+            if kannel:
+                status.update(f"[bold]Kannel: {events} messages through bearerbox and smsbox to "
+                              f"the same simulator ...")
+                result["kannel"] = kannel_section(log_dir, port, sim.pid, sim_log, events,
+                                                  result)
+            payloads = runs_[-1]["payloads"]
+            for r in runs_:
+                del r["payloads"]
+            restart_first = first
 
             if senders == 1 and restart:
                 status.update("[bold]restart: SIGKILL the sender, time until it sends again ...")
                 result["sender_restart_s"] = restart_time(settings, sim_log, env, log_dir, seen,
-                                                          warmup + latency_n + events, restart_n)
+                                                          restart_first, restart_n)
             if state_numbers:
                 status.update(f"[bold]state: consent + dedup for {state_numbers:,} numbers ...")
                 result["state"] = state_footprint(settings, state_numbers, console)
             status.update(f"[bold]ceiling: plain consume → produce loop over {events} payloads ...")
             result["ceiling_per_s"] = ceiling(settings, payloads)
-            status.update("[bold]HTTP API: single and batch requests until their 202 ...")
-            result["api"] = api_section(settings, log_dir, console)
+            if faust:
+                status.update(f"[bold]Faust floor: a bare agent consumes {events} events ...")
+                result["faust_floor"] = faust_floor(settings, settings.topic(topics.PAYMENT_DUE),
+                                                    total - restart_n, log_dir)
+            if api:
+                status.update("[bold]HTTP API: single and batch requests until their 202 ...")
+                result["api"] = api_section(settings, log_dir, console)
             if campaign_profiles:
                 status.update(f"[bold]campaigns: audience of {campaign_profiles:,} profiles, "
                               f"fan-out of {campaign_members:,} ...")
                 result["campaigns"] = campaign_bench(settings, campaign_profiles, campaign_members,
                                                      console)
+        for proc in reversed(procs):
+            stop(proc)
+        if scale_out:
+            with console.status("[bold]scale-out: 2 routers and 2 senders on one set of topics ..."):
+                result["scale_out"] = scale_out_run(base, console, events)
         if sink_records:
             with console.status(f"[bold]analytics: the sink stores {sink_records:,} rows ..."):
                 result["sink"] = sink_throughput(sink_records)
@@ -429,20 +581,48 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
     return 0
 
 
+def _partition_numbers(member: list[str]) -> str:
+    """'topic[0]', 'topic[1]', 'other[0]' ... → '0,1': the partition numbers one member holds."""
+    numbers = sorted({int(tp[tp.rindex("[") + 1:-1]) for tp in member})
+    return ",".join(str(n) for n in numbers)
+
+
 def _print(console: Console, r: dict[str, Any]) -> None:
     m = r["machine"]
     table = Table(title=f"Rassylka benchmark — {m['cpus']} CPUs, {m['cpu_model']}, {m['memory_gb']} GB")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    t, lat = r["throughput"], r["latency_ms"]
-    table.add_row("end-to-end throughput (events → submit_sm)", f"{t['events_per_s']:,.0f} /s")
+    t = r["throughput"]
+    runs = ", ".join(f"{x:,.0f}" for x in t["runs"])
+    table.add_row(f"end-to-end throughput (events → submit_sm), median of {len(t['runs'])}",
+                  f"{t['events_per_s']:,.0f} /s ({runs})")
     table.add_row("plain consume→produce ceiling", f"{r['ceiling_per_s']:,.0f} /s")
     table.add_row("ratio to ceiling", f"{r['ratio_to_ceiling']:.1%}")
-    table.add_row(f"latency p50 at {r['offered_rate']}/s offered", f"{lat['p50']:.0f} ms")
-    table.add_row("latency p95", f"{lat['p95']:.0f} ms")
-    table.add_row("latency p99", f"{lat['p99']:.0f} ms")
-    table.add_row("events measured (throughput / latency)", f"{t['reached']} / {lat['measured']}")
+    for name, us in r["cpu_us_per_event"].items():
+        table.add_row(f"CPU per event: {name}", f"{us:,.0f} µs")
+    if "kannel" in r:
+        k = r["kannel"]
+        table.add_row(f"Kannel {k['version']['kannel']} side by side (bearerbox + smsbox, receipts)",
+                      f"{k['per_s']:,.0f} /s, {k['cpu_ms_per_message']['total'] * 1000:,.0f} µs "
+                      f"CPU per message")
+        table.add_row("Rassylka ÷ Kannel: throughput, CPU per message (router + sender)",
+                      f"{k['ratio_throughput']:.2f}×, {k['ratio_cpu']:.2f}×")
+    if "faust_floor" in r:
+        f = r["faust_floor"]
+        table.add_row("bare Faust agent (take_events), for comparison",
+                      f"{f['events_per_s']:,.0f} /s, {f['cpu_us_per_event']:,.0f} µs CPU per event")
+    for offered, lat in r["latency_ms"].items():
+        table.add_row(f"latency publish → submit_sm at {offered}/s offered",
+                      f"p50 {lat['p50']:,.0f} ms, p99 {lat['p99']:,.0f} ms")
     table.add_row("workers (router / sender)", f"{r['routers']} / {r['senders']}")
+    if "scale_out" in r:
+        so = r["scale_out"]
+        table.add_row("scale-out: 2 routers + 2 senders",
+                      f"{so['events_per_s']:,.0f} /s; {so['submitted']:,}/{so['events']:,} once, "
+                      f"{so['lost']} lost, {so['doubled']} twice")
+        for stage in ("router", "sender"):
+            table.add_row(f"  partitions per {stage} (of {so['partitions']})",
+                          " | ".join(_partition_numbers(m) for m in so[f"{stage}_partitions"]))
     if "sender_restart_s" in r:
         table.add_row("SIGKILLed sender sending again after", f"{r['sender_restart_s']:.1f} s")
     if "sink" in r:

@@ -268,6 +268,11 @@ def bench(
     campaign_profiles: int = typer.Option(1_000_000, help="Profiles for the campaign audience "
                                           "measurement (0: skip campaigns)."),
     campaign_members: int = typer.Option(100_000, help="Members fanned out by the campaign run."),
+    runs: int = typer.Option(3, help="Throughput runs (the median is reported)."),
+    api: bool = typer.Option(True, help="Measure the HTTP API."),
+    scale_out: bool = typer.Option(True, help="Run 2 routers and 2 senders on one set of topics."),
+    faust: bool = typer.Option(True, help="Measure a bare Faust agent's consumption floor."),
+    kannel: bool = typer.Option(True, help="Run Kannel side by side on the same simulator."),
     api_only: bool = typer.Option(False, "--api-only", help="Only the HTTP API section."),
 ) -> None:
     """Benchmark: throughput, latency percentiles and the ratio to a plain Kafka loop."""
@@ -278,7 +283,8 @@ def bench(
     if api_only:
         sys.exit(run_api_bench(settings, console))
     sys.exit(run_bench(settings, console, events, rate, seconds, routers, senders, state_numbers,
-                       sink_records, restart, campaign_profiles, campaign_members))
+                       sink_records, restart, campaign_profiles, campaign_members, runs, api,
+                       scale_out, faust, kannel))
 
 
 @app.command()
