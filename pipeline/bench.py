@@ -459,7 +459,8 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
               state_numbers: int = 1_000_000, sink_records: int = 200_000,
               restart: bool = True, campaign_profiles: int = 1_000_000,
               campaign_members: int = 100_000, runs: int = 3, api: bool = True,
-              scale_out: bool = True, faust: bool = True, kannel: bool = True) -> int:
+              scale_out: bool = True, faust: bool = True, kannel: bool = True,
+              results: Path | None = None) -> int:
     """Run the benchmark; prints a table and writes bench/results/latest.json.
 
     Latency at `rate` and at half of it; throughput `runs` times (the median is reported,
@@ -575,9 +576,10 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
     finally:
         for proc in reversed(procs):
             stop(proc)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    _print(console, result)
+    results = results or RESULTS / "latest.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    _print(console, result, results)
     return 0
 
 
@@ -587,7 +589,7 @@ def _partition_numbers(member: list[str]) -> str:
     return ",".join(str(n) for n in numbers)
 
 
-def _print(console: Console, r: dict[str, Any]) -> None:
+def _print(console: Console, r: dict[str, Any], results: Path) -> None:
     m = r["machine"]
     table = Table(title=f"Rassylka benchmark — {m['cpus']} CPUs, {m['cpu_model']}, {m['memory_gb']} GB")
     table.add_column("measure")
@@ -641,7 +643,7 @@ def _print(console: Console, r: dict[str, Any]) -> None:
         table.add_row(f"state for {st['consent']:,} consents + {st['ledger']:,} ledger entries",
                       f"{st['rss_mb']:.0f} MB, restored in {st['restore_s']:.1f} s")
     console.print(table)
-    console.print(f"results: {RESULTS / 'latest.json'}")
+    console.print(f"results: {results}")
 
 
 # ------------------------------------------------------------------ HTTP API
