@@ -24,7 +24,7 @@ CONNECT_PORT ?= 18083
 export CONNECT_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help install chromium prometheus kannel kafka-up kafka-down kafka-status registry-up registry-down registry-status postgres-up postgres-down connect-up connect-down topics demo test test-unit bench lint fmt clean
+.PHONY: help install chromium prometheus kannel smsc-bench kafka-up kafka-down kafka-status registry-up registry-down registry-status postgres-up postgres-down connect-up connect-down topics demo test test-unit bench lint fmt clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ prometheus: ## install Prometheus (Debian `prometheus`) when missing: a test scr
 		echo "[setup] installing prometheus (apt-get) for the metrics test ..."; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 prometheus; }
+
+smsc-bench: ## build the benchmark's fast SMSC simulator (Go, standard library only; infra/smsc-bench/.cache)
+	@infra/smsc-bench/build.sh
 
 kannel: ## install Kannel (Debian `kannel`) when missing: the bench runs it side by side
 	@infra/kannel/kannel.sh install
@@ -91,13 +94,13 @@ topics: install kafka-up ## create every topic of the catalog (idempotent)
 demo: install kafka-up postgres-up connect-up ## the whole pipeline on sample data, printed as tables
 	@$(BIN)/rassylka demo
 
-test: install chromium prometheus kannel kafka-up registry-up postgres-up connect-up ## the whole test suite on the real broker, Schema Registry, PostgreSQL and Kafka Connect
+test: install chromium prometheus kannel smsc-bench kafka-up registry-up postgres-up connect-up ## the whole test suite on the real broker, Schema Registry, PostgreSQL and Kafka Connect
 	@$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only (no broker)
 	@$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-bench: install kannel kafka-up ## the benchmark: throughput, CPU per process, latency, Kannel side by side, scale-out
+bench: install kannel smsc-bench kafka-up ## the benchmark: throughput, CPU per process, latency, Kannel side by side, scale-out
 	@$(BIN)/rassylka bench
 
 lint: install ## ruff check
@@ -107,4 +110,4 @@ fmt: install ## ruff format
 	@$(BIN)/ruff format pipeline connectors tests
 
 clean: connect-down postgres-down kafka-down registry-down ## stop the broker, registry, Connect and PostgreSQL, remove the virtualenv, caches and local state
-	rm -rf $(VENV) .run infra/kafka/.cache infra/registry/.cache infra/connect/.cache infra/postgres/.cache .pytest_cache
+	rm -rf $(VENV) .run infra/kafka/.cache infra/registry/.cache infra/connect/.cache infra/postgres/.cache infra/smsc-bench/.cache .pytest_cache

@@ -11,8 +11,13 @@ The main measurements, in one run, on one broker:
    publish → submit_sm at the simulator (each bench customer has its own number, so the
    simulator's log tells which event each submit_sm belongs to).
 
-Then the restart, the state footprint, the bare Faust floor, the HTTP API, campaigns, the
-scale-out run (`scale_out_run`) and the analytics sink.
+Then Kannel side by side, the restart, the state footprint, the bare Faust floor, the HTTP
+API, campaigns, the scale-out run (`scale_out_run`) and the analytics sink.
+
+The SMSC is the Go build of the simulator (`infra/smsc-bench`, `make smsc-bench`): it
+speaks the same SMPP and writes the same log as `connectors/smsc_sim.py`
+(`tests/integration/test_fast_smsc.py` holds them to it) at a tenth of its CPU per submit,
+so the simulator sharing the two cores is not what the benchmark measures.
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ from confluent_kafka import Consumer, Producer
 from rich.console import Console
 from rich.table import Table
 
+from connectors.fast_smsc import start_fast_simulator
 from pipeline import avro, kafka_io, topics
 from pipeline.bench_procs import CpuMeter, faust_floor, group_spread, listener_pid, wait_for
 from pipeline.offsets import wait_committed_to_end
-from pipeline.procs import start_simulator, start_stage, stop
+from pipeline.procs import start_stage, stop
 from pipeline.settings import ROOT, Settings
 from pipeline.topics import create_topics
 
@@ -374,7 +380,7 @@ def scale_out_run(base: Settings, console: Console, events: int) -> dict[str, An
     try:
         create_topics(settings)
         sim_log = SimLog(log_dir / "submits.jsonl")
-        sim, port, _control = start_simulator(log_dir, "--log", str(sim_log.path),
+        sim, port, _control = start_fast_simulator(log_dir, "--log", str(sim_log.path),
                                               "--receipt-delay-ms", "100-500", "--seed", "2")
         procs.append(sim)
         env = {"RASSYLKA_SMPP_PORT": str(port), "RASSYLKA_RATE_PER_BIND": "100000"}
@@ -483,7 +489,7 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
         with console.status("[bold]setting up ...") as status:
             create_topics(settings)
             sim_log = SimLog(log_dir / "submits.jsonl")
-            sim, port, _control = start_simulator(log_dir, "--log", str(sim_log.path),
+            sim, port, _control = start_fast_simulator(log_dir, "--log", str(sim_log.path),
                                                   "--receipt-delay-ms", "100-500", "--seed", "1")
             procs.append(sim)
             env = {"RASSYLKA_SMPP_PORT": str(port), "RASSYLKA_RATE_PER_BIND": "100000"}
