@@ -8,15 +8,19 @@ them are kept per worker, so each scope is packed into a single int:
 
 and `to_bytes()` is a fixed 19-byte struct. Sources outside `SOURCES` are kept as 'other':
 the state only needs the decision and its provenance; the compacted consent topic keeps
-the full record.
+the full record. A sender keeps every phone's state in a `ConsentTable`, which reads the
+consent topic's usual records without a full Avro decode.
 """
 
 from __future__ import annotations
 
+import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from typing import Any, NamedTuple
 
+from pipeline import avro
 from pipeline.errors import PermanentError
 from pipeline.sender.decision import Reject, rejected, suppressed
 
@@ -197,3 +201,145 @@ def check_consent(lane: str, state: ConsentState | None) -> Reject | None:
 def _describe(scope: str, packed: int) -> str:
     status, source = _STATUSES[packed & 3], SOURCES[packed >> 2 & 63]
     return f"{scope} {status} via {source} at {packed >> 8}"
+
+
+class ConsentTable(Mapping[str, ConsentState]):
+    """The latest `ConsentState` of every phone: a mapping phone -> state, a million entries
+    per sender, folded from consent_change records with `apply` or `apply_encoded`.
+
+    A phone costs two ints rather than a str and an object: an E.164 number is keyed by the
+    int of its digits (any other string by itself), and a state with a marketing record
+    only, as most are, is kept as that scope's packed int (any other as its `ConsentState`).
+    Reading builds the `ConsentState` callers expect.
+    """
+
+    __slots__ = ("_states",)
+
+    def __init__(self) -> None:
+        self._states: dict[int | str, int | ConsentState] = {}
+
+    def __getitem__(self, phone: str) -> ConsentState:
+        kept = self._states.get(_key(phone))
+        if kept is None:
+            raise KeyError(phone)
+        return _state(kept)
+
+    def get(self, phone: str, default: Any = None) -> Any:
+        kept = self._states.get(_key(phone))
+        return default if kept is None else _state(kept)
+
+    def __contains__(self, phone: object) -> bool:
+        return isinstance(phone, str) and _key(phone) in self._states
+
+    def __iter__(self) -> Iterator[str]:
+        return (key if isinstance(key, str) else f"+{key}" for key in self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def apply(self, change: Mapping[str, Any]) -> None:
+        """Fold one decoded consent_change record in; raises as `apply_change` does."""
+        phone = change["phone"]
+        state = apply_change(self.get(phone), change)
+        self._states[_key(phone)] = state if state._transactional else state._marketing
+
+    def apply_encoded(self, value: bytes) -> None:
+        """Fold one record as read from the consent topic in.
+
+        Records in the current schema with its usual content are read by `_read_usual`,
+        a few times faster than a full decode; any other is decoded with `avro.decode`
+        and raises what it and `apply_change` raise.
+        """
+        usual = _read_usual(value)
+        if usual is None:
+            self.apply(avro.decode("consent_change", value))
+            return
+        key, is_marketing, new = usual
+        kept = self._states.get(key)
+        if kept is None:
+            self._states[key] = new if is_marketing else ConsentState(0, new)
+        elif type(kept) is int:
+            if not is_marketing:
+                self._states[key] = ConsentState(kept, new)
+            elif _supersedes(new, kept):
+                self._states[key] = new
+        else:
+            state = kept
+            if is_marketing and _supersedes(new, state._marketing):
+                self._states[key] = ConsentState(new, state._transactional)
+            elif not is_marketing and _supersedes(new, state._transactional):
+                self._states[key] = ConsentState(state._marketing, new)
+
+
+def _key(phone: str) -> int | str:
+    """The table's key of `phone`: the int of an E.164 number's digits ('+', then up to 15
+    ASCII digits, the first not 0: the int gives back that string), else `phone` itself."""
+    digits = phone[1:]
+    if (phone[:1] == "+" and len(digits) <= 15 and digits.isascii() and digits.isdigit()
+            and digits[0] != "0"):
+        return int(digits)
+    return phone
+
+
+def _state(kept: int | ConsentState) -> ConsentState:
+    return kept if isinstance(kept, ConsentState) else ConsentState(kept)
+
+
+# Reading the consent topic's usual record without a full Avro decode (a few times faster,
+# which is most of a sender's start-up). It is the current consent_change schema's
+# single-object encoding: the header, then phone, scope, status and source as Avro strings
+# (zigzag varint length, then the bytes), changed_at_ms as a zigzag varint, and the
+# customer_id and evidence unions, null.
+_USUAL_FIELDS = [
+    ("phone", "string"), ("scope", "string"), ("status", "string"), ("source", "string"),
+    ("changed_at_ms", "long"), ("customer_id", ["null", "string"]), ("evidence", ["null", "string"]),
+]
+_SCOPE_WORDS = {b"\x12marketing": True, b"\x1atransactional": False}
+_STATUS_WORDS = {b"\x0copt_in": _STATUS_CODES[OPT_IN], b"\x0eopt_out": _STATUS_CODES[OPT_OUT]}
+_SOURCE_WORDS = {bytes([2 * len(name)]) + name.encode(): code << 2
+                 for name, code in _SOURCE_CODES.items()}
+_SOURCE_WORDS[b"\x00"] = 0  # an empty source is 'other', as in apply_change
+# Scope, status and source as encoded one after the other -> (is marketing, packed flags).
+_WORDS = {scope + status + source: (is_marketing, source_flags | status_code)
+          for scope, is_marketing in _SCOPE_WORDS.items()
+          for status, status_code in _STATUS_WORDS.items()
+          for source, source_flags in _SOURCE_WORDS.items()}
+
+
+@lru_cache(maxsize=1)
+def _usual_record() -> re.Pattern[bytes] | None:
+    """The usual record of the current consent_change schema; None if the schema's fields
+    are not the ones this pattern knows (then every record takes the full decode)."""
+    contract = avro.registry().contract("consent_change")
+    if [(f["name"], f["type"]) for f in contract.schema["fields"]] != _USUAL_FIELDS:
+        return None
+    words = [b"|".join(re.escape(w) for w in table)
+             for table in (_SCOPE_WORDS, _STATUS_WORDS, _SOURCE_WORDS)]
+    return re.compile(
+        re.escape(avro.MAGIC + contract.fingerprint)
+        + rb"(.)\+([1-9][0-9]{0,14})"  # phone: its length byte, then an E.164 number
+        + b"((?:%s)(?:%s)(?:%s))" % tuple(words)  # known scope, status, source (`_WORDS`)
+        + rb"([\x80-\xff]{0,8}[\x00-\x7f])"  # changed_at_ms: at most 9 bytes, an int64
+        + rb"\x00\x00",  # no customer_id, no evidence
+        re.DOTALL)
+
+
+def _read_usual(value: bytes) -> tuple[int, bool, int] | None:
+    """(table key of the phone, whether the scope is marketing, packed record) of a
+    consent_change record in its usual form (`_usual_record`), None for any other, which
+    the full decoder reads.
+
+    What it gives is what `avro.decode` and `apply_change` make of the same bytes.
+    """
+    pattern = _usual_record()
+    match = None if pattern is None else pattern.fullmatch(value)
+    if match is None:
+        return None
+    length, digits, words, varint = match.groups()
+    if length[0] != 2 * len(digits) + 2:
+        return None
+    zigzag = 0
+    for byte in reversed(varint):
+        zigzag = zigzag << 7 | byte & 0x7F
+    is_marketing, flags = _WORDS[words]
+    return int(digits), is_marketing, ((zigzag >> 1) ^ -(zigzag & 1)) << 8 | flags

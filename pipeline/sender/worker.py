@@ -49,7 +49,7 @@ from pipeline.deadletter import dead_letter
 from pipeline.errors import ConfigError
 from pipeline.releases import LiveConfig
 from pipeline.sender.caps import CapState, record_send
-from pipeline.sender.consent import ConsentState, apply_change
+from pipeline.sender.consent import ConsentState, ConsentTable
 from pipeline.sender.content import check_content
 from pipeline.sender.core import Send, SenderPolicy, decide
 from pipeline.sender.decision import Reject
@@ -62,7 +62,7 @@ from pipeline.sender.stop_words import consent_changes_for_stop
 from pipeline.sender.throttle import PriorityGate, TokenBucket
 from pipeline.settings import Settings
 from pipeline.sms.encoding import encode_sms
-from pipeline.state.store import PartitionedStore, read_partitions, watermarks
+from pipeline.state.store import PartitionedStore, collector_paused, read_batches, watermarks
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class ConsentView:
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topic(topics.CONSENT)
         self.bootstrap = settings.kafka_bootstrap
-        self.states: dict[str, ConsentState] = {}
+        self.states = ConsentTable()
         self.consumer: Consumer | None = None
 
     def load(self) -> int:
@@ -178,8 +178,11 @@ class ConsentView:
         ends = {}
         for p in partitions:
             ends[p] = watermarks(consumer, self.topic, p)[1]
-        for _p, _key, value in read_partitions(self.bootstrap, self.topic, partitions):
-            self._apply(value)
+        with collector_paused():
+            for batch in read_batches(self.bootstrap, self.topic, partitions):
+                for msg in batch:
+                    if msg.key() is not None and not msg.error():
+                        self._apply(msg.value())
         consumer.assign([TopicPartition(self.topic, p, ends[p]) for p in partitions])
         self.consumer = consumer
         return len(self.states)
@@ -188,13 +191,12 @@ class ConsentView:
         if value is None:
             return
         try:
-            change = avro.decode("consent_change", value)
-            self.states[change["phone"]] = apply_change(self.states.get(change["phone"]), change)
+            self.states.apply_encoded(value)
         except Exception as exc:  # a bad consent record must not stop sending
             log.warning("ignoring unreadable consent record: %s", exc)
 
     def apply_local(self, change: dict[str, Any]) -> None:
-        self.states[change["phone"]] = apply_change(self.states.get(change["phone"]), change)
+        self.states.apply(change)
 
     def poll(self) -> None:
         if self.consumer is None:
