@@ -9,13 +9,20 @@ consumer group `<app_id>-sink`. The loop:
    on the profiles topic, where a tombstone deletes the profile: a `profiles` row marked
    deleted, versioned like every profile row by the record's Kafka timestamp. Records
    that cannot be decoded or mapped go to the dead-letter topic with their reason. Both
-   still advance the offsets.
+   still advance the offsets. Outcomes, the bulk of the traffic, are decoded and mapped
+   all at once per consume, column by column (`rows.OutcomeColumns`, Arrow columns out);
+   a record that path does not read exactly as the per-record one would goes one by one.
 2. When the `SinkBuffer` is due (5,000 rows or 1 s; a consume never reads more than
-   `max_rows`, so a batch stays under twice that), drain it into a `Batch` and store it: `write_with_retry` inserts every table's rows under the batch's dedup token, the
+   `max_rows`, so a batch stays under twice that), drain it into a `Batch` and store it:
+   `write_with_retry` inserts every table's rows under the batch's dedup token, the
    dead letters of the batch are flushed to Kafka, and only then are exactly the batch's
-   offsets committed, synchronously. A crash between insert and commit re-reads the same
-   records; when they form the same batch (same offsets, same token) ClickHouse drops the
-   repeat, otherwise the ReplacingMergeTree tables collapse it (`FINAL`, uniqExact).
+   offsets committed, synchronously. The insert runs on a background thread while the
+   loop reads and maps the next records; once it is done the loop sends the next batch
+   and then commits this one (one insert in flight, commits in order). A crash between
+   insert and commit re-reads the same records (two batches' worth, should the next
+   insert beat the commit); when they form the same batch (same offsets, same token)
+   ClickHouse drops the repeat, otherwise the ReplacingMergeTree tables collapse it
+   (`FINAL`, uniqExact).
 3. While ClickHouse is down (or refuses the batch) the sink keeps that one batch, pauses
    every assigned partition so nothing more piles up, keeps polling to stay in the
    group, and retries with exponential backoff (0.2 s doubling, capped at 5 s). When a
@@ -37,6 +44,7 @@ on its own; with a ClickHouse server a real outage is simply stopping the server
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
@@ -44,12 +52,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+import numpy as np
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
@@ -73,6 +83,7 @@ from pipeline.analytics.rows import (
     MAPPINGS,
     REDELIVERIES,
     InvalidRecord,
+    OutcomeColumns,
     deleted_profile_row,
     to_row,
 )
@@ -102,6 +113,7 @@ JSON_TOPICS = {topics.CAMPAIGN_AUDIENCE: "campaign_member", topics.CAMPAIGN_DECI
                topics.CONFIG: "config_release"}
 FAULT_ENV = "RASSYLKA_CH_FAULT_FILE"
 AFTER_INSERT = "after_insert"
+INFLIGHT_POLL_S = 0.01  # consume() wait while a batch is in flight: its commit comes next
 
 
 @dataclass(frozen=True)
@@ -251,8 +263,14 @@ class Sink:
                                  settings.topic(topics.CAMPAIGN_AUDIENCE)}
         self.deadletter_topic = settings.topic(topics.DEAD_LETTERS)
         self.profiles_topic = settings.topic(topics.PROFILES)
+        self.outcomes_topic = settings.topic(topics.OUTCOMES)
         self._registry = decode_registry()
+        # without a key every phone fails `phone_hash`: such records go one by one
+        self._bulk = bulk_readers(self._registry) if settings.phone_hash_key else {}
         self._pending: Batch | None = None  # a drained batch not stored yet (outage)
+        # a batch being inserted in the background while the loop reads on (see `_step`)
+        self._inflight: tuple[Batch, Future[None], float] | None = None
+        self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-insert")
         self._retry_at = 0.0
         self._backoff = self.config.first_backoff_s
         self._paused = False
@@ -316,17 +334,19 @@ class Sink:
         next_sample = 0.0
         try:
             while not self._stopping.is_set():
-                messages = self.consumer.consume(read_at_most, self.config.poll_timeout_s)
+                wait_s = self.config.poll_timeout_s if self._inflight is None else INFLIGHT_POLL_S
+                messages = self.consumer.consume(read_at_most, wait_s)
                 if messages:
                     self.process(messages)
-                self.step()
+                self._step(wait=False)
                 self.health.beat()
                 if time.monotonic() >= next_sample:
                     next_sample = time.monotonic() + metrics.SAMPLE_EVERY_S
-                    held = (self._pending.row_count if self._pending else 0) + len(self.buffer)
-                    metrics.SINK_LAG.set(self._lag.sample(self.consumer) + held)
+                    held = sum(b.row_count for b in (self._pending, self._inflight_batch) if b)
+                    metrics.SINK_LAG.set(self._lag.sample(self.consumer) + held + len(self.buffer))
             self._store_held("shutdown")
         finally:
+            self._inserter.shutdown(wait=True)
             self.producer.flush(10.0)
             self.consumer.close()
             restore()
@@ -338,64 +358,116 @@ class Sink:
         self._stopping.set()
 
     def process(self, messages: Iterable[Message]) -> None:
-        """Decode, map and buffer consumed records; dead-letter the ones that cannot be."""
-        add = self.buffer.add
-        skip = self.buffer.skip
-        expected = self.expected
-        registry = self._registry
-        key = self.settings.phone_hash_key
-        count = 0
+        """Decode, map and buffer consumed records; dead-letter the ones that cannot be.
+
+        Outcomes whose writer schema `OutcomeColumns` reads are set aside and mapped
+        together (`_process_outcomes`); every other record is mapped here, one by one.
+        """
+        bulk_topic = self.outcomes_topic
+        readers = self._bulk
+        runs: dict[bytes, list[Message]] = {}  # writer's header → its outcomes
         per_topic: dict[str, int] = {}
         for msg in messages:
             err = msg.error()
             if err is not None:
                 self._on_consume_error(err)
                 continue
-            count += 1
             topic = msg.topic()
+            if topic == bulk_topic:
+                value = msg.value()
+                header = value[:avro.HEADER_LEN] if value else b""
+                run = runs.get(header)
+                if run is not None:
+                    run.append(msg)
+                    continue
+                if header in readers:
+                    runs[header] = [msg]
+                    continue
             per_topic[topic] = per_topic.get(topic, 0) + 1
-            source = Offset(topic, msg.partition(), msg.offset())
-            value = msg.value()
-            # the Kafka timestamp versions profile rows: a tombstone has no other time
-            published = published_ms(msg) if topic in self.versioned_topics else 0
-            if value is None:
-                self.stats.tombstones += 1
-                if topic == self.profiles_topic and msg.key():  # a deleted profile
-                    add("profiles", deleted_profile_row(_text(msg.key()), published), source)
-                else:  # a consent tombstone (the next change replaces it): nothing to store
-                    skip(source)
-                continue
-            try:
-                if topic in self.json_topics:
-                    schema, record = expected[topic], json_record(value, msg.key())
-                else:
-                    schema, record = avro.decode_any(value, registry)
-                if schema != expected.get(topic, schema):
-                    raise avro.DecodeError(
-                        f"a {schema} record on {topic}, which carries {expected[topic]}"
-                    )
-                table, row = to_row(schema, record, key, published)
-            except PermanentError as exc:
-                self._dead_letter(msg, exc.reason, f"{exc.__class__.__name__}: {exc}")
-                skip(source)
-                continue
-            except Exception as exc:  # a bug must not stall the partition: keep the input
-                log.exception("unexpected error mapping %s@%s", topic, source.offset)
-                self._dead_letter(msg, "sink_error", f"{exc.__class__.__name__}: {exc}")
-                skip(source)
-                continue
-            add(table, row, source)
-        self.stats.consumed += count
+            self._process_record(msg)
+        for header, run in runs.items():
+            per_topic[bulk_topic] = per_topic.get(bulk_topic, 0) + len(run)
+            self._process_outcomes(readers[header], run)
+        self.stats.consumed += sum(per_topic.values())
         metrics.count_topics(per_topic)
 
+    def _process_record(self, msg: Message) -> None:
+        """Decode, map and buffer one record, or dead-letter it."""
+        topic = msg.topic()
+        source = Offset(topic, msg.partition(), msg.offset())
+        value = msg.value()
+        # the Kafka timestamp versions profile rows: a tombstone has no other time
+        published = published_ms(msg) if topic in self.versioned_topics else 0
+        if value is None:
+            self.stats.tombstones += 1
+            if topic == self.profiles_topic and msg.key():  # a deleted profile
+                self.buffer.add("profiles", deleted_profile_row(_text(msg.key()), published),
+                                source)
+            else:  # a consent tombstone (the next change replaces it): nothing to store
+                self.buffer.skip(source)
+            return
+        expected = self.expected
+        try:
+            if topic in self.json_topics:
+                schema, record = expected[topic], json_record(value, msg.key())
+            else:
+                schema, record = avro.decode_any(value, self._registry)
+            if schema != expected.get(topic, schema):
+                raise avro.DecodeError(
+                    f"a {schema} record on {topic}, which carries {expected[topic]}"
+                )
+            table, row = to_row(schema, record, self.settings.phone_hash_key, published)
+        except PermanentError as exc:
+            self._dead_letter(msg, exc.reason, f"{exc.__class__.__name__}: {exc}")
+            self.buffer.skip(source)
+            return
+        except Exception as exc:  # a bug must not stall the partition: keep the input
+            log.exception("unexpected error mapping %s@%s", topic, source.offset)
+            self._dead_letter(msg, "sink_error", f"{exc.__class__.__name__}: {exc}")
+            self.buffer.skip(source)
+            return
+        self.buffer.add(table, row, source)
+
+    def _process_outcomes(self, reader: OutcomeColumns, run: list[Message]) -> None:
+        """Map a run of outcomes of one writer schema together; the records the bulk
+        reader leaves (see `OutcomeColumns.messages`) go one by one."""
+        try:
+            rows, irregular = reader.messages([msg.value() for msg in run], avro.HEADER_LEN,
+                                              self.settings.phone_hash_key)
+        except Exception:  # a bug must not lose records: the per-record path takes them
+            log.exception("bulk mapping of %d outcomes failed; mapping them one by one",
+                          len(run))
+            rows, irregular = None, range(len(run))
+        if rows:
+            self.buffer.add_rows("messages", rows)
+        for index in irregular:
+            self._process_record(run[index])
+        partitions = np.array([msg.partition() for msg in run])
+        offsets = np.array([msg.offset() for msg in run])
+        for partition in np.unique(partitions):
+            mine = offsets[partitions == partition]
+            self.buffer.cover(self.outcomes_topic, int(partition), int(mine.min()),
+                              int(mine.max()))
+
     def step(self) -> None:
-        """Store the pending or due batch when it is time; log stats when they are due."""
+        """Store the pending or due batch when it is time, waiting until it is committed;
+        log stats when they are due."""
+        self._step(wait=True)
+
+    def _step(self, wait: bool) -> None:
+        """`step`; with `wait` false (the `run` loop) a due batch is inserted in the
+        background while the loop reads and maps the next records, and committed by a
+        later call once its insert is done. One batch is in flight at most, and commits
+        stay in order: the next batch is sent only once the previous one is stored."""
         now = self.clock()
         if self._pending is not None:
             if now >= self._retry_at:
                 self._attempt(self._pending)
-        elif self.buffer.due(now):
-            self._attempt(self.buffer.drain())
+        else:
+            due = self.buffer.due(now)
+            self._settle(wait=due, send_next=due)
+        if wait:
+            self._settle(wait=True)
         if now - self._last_stats >= self.config.stats_interval_s:
             self._last_stats = now
             log.info("sink: %s%s", self.stats.summary(),
@@ -403,22 +475,40 @@ class Sink:
 
     # -- storing a batch --------------------------------------------------------------
 
+    @property
+    def _inflight_batch(self) -> Batch | None:
+        return self._inflight[0] if self._inflight else None
+
+    def _settle(self, wait: bool, send_next: bool = False) -> None:
+        """Finish the batch in flight once its insert is done (waiting for it with `wait`):
+        flush the dead letters, send the buffer as the next batch (`send_next`; before the
+        commit, so that ClickHouse is not idle meanwhile), then commit its offsets. When
+        the insert failed, hold the batch as `_pending` like `_attempt`; nothing is sent."""
+        stored = None
+        if self._inflight is not None:
+            batch, insert, began = self._inflight
+            if not (wait or insert.done()):
+                return
+            self._inflight = None
+            try:
+                insert.result()
+                self._flush_dead_letters()
+            except (RetryableError, PermanentError) as exc:
+                self._hold(batch, exc)
+                return
+            stored = batch, began
+        if send_next:
+            batch = self.buffer.drain()
+            self._inflight = batch, self._inserter.submit(self._write, batch), time.monotonic()
+        if stored:
+            self._commit(*stored)
+
     def _attempt(self, batch: Batch) -> bool:
         """Store `batch`; on failure keep it, pause the partitions and schedule a retry."""
         try:
             self._store(batch)
         except (RetryableError, PermanentError) as exc:
-            self.stats.retries += 1
-            if self._pending is None:
-                self._pending = batch
-                self._backoff = self.config.first_backoff_s
-                self._pause()
-            else:
-                self._backoff = min(self._backoff * 2, self.config.max_backoff_s)
-            self._retry_at = self.clock() + self._backoff
-            level = logging.ERROR if isinstance(exc, PermanentError) else logging.WARNING
-            log.log(level, "batch of %d rows not stored (%s: %s); partitions paused, retry in "
-                    "%.1fs", batch.row_count, exc.__class__.__name__, exc, self._backoff)
+            self._hold(batch, exc)
             return False
         if self._pending is not None:
             log.info("ClickHouse answers again; stored the held batch, resuming")
@@ -426,13 +516,35 @@ class Sink:
             self._resume()
         return True
 
+    def _hold(self, batch: Batch, exc: RassylkaError) -> None:
+        """Keep a batch that was not stored: pause the partitions, retry with backoff."""
+        self.stats.retries += 1
+        if self._pending is None:
+            self._pending = batch
+            self._backoff = self.config.first_backoff_s
+            self._pause()
+        else:
+            self._backoff = min(self._backoff * 2, self.config.max_backoff_s)
+        self._retry_at = self.clock() + self._backoff
+        level = logging.ERROR if isinstance(exc, PermanentError) else logging.WARNING
+        log.log(level, "batch of %d rows not stored (%s: %s); partitions paused, retry in "
+                "%.1fs", batch.row_count, exc.__class__.__name__, exc, self._backoff)
+
     def _store(self, batch: Batch) -> None:
         """Insert, flush dead letters, then commit exactly the batch's offsets."""
         began = time.monotonic()
+        self._write(batch)
+        self._flush_dead_letters()
+        self._commit(batch, began)
+
+    def _write(self, batch: Batch) -> None:
+        """Insert every table's rows of `batch` (in the background when `_step` submits it)."""
         if batch.row_count:
             write_with_retry(self.writers, batch, sleep=self._inner_sleep,
                              max_wait=self.config.inner_retry_s, first_delay=0.1)
-        self._flush_dead_letters()
+
+    def _commit(self, batch: Batch, began: float) -> None:
+        """Commit exactly the batch's offsets (its rows and dead letters are stored)."""
         if not batch.empty:
             offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(batch.offsets.items())]
             try:
@@ -459,6 +571,7 @@ class Sink:
         Called on shutdown and when partitions are revoked: unstored records have no
         committed offset, so whoever owns their partition next reads them again.
         """
+        self._settle(wait=True)
         held = [b for b in (self._pending, self.buffer.drain()) if b is not None and not b.empty]
         for i, batch in enumerate(held):
             try:
@@ -531,8 +644,13 @@ class Sink:
         log.info("sink revoked %d partitions", len(partitions))
 
     def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        """Partitions already belong to someone else: no commit is possible, drop all."""
-        dropped = (self._pending.row_count if self._pending else 0) + len(self.buffer)
+        """Partitions already belong to someone else: no commit is possible, drop all
+        (a batch in flight is waited for: its rows may be stored, never committed)."""
+        if self._inflight is not None:
+            wait([self._inflight[1]])
+        held = (self._pending, self._inflight_batch)
+        dropped = sum(b.row_count for b in held if b) + len(self.buffer)
+        self._inflight = None
         self.buffer.drain()
         self._pending = None
         self._paused = False
@@ -559,6 +677,19 @@ class Sink:
                 signal.signal(sig, old)
 
         return restore
+
+
+def bulk_readers(registry: avro.SchemaRegistry) -> dict[bytes, OutcomeColumns]:
+    """Single-object header (marker and fingerprint) of each send_outcome version that
+    `OutcomeColumns` reads → its reader, resolving to the current contract."""
+    current = registry.current["send_outcome"]
+    readers = {}
+    for fingerprint, writer in registry.by_fingerprint.items():
+        if writer.name == "send_outcome":
+            reader = OutcomeColumns.for_schemas(writer.schema, current.schema)
+            if reader is not None:
+                readers[avro.MAGIC + fingerprint] = reader
+    return readers
 
 
 def published_ms(msg: Message) -> int:
@@ -592,7 +723,10 @@ def run_sink(settings: Settings, config: SinkConfig | None = None,
     """Build a sink for `settings` and run it until SIGTERM / SIGINT (the CLI's `sink`).
 
     A ClickHouse server that cannot be reached at start-up is waited for (backing off up
-    to `max_backoff_s`), so a sink may start before its database.
+    to `max_backoff_s`), so a sink may start before its database. What start-up made
+    (modules, the embedded engine, schemas) lives as long as the process, so it is frozen
+    out of the garbage collector: the consume loop's allocations trigger full collections,
+    which would walk all of it again each time (~0.1 s each).
     """
     config = config or SinkConfig()
     delay = config.first_backoff_s
@@ -605,6 +739,7 @@ def run_sink(settings: Settings, config: SinkConfig | None = None,
                         exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, config.max_backoff_s)
+    gc.freeze()
     return sink.run()
 
 

@@ -1,9 +1,10 @@
 """Batched, idempotent writes of fact rows to ClickHouse.
 
 The sink loop (wired to a Kafka consumer elsewhere) calls `SinkBuffer.add` for every
-record, `due()` after every poll, and when due: `drain()`, `write_with_retry(...)`, then
-commits the batch's offsets. A failed write raises before the commit, so the records are
-read again and the retried batch carries the same dedup token.
+record it maps one by one (`add_rows` and `cover` for a run mapped in bulk), `due()` after
+every poll, and when due: `drain()`, `write_with_retry(...)`, then commits the batch's
+offsets. A failed write raises before the commit, so the records are read again and the
+retried batch carries the same dedup token.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from connectors.clickhouse import DEFAULT_DATABASE, Client
+from connectors.clickhouse import DEFAULT_DATABASE, ArrowRows, Client
 from pipeline.errors import RetryableError
 
 log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
+Rows = list[Row] | ArrowRows
 TopicPartition = tuple[str, int]
 _TOKEN_VERSION = "rassylka-sink-v1"
 
@@ -39,7 +41,7 @@ class BatchWriter:
     def __repr__(self) -> str:
         return f"BatchWriter({self.database}.{self.table})"
 
-    def insert(self, rows: Sequence[Row], token: str) -> int:
+    def insert(self, rows: Sequence[Row] | ArrowRows, token: str) -> int:
         """Write `rows` under dedup `token`; returns rows sent (0 for an empty batch).
 
         Raises `RetryableError` when ClickHouse is unreachable or busy (retry with the same
@@ -65,12 +67,12 @@ class Offset(NamedTuple):
 class Batch:
     """What one flush writes and then commits.
 
-    `rows` maps table → row tuples; `token` is the dedup token for every table's insert
-    (dedup is per table, so one token serves all); `offsets` maps (topic, partition) → the
-    next offset to commit (last consumed + 1).
+    `rows` maps table → row tuples (`ArrowRows` when some were mapped in bulk); `token` is
+    the dedup token for every table's insert (dedup is per table, so one token serves all);
+    `offsets` maps (topic, partition) → the next offset to commit (last consumed + 1).
     """
 
-    rows: dict[str, list[Row]]
+    rows: dict[str, Rows]
     token: str
     offsets: dict[TopicPartition, int]
 
@@ -99,7 +101,7 @@ class SinkBuffer:
     max_rows: int = 10_000
     max_age_s: float = 5.0
     clock: Callable[[], float] = time.monotonic
-    _rows: dict[str, list[Row]] = field(default_factory=dict, init=False)
+    _rows: dict[str, Rows] = field(default_factory=dict, init=False)
     _ranges: dict[TopicPartition, _Range] = field(default_factory=dict, init=False)
     _count: int = field(default=0, init=False)
     _started_at: float | None = field(default=None, init=False)
@@ -113,18 +115,34 @@ class SinkBuffer:
         self._count += 1
         self.skip(source)
 
+    def add_rows(self, table: str, rows: ArrowRows) -> None:
+        """Buffer rows mapped in bulk for `table`, after those held; `cover` their offsets."""
+        held = self._rows.get(table)
+        if held is None:
+            self._rows[table] = rows
+        elif isinstance(held, ArrowRows):
+            held.extend(rows)
+        else:
+            self._rows[table] = ArrowRows(rows.schema, [held, rows])
+        self._count += len(rows)
+
     def skip(self, source: Offset) -> None:
         """Mark a record consumed that yields no row (dead-lettered, filtered): its offset
         still advances with the batch."""
+        self.cover(source.topic, source.partition, source.offset, source.offset)
+
+    def cover(self, topic: str, partition: int, first: int, last: int) -> None:
+        """Mark the records `first`..`last` of a partition consumed (their rows, if any,
+        added): their offsets advance with the batch."""
         if self._started_at is None:
             self._started_at = self.clock()
-        tp = (source.topic, source.partition)
+        tp = (topic, partition)
         seen = self._ranges.get(tp)
         if seen is None:
-            self._ranges[tp] = _Range(source.offset, source.offset)
+            self._ranges[tp] = _Range(first, last)
         else:
-            seen.first = min(seen.first, source.offset)
-            seen.last = max(seen.last, source.offset)
+            seen.first = min(seen.first, first)
+            seen.last = max(seen.last, last)
 
     def due(self, now: float | None = None) -> bool:
         """True when the buffer should be flushed: full, or its oldest record is too old."""
