@@ -562,6 +562,11 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
                 status.update(f"[bold]Faust floor: a bare agent consumes {events} events ...")
                 result["faust_floor"] = faust_floor(settings, settings.topic(topics.PAYMENT_DUE),
                                                     total - restart_n, log_dir)
+        for proc in reversed(procs):
+            stop(proc)
+        # The sections below need no pipeline worker: they run with the workers stopped,
+        # so their idle polling does not share the cores with what is measured.
+        with console.status("[bold]HTTP API and campaigns ...") as status:
             if api:
                 status.update("[bold]HTTP API: single and batch requests until their 202 ...")
                 result["api"] = api_section(settings, log_dir, console)
@@ -570,8 +575,6 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
                               f"fan-out of {campaign_members:,} ...")
                 result["campaigns"] = campaign_bench(settings, campaign_profiles, campaign_members,
                                                      console)
-        for proc in reversed(procs):
-            stop(proc)
         if scale_out:
             with console.status("[bold]scale-out: 2 routers and 2 senders on one set of topics ..."):
                 result["scale_out"] = scale_out_run(base, console, events)
