@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,33 +38,15 @@ from confluent_kafka import Consumer, Producer
 from rich.console import Console
 from rich.table import Table
 
-from connectors.fast_smsc import start_fast_simulator
 from pipeline import avro, kafka_io, topics
-from pipeline.bench_procs import CpuMeter, faust_floor, group_spread, listener_pid, wait_for
+from pipeline.bench_procs import CpuMeter, SimLog, faust_floor, group_spread, listener_pid, wait_for
+from pipeline.fast_smsc import start_fast_simulator
 from pipeline.offsets import wait_committed_to_end
 from pipeline.procs import start_stage, stop
 from pipeline.settings import ROOT, Settings
 from pipeline.topics import create_topics
 
 RESULTS = ROOT / "bench" / "results"
-
-
-@dataclass
-class SimLog:
-    """Follows the simulator's JSONL log of submit_sm."""
-
-    path: Path
-    offset: int = 0
-
-    def read_new(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
 
 
 def machine() -> dict[str, Any]:

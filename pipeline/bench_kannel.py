@@ -37,7 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.procs import free_port
+from pipeline.bench_procs import SimLog
+from pipeline.procs import free_port, stop
 
 INSTALL_HINT = "run `make kannel` (installs Debian's kannel package)"
 SYSTEM_ID = "kannel"  # the simulator takes any system_id and password
@@ -172,17 +173,6 @@ def _start_box(name: str, conf: Path, log_dir: Path, log_level: int) -> subproce
         )
     finally:
         out.close()
-
-
-def _stop_box(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM (Kannel's clean shutdown), SIGKILL if it is still there after `timeout`."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def _tail(path: Path, lines: int = 8) -> str:
@@ -334,24 +324,6 @@ class _Receipts:
             await self._runner.cleanup()
 
 
-class _SubmitLog:
-    """The simulator's JSONL submit log, from where it ended when the run started."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-
-    def read_new(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
-
-
 def _sent_by_bearerbox(admin: int) -> int:
     """Messages bearerbox has had accepted by the SMSC (its status page), for runs without a log."""
     m = re.search(r"SMS: received \d+ \(\d+ queued\), sent (\d+)", _status(admin))
@@ -430,7 +402,7 @@ def kannel_bench(
     )
     timeout = timeout if timeout is not None else max(60.0, messages / 200)
     wanted = {f"7926{i:07d}" for i in range(first, first + messages)}
-    log = _SubmitLog(sim_log) if sim_log is not None else None
+    log = SimLog.from_end(sim_log) if sim_log is not None else None
     seen: dict[str, int] = {}
     duplicates = 0
     refused: dict[int, int] = {}
@@ -469,7 +441,7 @@ def kannel_bench(
     finally:
         for proc in (procs.get("smsbox"), procs.get("bearerbox")):
             if proc is not None:
-                _stop_box(proc)
+                stop(proc, 10.0)  # SIGTERM is Kannel's clean shutdown
     load = run["load"]
     if load["errors"]:
         raise KannelError(

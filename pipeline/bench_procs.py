@@ -1,5 +1,8 @@
-"""Process-level parts of `make bench`: CPU per process, the bare Faust floor, scale-out.
+"""Process-level parts of `make bench`: the simulator's log, CPU per process, the bare
+Faust floor, scale-out.
 
+* `SimLog` follows the SMSC simulator's JSONL log of submit_sm (each bench customer has
+  its own number, so a destination says which event a submit belongs to).
 * `CpuMeter` reads each process's CPU seconds (user + system) from /proc, so a run can
   say how much CPU the router, the sender, the broker and the simulator spent per event.
 * `faust_floor` runs a Faust agent that does nothing but consume the bench's events in
@@ -11,16 +14,41 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.settings import ROOT, Settings
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class SimLog:
+    """Follows the simulator's JSONL log of submit_sm."""
+
+    path: Path
+    offset: int = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+
+    @classmethod
+    def from_end(cls, path: Path) -> SimLog:
+        """Follows `path` from where it ends now (earlier lines are someone else's run)."""
+        return cls(path, path.stat().st_size if path.exists() else 0)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -110,7 +138,6 @@ def faust_floor(settings: Settings, topic: str, count: int, log_dir: Path,
                 timeout: float = 300.0) -> dict[str, Any]:
     """A bare Faust agent (aiokafka driver) consuming `count` records of `topic`: events/s
     and CPU µs per event of the consuming process, timed from its first batch."""
-    import json
     import tempfile
     import uuid
 

@@ -89,18 +89,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_simulator(log_dir: Path, *flags: str,
-                    timeout: float = 20.0) -> tuple[subprocess.Popen[bytes], int, int]:
+def start_simulator(log_dir: Path, *flags: str, timeout: float = 20.0,
+                    command: list[str] | None = None) -> tuple[subprocess.Popen[bytes], int, int]:
     """Run the SMSC simulator with `flags` on free ports; returns (process, SMPP port,
-    control port) once its control channel answers. RuntimeError if it does not start."""
+    control port) once its control channel answers. RuntimeError if it does not start.
+
+    `command` runs another build of it taking the same flags (the benchmark's Go one)."""
     import time
     import urllib.request
 
     port, control = free_port(), free_port()
     out = open(log_dir / f"smsc-{port}.out", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "connectors.smsc_sim", "--port", str(port), "--control-port",
-         str(control), *flags],
+        [*(command or [sys.executable, "-m", "connectors.smsc_sim"]), "--port", str(port),
+         "--control-port", str(control), *flags],
         cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, PARENT_ENV: str(os.getpid())})
     deadline = time.monotonic() + timeout

@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 
 import smpp34  # noqa: E402
 
-from connectors.fast_smsc import start_fast_simulator  # noqa: E402
 from connectors.gateway import OutboundSms  # noqa: E402
 from connectors.smpp import SmppGateway, SmppRoute  # noqa: E402
 from connectors.smpp_session import (  # noqa: E402
@@ -39,6 +38,7 @@ from connectors.smpp_session import (  # noqa: E402
     connect,
     pdu_body,
 )
+from pipeline.fast_smsc import start_fast_simulator  # noqa: E402
 from pipeline.procs import start_simulator, stop  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")

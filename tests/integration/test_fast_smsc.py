@@ -28,8 +28,6 @@ import smpp34
 from sendkit import Simulator, make_request, one_receipt_per_part, outcomes, phone, publish_requests
 from sendkit import sender as run_sender
 
-from connectors import fast_smsc
-from connectors.fast_smsc import start_fast_simulator
 from connectors.smpp_session import (
     BIND_RECEIVER,
     BIND_TRANSCEIVER,
@@ -41,6 +39,8 @@ from connectors.smpp_session import (
     Pdu,
     SmppSession,
 )
+from pipeline import fast_smsc
+from pipeline.fast_smsc import start_fast_simulator
 from pipeline.procs import start_simulator, stop
 from pipeline.settings import Settings
 

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
-from connectors.parent import PARENT_ENV
-from pipeline.procs import free_port, stop
+from pipeline.procs import start_simulator
 from pipeline.settings import ROOT
 
 BUILD_SCRIPT = ROOT / "infra" / "smsc-bench" / "build.sh"
@@ -50,23 +47,5 @@ def start_fast_simulator(
     """Run the Go SMSC simulator with smsc_sim's `flags` on free ports; returns (process,
     SMPP port, control port) once its control channel answers. RuntimeError if it cannot
     be built or does not start."""
-    binary = build_fast_simulator()
-    port, control = free_port(), free_port()
-    out = open(log_dir / f"smsc-{port}.out", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(binary), "--port", str(port), "--control-port", str(control), *flags],
-        cwd=ROOT,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, PARENT_ENV: str(os.getpid())},
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{control}/health", timeout=2).close()
-            return proc, port, control
-        except OSError:
-            time.sleep(0.05)
-    stop(proc)
-    raise RuntimeError(f"the fast SMSC simulator did not start; see {log_dir}/smsc-{port}.out")
+    return start_simulator(log_dir, *flags, timeout=timeout,
+                           command=[str(build_fast_simulator())])
