@@ -351,21 +351,36 @@ def _throughput_run(settings: Settings, sim_log: SimLog, seen: dict[str, int], f
             "cpu_us_per_event": meter.per_event_us(max(reached, 1)), "payloads": payloads}
 
 
+def _namespace(base: Settings, kind: str = "bench") -> tuple[Settings, Path, str]:
+    """Fresh topics, consumer groups and a log folder for one bench run: (settings, log
+    folder, tag)."""
+    tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
+    settings = replace(base, topic_prefix=f"{kind}{tag}.", app_id=f"{kind}{tag}", partitions=4)
+    log_dir = ROOT / ".run" / "bench" / (tag if kind == "bench" else f"{kind}{tag}")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return settings, log_dir, tag
+
+
+def _start_sim(log_dir: Path, seed: int) -> tuple[subprocess.Popen[bytes], int, SimLog,
+                                                   dict[str, str]]:
+    """The bench's SMSC (Go build) with receipts after 100-500 ms: (process, SMPP port, its
+    submit log, the environment that points a sender at it without a rate limit)."""
+    sim_log = SimLog(log_dir / "submits.jsonl")
+    sim, port, _control = start_fast_simulator(log_dir, "--log", str(sim_log.path),
+                                               "--receipt-delay-ms", "100-500", "--seed",
+                                               str(seed))
+    return sim, port, sim_log, {"RASSYLKA_SMPP_PORT": str(port), "RASSYLKA_RATE_PER_BIND": "100000"}
+
+
 def scale_out_run(base: Settings, console: Console, events: int) -> dict[str, Any]:
     """Two routers and two senders on one set of topics (4 partitions): the partitions each
     holds, and every event's submit_sm at the simulator exactly once."""
-    tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
-    settings = replace(base, topic_prefix=f"scale{tag}.", app_id=f"scale{tag}", partitions=4)
-    log_dir = ROOT / ".run" / "bench" / f"scale{tag}"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    settings, log_dir, tag = _namespace(base, "scale")
     procs: list[subprocess.Popen[bytes]] = []
     try:
         create_topics(settings)
-        sim_log = SimLog(log_dir / "submits.jsonl")
-        sim, port, _control = start_fast_simulator(log_dir, "--log", str(sim_log.path),
-                                              "--receipt-delay-ms", "100-500", "--seed", "2")
+        sim, port, sim_log, env = _start_sim(log_dir, 2)
         procs.append(sim)
-        env = {"RASSYLKA_SMPP_PORT": str(port), "RASSYLKA_RATE_PER_BIND": "100000"}
         kafka_io.publish(settings, topics.PROFILES,
                          ((f"b{i:07d}", avro.encode("customer_profile", _profile(i)))
                           for i in range(events)))
@@ -455,10 +470,7 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
     with each process's CPU per event); then the restart, the state footprint, the
     ceiling, the bare Faust floor, the HTTP API, campaigns, the scale-out run and the sink.
     """
-    tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
-    settings = replace(base, topic_prefix=f"bench{tag}.", app_id=f"bench{tag}", partitions=4)
-    log_dir = ROOT / ".run" / "bench" / tag
-    log_dir.mkdir(parents=True, exist_ok=True)
+    settings, log_dir, tag = _namespace(base)
     rates = sorted({rate // 2, rate})
     warmup = 200
     restart_n = 100
@@ -470,11 +482,8 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
     try:
         with console.status("[bold]setting up ...") as status:
             create_topics(settings)
-            sim_log = SimLog(log_dir / "submits.jsonl")
-            sim, port, _control = start_fast_simulator(log_dir, "--log", str(sim_log.path),
-                                                  "--receipt-delay-ms", "100-500", "--seed", "1")
+            sim, port, sim_log, env = _start_sim(log_dir, 1)
             procs.append(sim)
-            env = {"RASSYLKA_SMPP_PORT": str(port), "RASSYLKA_RATE_PER_BIND": "100000"}
             routers_ = [start_stage(settings, ["router", "--worker-id", str(i)],
                                     log_dir / f"router{i}.log") for i in range(routers)]
             senders_ = [start_stage(settings, ["sender", "--worker-id", str(i)],
@@ -658,10 +667,7 @@ def _api_rows(table: Table, a: dict[str, Any]) -> None:
 
 def run_api_bench(base: Settings, console: Console) -> int:
     """`rassylka bench --api-only`: the HTTP API section alone; writes bench/results/api.json."""
-    tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
-    settings = replace(base, topic_prefix=f"bench{tag}.", app_id=f"bench{tag}", partitions=4)
-    log_dir = ROOT / ".run" / "bench" / tag
-    log_dir.mkdir(parents=True, exist_ok=True)
+    settings, log_dir, _tag = _namespace(base)
     create_topics(settings)
     result = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "api": api_section(settings, log_dir, console)}
