@@ -17,6 +17,15 @@ from pipeline import avro
 from pipeline.errors import ConfigError, KafkaUnreachable
 from pipeline.settings import Settings
 
+# A stage that dies inside a transaction and whose transactional id never comes back
+# (a worker scaled away, a host lost) leaves that transaction open until the broker times
+# it out; until then every read_committed reader of a partition it wrote to (outcomes,
+# receipts, requests, changelogs) stops at its first record. The stall is this timeout
+# plus the coordinator's abort sweep (10 s by default), so it is kept short: a stage's
+# transaction lasts milliseconds, and one that outlives a broker outage is aborted and
+# redone from the last commit either way.
+TRANSACTION_TIMEOUT_MS = 10_000
+
 # librdkafka's own log lines ("Connect to ... failed") during the reachability probe: the
 # probe's outcome is reported once, as KafkaUnreachable, not as a stream of retries.
 _probe_log = logging.getLogger(f"{__name__}.probe")

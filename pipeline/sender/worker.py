@@ -293,7 +293,7 @@ class SenderWorker:
             "transactional.id": f"{self.group}-{self.worker_id}",
             "linger.ms": 2,
             "compression.type": "lz4",
-            "transaction.timeout.ms": 120_000,
+            "transaction.timeout.ms": kafka_io.TRANSACTION_TIMEOUT_MS,
         })
         producer.init_transactions(60)
         return producer
@@ -628,6 +628,7 @@ class SenderWorker:
                     [tp for tp in positions if tp.offset >= 0],
                     self.consumer.consumer_group_metadata(), 30)
             if self.fault == "exit_before_commit" and acks:
+                producer.flush(10)  # on the broker, inside the open transaction
                 os._exit(137)  # test hook: die with receipts/replies published, not committed
             started = time.monotonic()
             kafka_io.commit_transaction(producer)

@@ -96,3 +96,33 @@ def test_second_worker_killed_after_taking_partitions(ns: Settings, tmp_path: Pa
         submits = sim.submits()
     assert joined, "the second worker must have sent part of the stream before it died"
     check_stream(requests, got, submits)
+
+
+def test_joiner_dies_inside_a_transaction_and_never_returns(ns: Settings, tmp_path: Path) -> None:
+    """A worker that dies with a transaction open, and whose id never comes back, must not
+    hold up the shared outcome partitions: read_committed readers stop at its open
+    transaction until the broker aborts it, so the transaction timeout bounds the stall.
+    (With a 120 s timeout this test saw a fraction of the outcomes within its bound.)"""
+    cfg = replace(ns, config_dir=config_with(tmp_path, ns.config_dir, quiet_hours={},
+                                             frequency_caps={}))
+    requests = [make_request(phone=phone(70_000 + i), text=f"Счёт {i} ждёт оплаты")
+                for i in range(300)]
+    rate = {"RASSYLKA_RATE_PER_BIND": "10", "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "5"}
+    with simulator(tmp_path, "--latency-ms", "1-5", "--receipt-delay-ms", "300-600") as sim:
+        publish_requests(cfg, requests)
+        with sender(cfg, sim, tmp_path, worker_id="0", **rate):
+            deadline = time.monotonic() + 30
+            while len(sim.submits()) < 20 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # It dies on its first transaction that records a receipt, before the commit.
+            with sender(cfg, sim, tmp_path, worker_id="1", RASSYLKA_SENDER_FAULT="exit_before_commit",
+                        **rate) as second:
+                deadline = time.monotonic() + 60
+                while second.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert second.poll() == 137, "the joiner must die inside a transaction"
+            outcomes(cfg, len(requests), timeout=75)
+            got = one_outcome_per_request(cfg, requests)
+            one_receipt_per_part(cfg, sim)
+        submits = sim.submits()
+    check_stream(requests, got, submits)
