@@ -563,7 +563,7 @@ def deadletters_replay(
     from confluent_kafka import Producer
 
     from pipeline.cli import console
-    from pipeline.kafka_io import abort_transaction, commit_transaction
+    from pipeline.kafka_io import TRANSACTIONAL_PRODUCER, abort_transaction, commit_transaction
 
     settings = _settings_and_kafka()
     ensure_marker_topic(settings)
@@ -573,7 +573,7 @@ def deadletters_replay(
         # running, so the markers read next are complete and no two runs publish the same.
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap,
                              "transactional.id": f"{settings.app_id}-deadletter-replay",
-                             "linger.ms": 5})
+                             "linger.ms": 5, **TRANSACTIONAL_PRODUCER})
         producer.init_transactions(60)
     every = read_letters(settings)
     letters = select(settings, every, reason, topic, since)

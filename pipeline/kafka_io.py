@@ -26,6 +26,20 @@ from pipeline.settings import Settings
 # redone from the last commit either way.
 TRANSACTION_TIMEOUT_MS = 10_000
 
+# Settings every transactional producer of a stage shares.
+# - The timeout above.
+# - Short retry backoffs: right after a commit returns, the coordinator is still writing
+#   that transaction's markers, and the next transaction's first AddOffsetsToTxn or
+#   AddPartitionsToTxn is answered CONCURRENT_TRANSACTIONS; librdkafka retries it after
+#   `retry.backoff.ms` (100 ms by default, growing), which made `send_offsets_to_transaction`
+#   most of a busy stage's wall time and added tens of milliseconds to every event's
+#   latency. The cap keeps retries against a broker that is away a tenth of a second apart.
+TRANSACTIONAL_PRODUCER: dict[str, Any] = {
+    "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+    "retry.backoff.ms": 5,
+    "retry.backoff.max.ms": 100,
+}
+
 # librdkafka's own log lines ("Connect to ... failed") during the reachability probe: the
 # probe's outcome is reported once, as KafkaUnreachable, not as a stream of retries.
 _probe_log = logging.getLogger(f"{__name__}.probe")

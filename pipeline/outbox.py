@@ -238,7 +238,7 @@ class OutboxWorker:
             "transactional.id": f"{self.group}-{self.worker_id}",
             "linger.ms": 5,
             "compression.type": "lz4",
-            "transaction.timeout.ms": kafka_io.TRANSACTION_TIMEOUT_MS,
+            **kafka_io.TRANSACTIONAL_PRODUCER,
         })
         producer.init_transactions(60)  # fences a killed predecessor and aborts its transaction
         return producer

@@ -144,7 +144,7 @@ class FollowUps:
         group = f"{self.settings.app_id}-followups"
         self.producer = Producer({"bootstrap.servers": self.settings.kafka_bootstrap,
                                   "transactional.id": f"{group}-{self.worker_id}", "linger.ms": 5,
-                                  "transaction.timeout.ms": kafka_io.TRANSACTION_TIMEOUT_MS})
+                                  **kafka_io.TRANSACTIONAL_PRODUCER})
         self.producer.init_transactions(60)
         self.consumer = Consumer({
             "bootstrap.servers": self.settings.kafka_bootstrap, "group.id": group,

@@ -179,6 +179,7 @@ class CampaignRunner:
             "bootstrap.servers": self.settings.kafka_bootstrap,
             "transactional.id": f"{self.settings.app_id}-campaigns-{self.worker_id}",
             "linger.ms": 5,
+            **kafka_io.TRANSACTIONAL_PRODUCER,
         })
         self.producer.init_transactions(60)
         self.control = _follower(self.settings, topics.CAMPAIGN_CONTROL)

@@ -298,7 +298,7 @@ class RouterWorker:
             "linger.ms": 5,
             "batch.num.messages": 10_000,
             "compression.type": "lz4",
-            "transaction.timeout.ms": kafka_io.TRANSACTION_TIMEOUT_MS,
+            **kafka_io.TRANSACTIONAL_PRODUCER,
         })
         producer.init_transactions(60)
         return producer
