@@ -138,6 +138,7 @@ class SenderStats:
     resent_in_doubt: int = 0
     cycles: int = 0
     transactions: int = 0
+    state_records: int = 0  # changelog records written (coalesced per transaction)
     commit_s: float = 0.0
     transaction_s: float = 0.0
     longest_transaction_s: float = 0.0
@@ -247,7 +248,7 @@ class SenderWorker:
         }
         self.group = f"{settings.app_id}-sender"
         self.store = PartitionedStore(settings.kafka_bootstrap, f"{self.group}-state-changelog",
-                                      settings.partitions)
+                                      settings.partitions, coalesce=True)
         self.consent = ConsentView(settings)
         self.bucket = TokenBucket(route_rate, max(1.0, route_rate / 10))
         self.queue: PriorityGate[Job] = PriorityGate()
@@ -293,7 +294,7 @@ class SenderWorker:
             "transactional.id": f"{self.group}-{self.worker_id}",
             "linger.ms": 2,
             "compression.type": "lz4",
-            "transaction.timeout.ms": kafka_io.TRANSACTION_TIMEOUT_MS,
+            **kafka_io.TRANSACTIONAL_PRODUCER,
         })
         producer.init_transactions(60)
         return producer
@@ -607,6 +608,7 @@ class SenderWorker:
         acks: list[Callable[[], None]] = []
         after_commit: list[Callable[[], None]] = []
         began = time.monotonic()
+        self.store.discard()  # nothing is left over, but an aborted change must never leak
         try:
             producer.begin_transaction()
             self._record_results(producer, now, recorded)
@@ -622,6 +624,7 @@ class SenderWorker:
             if sweep:
                 self._sweep(producer, now)
             out = self._take_for_wire(producer, now) if dispatch else []
+            self.stats.state_records += self.store.flush(producer)
             if msgs:
                 positions = self.consumer.position(self.consumer.assignment())
                 producer.send_offsets_to_transaction(
@@ -649,6 +652,7 @@ class SenderWorker:
             self.events.extendleft(reversed(taken))
             self.pending_receipts = waiting_before
             self.finished.extendleft(reversed(recorded))
+            self.store.discard()
             self._abort_pending = True
             self._rewind_pending = set(self.owned)
             self._finish_failed_transaction()

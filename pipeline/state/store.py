@@ -167,13 +167,25 @@ def read_partitions(
 
 
 class PartitionedStore:
-    """Key/value state for the input partitions this worker owns, backed by a changelog."""
+    """Key/value state for the input partitions this worker owns, backed by a changelog.
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    With `coalesce`, changes are written at `flush` (called once per transaction, before
+    its commit) instead of one record per call: a key changed several times in one
+    transaction is written once, with its last value, and a key created and removed in the
+    same transaction (a request queued and put on the wire at once) is not written at all.
+    Readers see the same state after every commit; the changelog gets fewer records.
+    `discard` forgets the unflushed changes of an aborted transaction (whose in-memory
+    state the caller restores from the changelog anyway).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, coalesce: bool = False) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.partitions = partitions
         self.data: dict[int, dict[bytes, bytes]] = {}
+        self.coalesce = coalesce
+        self._pending: dict[tuple[int, bytes], bytes | None] = {}
+        self._new: set[tuple[int, bytes]] = set()  # keys absent before this transaction
 
     def ensure_topic(self) -> None:
         ensure_compacted_topic(self.bootstrap, self.topic, self.partitions)
@@ -213,15 +225,52 @@ class PartitionedStore:
 
     def put(self, producer: Producer, partition: int, key: bytes, value: bytes) -> None:
         """Set `key` locally and write it to the changelog (inside the caller's transaction)."""
-        self.data.setdefault(partition, {})[key] = value
-        _produce(producer, self.topic, partition, key, value)
+        part = self.data.get(partition)
+        held = part is not None
+        if part is None:
+            part = self.data[partition] = {}
+        if self.coalesce:
+            # A partition not held here may have the key in its changelog: say it anyway.
+            self._touch(partition, key, not held or key in part, value)
+        else:
+            _produce(producer, self.topic, partition, key, value)
+        part[key] = value
 
     def delete(self, producer: Producer, partition: int, key: bytes) -> None:
         """Remove `key` locally and write a tombstone."""
         part = self.data.get(partition)
+        existed = part is None or key in part  # a partition not held here: tombstone anyway
         if part is not None:
             part.pop(key, None)
-        _produce(producer, self.topic, partition, key, None)
+        if self.coalesce:
+            self._touch(partition, key, existed, None)
+        else:
+            _produce(producer, self.topic, partition, key, None)
+
+    def _touch(self, partition: int, key: bytes, existed: bool, value: bytes | None) -> None:
+        k = (partition, key)
+        if k not in self._pending and not existed:
+            self._new.add(k)
+        self._pending[k] = value
+
+    def flush(self, producer: Producer) -> int:
+        """Write this transaction's changes (coalesced) to the changelog; returns how many
+        records were written."""
+        written = 0
+        new = self._new
+        for (partition, key), value in self._pending.items():
+            if value is None and (partition, key) in new:
+                continue  # created and removed within the transaction: nothing to say
+            _produce(producer, self.topic, partition, key, value)
+            written += 1
+        self._pending = {}
+        self._new = set()
+        return written
+
+    def discard(self) -> None:
+        """Forget unflushed changes (the transaction they belonged to was aborted)."""
+        self._pending = {}
+        self._new = set()
 
 
 def _produce(producer: Producer, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
