@@ -6,6 +6,9 @@
 #   KAFKA_CONTROLLER_PORT  the KRaft controller's port on 127.0.0.1 (default KAFKA_PORT+1)
 #   KAFKA_HOME_DIR         where jars, storage and logs live (default infra/kafka/.cache)
 #   KAFKA_BOOTSTRAP        when set, an existing cluster is used and nothing is fetched or started
+#   KAFKA_HEAP             the broker's JVM heap options (default "-Xms1g -Xmx2g": every test and
+#                          bench run leaves its topics, and with thousands of partitions a 768 MB
+#                          heap was nearly all live data, collected several times a second)
 #
 # `up` refuses, in one line and before fetching or starting anything, when either port is
 # already taken (another checkout's broker, say).
@@ -152,7 +155,9 @@ up() {
   format_storage
   say "starting Kafka $KAFKA_VERSION on 127.0.0.1:$PORT (logs: $LOGS)"
   rm -f "$LOGS/server.log"
-  nohup java -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+  # shellcheck disable=SC2086  # KAFKA_HEAP is a list of JVM options
+  nohup java ${KAFKA_HEAP:--Xms1g -Xmx2g} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Xlog:gc*:file="$LOGS/gc.log":time,uptime:filecount=2,filesize=20M \
     -Dkafka.logs.dir="$LOGS" -Dlog4j2.configurationFile="$HOME_DIR/log4j2.properties" \
     -cp "$LIBS/*" kafka.Kafka "$CONF" >"$LOGS/stdout.log" 2>&1 &
   echo $! > "$PIDFILE"

@@ -54,6 +54,8 @@ BATCH_MAX = 2000
 BATCH_BUDGET_S = 5.0
 """Longest one transaction keeps routing (slow templates): the rest of the batch is read
 again for the next one, so transactions stay short and the group never waits long."""
+SLOW_TRANSACTION_S = 0.25
+"""A transaction longer than this is logged: a stall to explain."""
 CATCH_UP_S = 10.0
 """Longest the worker waits for the profiles topic's end when an event's customer is unknown."""
 CLOCK_MARGIN_MS = 2_000
@@ -449,7 +451,11 @@ class RouterWorker:
         self.stats.counts.update(self._counts)
         self.stats.transactions += 1
         self.stats.events += len(self._routed)
-        metrics.TRANSACTION_SECONDS.labels("router").observe(time.monotonic() - began)
+        took = time.monotonic() - began
+        metrics.TRANSACTION_SECONDS.labels("router").observe(took)
+        if took > SLOW_TRANSACTION_S:
+            log.warning("router %s: a transaction of %d events took %.0f ms", self.worker_id,
+                        len(msgs), took * 1000)
         metrics.count_committed("router", self._counts)
         metrics.count_topics(Counter(source[0] for source in self._routed))
 

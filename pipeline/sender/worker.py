@@ -103,6 +103,10 @@ def _wire_parts(value: bytes) -> tuple[bytes, bytes]:
     return b"", value
 
 
+SLOW_TRANSACTION_S = 0.25
+"""A transaction longer than this is logged (with its commit's share): a stall to explain."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -642,6 +646,10 @@ class SenderWorker:
             self.stats.transactions += 1
             self.stats.transaction_s += ended - began
             self.stats.longest_transaction_s = max(self.stats.longest_transaction_s, ended - began)
+            if ended - began > SLOW_TRANSACTION_S:
+                log.warning("sender %s: a transaction took %.0f ms (commit %.0f ms; %d requests, "
+                            "%d answers, %d events)", self.worker_id, (ended - began) * 1000,
+                            (ended - started) * 1000, len(msgs), len(recorded), len(taken))
             self._tx.commit()
             metrics.TRANSACTION_SECONDS.labels("sender").observe(ended - began)
             if msgs:
