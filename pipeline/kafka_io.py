@@ -40,6 +40,12 @@ TRANSACTIONAL_PRODUCER: dict[str, Any] = {
     "retry.backoff.max.ms": 100,
 }
 
+def slow_transaction(seconds: float, records: int) -> bool:
+    """True for a transaction worth a warning: longer than 250 ms plus 0.5 ms per record it
+    carried (a backlog's big transactions take longer by design). A stall to explain."""
+    return seconds > 0.25 + 0.0005 * records
+
+
 # librdkafka's own log lines ("Connect to ... failed") during the reachability probe: the
 # probe's outcome is reported once, as KafkaUnreachable, not as a stream of retries.
 _probe_log = logging.getLogger(f"{__name__}.probe")

@@ -16,11 +16,24 @@ from pathlib import Path
 
 import pytest
 
+from connectors import clickhouse
+from connectors.clickhouse import Client, connect
 from pipeline.outbox import Database
 from pipeline.settings import ROOT, Settings, local_bootstrap
 from pipeline.topics import create_topics
 
 FIXTURE_CONFIG = Path(__file__).resolve().parent / "fixtures" / "config"
+
+
+@pytest.fixture(scope="session")
+def chdb_client(tmp_path_factory: pytest.TempPathFactory) -> Client:
+    """The analytics store tests share: chDB hosts one engine per process, so reuse the one
+    already opened (or RASSYLKA_TEST_CLICKHOUSE_URL's server)."""
+    url = os.environ.get("RASSYLKA_TEST_CLICKHOUSE_URL")
+    if url:
+        return connect(url)
+    opened = [c for c in clickhouse._registry.values() if c.embedded]
+    return opened[0] if opened else connect(f"chdb://{tmp_path_factory.mktemp('clickhouse')}")
 
 
 @pytest.fixture(scope="session")

@@ -54,10 +54,6 @@ BATCH_MAX = 2000
 BATCH_BUDGET_S = 5.0
 """Longest one transaction keeps routing (slow templates): the rest of the batch is read
 again for the next one, so transactions stay short and the group never waits long."""
-SLOW_TRANSACTION_S = 0.25
-SLOW_PER_EVENT_S = 0.0005
-"""A transaction longer than 250 ms plus 0.5 ms per event is logged: a stall to explain. A
-backlog's big transactions take longer by design."""
 CATCH_UP_S = 10.0
 """Longest the worker waits for the profiles topic's end when an event's customer is unknown."""
 CLOCK_MARGIN_MS = 2_000
@@ -455,7 +451,7 @@ class RouterWorker:
         self.stats.events += len(self._routed)
         took = time.monotonic() - began
         metrics.TRANSACTION_SECONDS.labels("router").observe(took)
-        if took > SLOW_TRANSACTION_S + SLOW_PER_EVENT_S * len(msgs):
+        if kafka_io.slow_transaction(took, len(msgs)):
             log.warning("router %s: a transaction of %d events took %.0f ms", self.worker_id,
                         len(msgs), took * 1000)
         metrics.count_committed("router", self._counts)

@@ -103,12 +103,6 @@ def _wire_parts(value: bytes) -> tuple[bytes, bytes]:
     return b"", value
 
 
-SLOW_TRANSACTION_S = 0.25
-SLOW_PER_RECORD_S = 0.0005
-"""A transaction longer than 250 ms plus 0.5 ms per request and answer is logged (with its
-commit's share): a stall to explain. A backlog's big transactions take longer by design."""
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -648,7 +642,7 @@ class SenderWorker:
             self.stats.transactions += 1
             self.stats.transaction_s += ended - began
             self.stats.longest_transaction_s = max(self.stats.longest_transaction_s, ended - began)
-            if ended - began > SLOW_TRANSACTION_S + SLOW_PER_RECORD_S * (len(msgs) + len(recorded)):
+            if kafka_io.slow_transaction(ended - began, len(msgs) + len(recorded)):
                 log.warning("sender %s: a transaction took %.0f ms (commit %.0f ms; %d requests, "
                             "%d answers, %d events)", self.worker_id, (ended - began) * 1000,
                             (ended - started) * 1000, len(msgs), len(recorded), len(taken))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -39,11 +38,8 @@ def ms(moment: dt.datetime, plus_s: int = 0) -> int:
 
 
 @pytest.fixture(scope="session")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    url = os.environ.get("RASSYLKA_TEST_CLICKHOUSE_URL") or (
-        f"chdb://{tmp_path_factory.mktemp('clickhouse')}"
-    )
-    yield connect(url)
+def client(chdb_client: Client) -> Client:
+    return chdb_client
 
 
 @pytest.fixture

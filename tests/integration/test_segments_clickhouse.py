@@ -13,7 +13,6 @@ order events published to Kafka must land in `profiles` and `orders`, numbers ha
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -29,8 +28,7 @@ from typing import Any
 import pytest
 from stages import stage
 
-from connectors import clickhouse
-from connectors.clickhouse import Client, connect, migrate
+from connectors.clickhouse import Client, migrate
 from pipeline import kafka_io, topics
 from pipeline.analytics.privacy import mask, phone_hash
 from pipeline.analytics.rows import (
@@ -437,13 +435,8 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Client:
-    """chDB hosts one engine per process: reuse the one another test module opened."""
-    url = os.environ.get("RASSYLKA_TEST_CLICKHOUSE_URL")
-    if url:
-        return connect(url)
-    opened = [c for c in clickhouse._registry.values() if c.embedded]
-    return opened[0] if opened else connect(f"chdb://{tmp_path_factory.mktemp('clickhouse')}")
+def client(chdb_client: Client) -> Client:
+    return chdb_client
 
 
 @pytest.fixture(scope="module")

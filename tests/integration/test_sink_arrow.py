@@ -8,7 +8,6 @@ per-record path maps it.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from stages import stage, wait_for
 from test_sink import PHONE, START_MS, one, outcome, query, wait_stored
 
 from connectors import clickhouse
-from connectors.clickhouse import ArrowRows, Client, connect, migrate
+from connectors.clickhouse import ArrowRows, Client, migrate
 from pipeline import avro, kafka_io, topics
 from pipeline.analytics.rows import MESSAGE_COLUMNS, MESSAGE_SCHEMA, message_row, to_row
 from pipeline.settings import Settings
@@ -33,13 +32,8 @@ SELECT = "SELECT {columns} FROM {{db}}.messages ORDER BY message_id".format(colu
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Client:
-    """chDB hosts one engine per process: reuse the one another test module opened."""
-    url = os.environ.get("RASSYLKA_TEST_CLICKHOUSE_URL")
-    if url:
-        return connect(url)
-    opened = [c for c in clickhouse._registry.values() if c.embedded]
-    return opened[0] if opened else connect(f"chdb://{tmp_path_factory.mktemp('clickhouse')}")
+def client(chdb_client: Client) -> Client:
+    return chdb_client
 
 
 @pytest.fixture
