@@ -137,25 +137,27 @@ def test_a_failed_background_insert_holds_the_batch_and_pauses() -> None:
     assert [r[0] for r in store.rows["messages"]] == ["r0", "r1", "r2", "r9"]
 
 
-def test_revoke_commits_the_batch_in_flight_then_the_buffer() -> None:
+def _inflight_and_buffered() -> tuple[Any, Any]:
+    """A sink with three rows of partition 0 being inserted (the store answers at once
+    from now on) and one row of partition 1 buffered behind them."""
     store, clock = SlowStore(), Clock()
     sink, consumer, _ = make_sink(store, clock)
     sink.process([Msg(OUTCOMES, 0, n, outcome(n)) for n in range(3)])
     sink._step(wait=False)
     sink.process([Msg(OUTCOMES, 1, 0, outcome(7))])
     store.release.set()
+    return sink, consumer
+
+
+def test_revoke_commits_the_batch_in_flight_then_the_buffer() -> None:
+    sink, consumer = _inflight_and_buffered()
     sink._on_revoke(consumer, consumer.assignment())
     assert consumer.commits == [{(OUTCOMES, 0): 3}, {(OUTCOMES, 1): 1}]
     assert sink._inflight is None and len(sink.buffer) == 0
 
 
 def test_lost_partitions_drop_the_batch_in_flight_uncommitted() -> None:
-    store, clock = SlowStore(), Clock()
-    sink, consumer, _ = make_sink(store, clock)
-    sink.process([Msg(OUTCOMES, 0, n, outcome(n)) for n in range(3)])
-    sink._step(wait=False)
-    sink.process([Msg(OUTCOMES, 1, 0, outcome(7))])
-    store.release.set()
+    sink, consumer = _inflight_and_buffered()
     sink._on_lost(consumer, consumer.assignment())
     sink.step()
     assert consumer.commits == [] and sink.stats.dropped_rows == 4
