@@ -231,11 +231,12 @@ def sender(
     from pipeline import metrics
     from pipeline.releases import LiveConfig
     from pipeline.sender.setup import build_gateway, load_policy
-    from pipeline.sender.worker import SenderWorker
+    from pipeline.sender.worker import SenderWorker, receipt_wait_ms
     from pipeline.topics import CATALOG, create_topics, wait_until_ready
 
     logging.getLogger().setLevel(loglevel.upper())
     settings = _settings()
+    wait_ms = receipt_wait_ms(os.environ.get("RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S", "60"))
     health = metrics.Health()
     metrics.serve(metrics_port, health)
     wait_for_kafka_or_config(settings, lambda s: load_policy(s.config_dir))
@@ -248,8 +249,7 @@ def sender(
     worker = SenderWorker(
         settings, policy, gateway, rate, worker_id=worker_id, live=live,
         max_in_flight=int(os.environ.get("RASSYLKA_MAX_IN_FLIGHT", "1024")),
-        uncorrelated_wait_ms=int(float(os.environ.get("RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S", "60"))
-                                 * 1000),
+        uncorrelated_wait_ms=wait_ms,
         fault=os.environ.get("RASSYLKA_SENDER_FAULT") or None, health=health)
     stats = asyncio.run(worker.run())
     console.print(f"sender {worker_id} stopped: {stats}", highlight=False)

@@ -281,3 +281,27 @@ def abort_transaction(producer: Producer, attempts: int = 3) -> None:
                 raise
             logging.getLogger(__name__).warning("abort failed (%s); retrying", err)
             time.sleep(1.0)
+
+
+def abort_or_renew(producer: Producer, renew: Callable[[], Producer], who: str) -> Producer:
+    """Abort `producer`'s open transaction and return the producer to go on with.
+
+    A producer the abort leaves unusable is replaced by `renew()`, a new producer with the
+    same transactional id, whose `init_transactions` fences the old one and aborts whatever
+    it left open. That happens when it was fenced, when the broker timed the transaction
+    out, and in a race of Kafka 4's transactions (version 2) with librdkafka: an abort sent
+    while the transaction's first records are still in flight, right after a commit, is
+    answered INVALID_TXN_STATE, which librdkafka makes fatal (a third of such aborts here;
+    tests/integration/test_abort_or_renew.py provokes it).
+    A retriable failure (the broker away) is raised: the caller retries on its next cycle.
+    """
+    try:
+        abort_transaction(producer)
+        return producer
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if err is not None and err.retriable() and not err.fatal():
+            raise
+        logging.getLogger(__name__).warning("%s: producer unusable after an abort (%s); "
+                                            "starting a new one", who, err or exc)
+        return renew()

@@ -416,15 +416,8 @@ class OutboxWorker:
 
     def _abort_and_rewind(self) -> None:
         assert self.consumer is not None and self.producer is not None
-        try:
-            kafka_io.abort_transaction(self.producer)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if err is not None and err.retriable():
-                raise
-            log.warning("outbox %s: producer unusable (%s); starting a new one",
-                        self.worker_id, err or exc)
-            self.producer = self._new_producer()
+        self.producer = kafka_io.abort_or_renew(self.producer, self._new_producer,
+                                                f"outbox {self.worker_id}")
         # A failed sweep may have dropped entries from memory that are still committed.
         self.store.restore(self.owned)
         assignment = self.consumer.assignment()

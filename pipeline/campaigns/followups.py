@@ -142,10 +142,7 @@ class FollowUps:
                 rows[key.decode()] = json.loads(value)
         self.pending = Pending(rows)
         group = f"{self.settings.app_id}-followups"
-        self.producer = Producer({"bootstrap.servers": self.settings.kafka_bootstrap,
-                                  "transactional.id": f"{group}-{self.worker_id}", "linger.ms": 5,
-                                  **kafka_io.TRANSACTIONAL_PRODUCER})
-        self.producer.init_transactions(60)
+        self.producer = self._new_producer()
         self.consumer = Consumer({
             "bootstrap.servers": self.settings.kafka_bootstrap, "group.id": group,
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
@@ -155,6 +152,14 @@ class FollowUps:
         self.consumer.subscribe([*self.schema_of, self.outcomes_topic, self.clicks_topic])
         log.info("follow-ups: %d pending, rules %s", len(self.pending),
                  sorted(r.id for rules in self.triggers.values() for r in rules))
+
+    def _new_producer(self) -> Producer:
+        producer = Producer({
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "transactional.id": f"{self.settings.app_id}-followups-{self.worker_id}",
+            "linger.ms": 5, **kafka_io.TRANSACTIONAL_PRODUCER})
+        producer.init_transactions(60)
+        return producer
 
     def close(self) -> None:
         if self.consumer is not None:
@@ -201,9 +206,10 @@ class FollowUps:
                         exc.args[0] if exc.args else exc)
             self.pending = Pending(before)
             try:
-                kafka_io.abort_transaction(self.producer)
+                self.producer = kafka_io.abort_or_renew(self.producer, self._new_producer,
+                                                        "follow-ups")
             except KafkaException:
-                pass
+                pass  # the broker is away: the next cycle's transaction tries again
             for tp in self.consumer.committed(self.consumer.assignment(), timeout=30):
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
 

@@ -172,16 +172,20 @@ class CampaignRunner:
     def stop(self) -> None:
         self.stopping = True
 
-    def run(self, until_idle_s: float | None = None) -> None:
-        states = read_latest(self.settings, topics.CAMPAIGN_PROGRESS)
-        self.commands = read_latest(self.settings, topics.CAMPAIGN_CONTROL)
-        self.producer = Producer({
+    def _new_producer(self) -> Producer:
+        producer = Producer({
             "bootstrap.servers": self.settings.kafka_bootstrap,
             "transactional.id": f"{self.settings.app_id}-campaigns-{self.worker_id}",
             "linger.ms": 5,
             **kafka_io.TRANSACTIONAL_PRODUCER,
         })
-        self.producer.init_transactions(60)
+        producer.init_transactions(60)
+        return producer
+
+    def run(self, until_idle_s: float | None = None) -> None:
+        states = read_latest(self.settings, topics.CAMPAIGN_PROGRESS)
+        self.commands = read_latest(self.settings, topics.CAMPAIGN_CONTROL)
+        self.producer = self._new_producer()
         self.control = _follower(self.settings, topics.CAMPAIGN_CONTROL)
         for campaign_id, command in self.commands.items():
             self._apply(campaign_id, command, states.get(campaign_id))
@@ -374,9 +378,10 @@ class CampaignRunner:
                         run.campaign.id, exc.args[0] if exc.args else exc)
             run.state = json.loads(previous)  # cursors back where the last commit left them
             try:
-                self.producer.abort_transaction(30)
+                self.producer = kafka_io.abort_or_renew(self.producer, self._new_producer,
+                                                        f"campaign {run.campaign.id}")
             except KafkaException:
-                pass
+                pass  # the broker is away: the next transaction tries again
             time.sleep(1.0)
 
     # ------------------------------------------------------------ decision

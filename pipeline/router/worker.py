@@ -481,18 +481,11 @@ class RouterWorker:
                         "refused alone", self.worker_id, len(self._delivery_errors),
                         len(self.suspects), len(self.refused))
         self._delivery_errors = []
-        try:
-            kafka_io.abort_transaction(self.producer)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if err is not None and err.retriable():
-                raise  # broker away: retried next cycle
-            log.warning("router %s: producer unusable (%s); starting a new one",
-                        self.worker_id, err or exc)
-            self._fresh_producer = True
-        if self._fresh_producer:
+        old = self.producer
+        self.producer = kafka_io.abort_or_renew(old, self._new_producer, f"router {self.worker_id}")
+        if self._fresh_producer and self.producer is old:
             self.producer = self._new_producer()  # same transactional id: fences the old one
-            self._fresh_producer = False
+        self._fresh_producer = False
         assignment = self.consumer.assignment()
         if not assignment:
             return

@@ -72,6 +72,30 @@ PARKED = b"P"  # a receipt acknowledged before its SMSC id was known: <id>\0<sta
 PARK_RECEIPT_AFTER_MS = 2_000
 _UNTIL = struct.Struct("<q")
 UNCORRELATED_RECEIPT_WAIT_MS = 60_000
+SESSION_TIMEOUT_MS = 10_000  # the consumer group's: a dead worker's partitions move after it
+# A receipt for an SMSC id this worker does not know may be one a worker that died had
+# recorded but not acknowledged; its marker, which recognises the copy, reaches a survivor
+# only with the dead worker's partitions: after its session times out, the group rebalances
+# and the state is restored. Published without a message id before then, it would be
+# recorded twice (test_faults_rebalance.py::test_joiner_dies_inside_a_transaction_and_
+# never_returns[exit_after_commit]), so the wait is never shorter than this.
+MIN_UNCORRELATED_RECEIPT_WAIT_MS = 3 * SESSION_TIMEOUT_MS
+
+
+def receipt_wait_ms(seconds: str | float) -> int:
+    """RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S in milliseconds; ConfigError below the minimum."""
+    try:
+        ms = int(float(seconds) * 1000)
+    except ValueError:
+        ms = -1
+    if ms < MIN_UNCORRELATED_RECEIPT_WAIT_MS:
+        raise ConfigError(
+            [f"RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S={seconds} is not a number of seconds of at "
+             f"least {MIN_UNCORRELATED_RECEIPT_WAIT_MS // 1000}: a receipt a dead sender had "
+             "recorded could be recorded again before its partitions reach a live one"],
+            hint=f"set it to {MIN_UNCORRELATED_RECEIPT_WAIT_MS // 1000} or more, or unset it "
+                 f"(default {UNCORRELATED_RECEIPT_WAIT_MS // 1000})")
+    return ms
 # Test hooks (RASSYLKA_SENDER_FAULT): die right before / right after committing a
 # transaction that recorded receipts or replies, i.e. in the gaps an ack must not cross.
 FAULTS = frozenset({"exit_before_commit", "exit_after_commit"})
@@ -237,7 +261,7 @@ class SenderWorker:
         window = int(getattr(route, "binds", 0) or 0) * int(getattr(route, "window", 0) or 0)
         self.max_in_flight = min(max_in_flight, 2 * window) if window > 0 else max_in_flight
         self.cycle_s = cycle_s
-        self.uncorrelated_wait_ms = uncorrelated_wait_ms
+        self.uncorrelated_wait_ms = receipt_wait_ms(uncorrelated_wait_ms / 1000)
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown sender fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
         self.fault = fault
@@ -310,7 +334,7 @@ class SenderWorker:
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "range",
-            "session.timeout.ms": 10_000,
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": 1_000,
             "max.poll.interval.ms": 120_000,
             "fetch.wait.max.ms": 10,
@@ -673,16 +697,8 @@ class SenderWorker:
         retried: with the broker away either step raises, and the next cycle goes on."""
         assert self.producer is not None
         if self._abort_pending:
-            try:
-                kafka_io.abort_transaction(self.producer)
-            except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                if err is not None and err.retriable():
-                    raise  # broker away: retried next cycle
-                # Fenced, or the broker timed the transaction out: a new producer (same
-                # transactional id) aborts whatever is left open.
-                log.warning("producer unusable (%s); starting a new one", err)
-                self.producer = self._new_producer()
+            self.producer = kafka_io.abort_or_renew(self.producer, self._new_producer,
+                                                    f"sender {self.worker_id}")
             self._abort_pending = False
         if self._rewind_pending is not None:
             self._rewind(self._rewind_pending)

@@ -88,6 +88,17 @@ def test_invalid_limits_at_sender_start_name_the_file(fixture_config: Path, tmp_
     assert any(line.startswith(f"error: {config / 'limits.yaml'}") for line in lines), lines
 
 
+@pytest.mark.parametrize("wait", ["5", "soon"])
+def test_a_receipt_wait_that_could_record_a_receipt_twice_is_refused(wait: str) -> None:
+    code, lines, took = rassylka("sender", RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S=wait)
+    assert code == 1
+    assert lines[0] == (f"error: RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S={wait} is not a number of "
+                        "seconds of at least 30: a receipt a dead sender had recorded could be "
+                        "recorded again before its partitions reach a live one"), lines
+    assert "set it to 30 or more" in lines[1] and len(lines) == 2, lines
+    assert took < 10, "refused before waiting for the broker"
+
+
 def test_redirect_without_a_secret_refuses_in_one_line() -> None:
     code, lines, took = rassylka("redirect", "--port", "0")
     assert code != 0

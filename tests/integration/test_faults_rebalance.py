@@ -6,6 +6,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from sendkit import (
     Simulator,
     check_stream,
@@ -45,7 +46,7 @@ def test_second_worker_joins_and_leaves_mid_run(ns: Settings, tmp_path: Path) ->
     requests = payments + promos
     opt_in(cfg, [r["phone"] for r in promos])
     rate = {"RASSYLKA_RATE_PER_BIND": "15",  # 30/s per worker: the stream lasts ~13 s
-            "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "5"}
+            "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "30"}
     with simulator(tmp_path, "--latency-ms", "2-20") as sim:
         publish_requests(cfg, requests)
         with sender(cfg, sim, tmp_path, worker_id="0", **rate):
@@ -79,7 +80,7 @@ def test_second_worker_killed_after_taking_partitions(ns: Settings, tmp_path: Pa
     opt_in(cfg, [r["phone"] for r in promos])
     # 30/s per worker: the stream lasts ~10 s, long enough for the joiner to start, get
     # its partitions and send before it is killed.
-    rate = {"RASSYLKA_RATE_PER_BIND": "15", "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "5"}
+    rate = {"RASSYLKA_RATE_PER_BIND": "15", "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "30"}
     with simulator(tmp_path, "--latency-ms", "5-30") as sim:
         publish_requests(cfg, requests)
         with sender(cfg, sim, tmp_path, worker_id="0", **rate):
@@ -98,7 +99,9 @@ def test_second_worker_killed_after_taking_partitions(ns: Settings, tmp_path: Pa
     check_stream(requests, got, submits)
 
 
-def test_joiner_dies_inside_a_transaction_and_never_returns(ns: Settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fault", ["exit_before_commit", "exit_after_commit"])
+def test_joiner_dies_inside_a_transaction_and_never_returns(ns: Settings, tmp_path: Path,
+                                                            fault: str) -> None:
     """A worker that dies with a transaction open, and whose id never comes back, must not
     hold up the shared outcome partitions: read_committed readers stop at its open
     transaction until the broker aborts it, so the transaction timeout bounds the stall.
@@ -107,7 +110,7 @@ def test_joiner_dies_inside_a_transaction_and_never_returns(ns: Settings, tmp_pa
                                              frequency_caps={}))
     requests = [make_request(phone=phone(70_000 + i), text=f"Счёт {i} ждёт оплаты")
                 for i in range(300)]
-    rate = {"RASSYLKA_RATE_PER_BIND": "10", "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "5"}
+    rate = {"RASSYLKA_RATE_PER_BIND": "10", "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "30"}
     with simulator(tmp_path, "--latency-ms", "1-5", "--receipt-delay-ms", "300-600") as sim:
         publish_requests(cfg, requests)
         with sender(cfg, sim, tmp_path, worker_id="0", **rate):
@@ -115,7 +118,7 @@ def test_joiner_dies_inside_a_transaction_and_never_returns(ns: Settings, tmp_pa
             while len(sim.submits()) < 20 and time.monotonic() < deadline:
                 time.sleep(0.05)
             # It dies on its first transaction that records a receipt, before the commit.
-            with sender(cfg, sim, tmp_path, worker_id="1", RASSYLKA_SENDER_FAULT="exit_before_commit",
+            with sender(cfg, sim, tmp_path, worker_id="1", RASSYLKA_SENDER_FAULT=fault,
                         **rate) as second:
                 deadline = time.monotonic() + 60
                 while second.poll() is None and time.monotonic() < deadline:

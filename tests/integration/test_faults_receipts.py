@@ -28,7 +28,7 @@ from stages import settle
 from pipeline import topics
 from pipeline.settings import Settings
 
-FAST = {"RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "5"}
+FAST = {"RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "30"}
 
 
 def _wait_exit(proc, timeout: float = 60.0) -> int:  # type: ignore[no-untyped-def]

@@ -32,7 +32,7 @@ def test_sigkill_restarts_lose_nothing_and_send_nothing_twice(ns: Settings, tmp_
     requests = payments + promos
     opt_in(cfg, [r["phone"] for r in promos])
     rate = {"RASSYLKA_RATE_PER_BIND": "60",  # 120/s: the stream takes ~2 s to send
-            "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "5"}
+            "RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "30"}
     with simulator(tmp_path, "--latency-ms", "2-10") as sim:
         publish_requests(cfg, requests)
         for kill_after in (0.8, 0.9):

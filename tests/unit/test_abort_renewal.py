@@ -1,0 +1,95 @@
+"""After a failed transaction every stage aborts, and a producer the abort leaves unusable
+(fatal: fenced, timed out, or Kafka 4's INVALID_TXN_STATE race, provoked for real in
+tests/integration/test_abort_or_renew.py) is replaced; a stage that kept it would fail
+every transaction after it. The follow-ups and the campaign runner used to keep it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from pipeline import kafka_io
+from pipeline.campaigns import runner as runner_module
+from pipeline.campaigns.followups import FollowUps
+from pipeline.campaigns.runner import CampaignRunner, Running
+from pipeline.rules.loader import load_ruleset
+from pipeline.settings import Settings
+
+FATAL = KafkaError(KafkaError.INVALID_TXN_STATE, "Failed to end transaction", fatal=True)
+AWAY = KafkaError(KafkaError._TRANSPORT, "broker away", retriable=True)
+
+
+class Doomed:
+    """A producer whose transaction fails at once and whose abort fails with `abort_error`
+    (None: the abort works)."""
+
+    def __init__(self, abort_error: KafkaError | None) -> None:
+        self.abort_error = abort_error
+        self.aborts = 0
+
+    def begin_transaction(self) -> None:
+        raise KafkaException(KafkaError(KafkaError._STATE, "transaction refused"))
+
+    def abort_transaction(self, timeout: float | None = None) -> None:
+        self.aborts += 1
+        if self.abort_error is not None:
+            raise KafkaException(self.abort_error)
+
+
+class OneMessage:
+    """A consumer with one record to read and no partitions to rewind."""
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        return [SimpleNamespace(error=lambda: None)]
+
+    def assignment(self) -> list[Any]:
+        return []
+
+    def committed(self, partitions: list[Any], timeout: float) -> list[Any]:
+        return []
+
+
+def test_abort_or_renew_keeps_a_producer_whose_abort_worked() -> None:
+    producer = Doomed(None)
+    assert kafka_io.abort_or_renew(producer, lambda: pytest.fail("renewed"), "test") is producer
+    assert producer.aborts == 1
+
+
+def test_abort_or_renew_replaces_a_producer_a_fatal_abort_left() -> None:
+    fresh = object()
+    assert kafka_io.abort_or_renew(Doomed(FATAL), lambda: fresh, "test") is fresh
+
+
+def test_abort_or_renew_raises_while_the_broker_is_away() -> None:
+    with pytest.raises(KafkaException):  # retried on the caller's next cycle
+        kafka_io.abort_or_renew(Doomed(AWAY), lambda: pytest.fail("renewed"), "test")
+
+
+def test_follow_ups_replace_a_producer_a_fatal_abort_left(fixture_config: Path) -> None:
+    followups = FollowUps(Settings.from_env({}), load_ruleset(fixture_config))
+    followups.enabled = True  # as with a follow_up rule; the fixture's rules have none
+    fresh = Doomed(None)
+    followups.producer, followups.consumer = Doomed(FATAL), OneMessage()
+    followups._new_producer = lambda: fresh  # type: ignore[method-assign]
+    followups.cycle()
+    assert followups.producer is fresh
+    followups.cycle()  # the next failure aborts with the new producer
+    assert followups.producer is fresh and fresh.aborts == 1
+
+
+def test_campaign_runner_replaces_a_producer_a_fatal_abort_left(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_module.time, "sleep", lambda s: None)
+    runner = CampaignRunner(Settings.from_env({}), {})
+    fresh = Doomed(None)
+    runner.producer = Doomed(FATAL)
+    runner._new_producer = lambda: fresh  # type: ignore[method-assign]
+    run = Running(campaign=SimpleNamespace(id="c1"), variants=(), by_phase={},
+                  state={"status": "running", "cursors": {"test": {"z": 3}}})
+    runner._save(run, "running", [])
+    assert runner.producer is fresh
+    assert run.state["cursors"] == {"test": {"z": 3}}, "the state went back to the last commit"
