@@ -48,6 +48,7 @@ from pipeline import avro, kafka_io, metrics, topics
 from pipeline.deadletter import dead_letter
 from pipeline.errors import ConfigError
 from pipeline.releases import LiveConfig
+from pipeline.sender import layout
 from pipeline.sender.caps import CapState, record_send
 from pipeline.sender.consent import ConsentState, ConsentTable
 from pipeline.sender.content import check_content
@@ -55,6 +56,7 @@ from pipeline.sender.core import Send, SenderPolicy, decide
 from pipeline.sender.decision import Reject
 from pipeline.sender.dedup import LedgerEntry, record
 from pipeline.sender.expiry import Hold, check_expiry
+from pipeline.sender.layout import CAPS, CONTENT, GATEWAY_ID, HOLD, LEDGER, PARKED
 from pipeline.sender.numbers import normalise
 from pipeline.sender.replies import FINAL_RECEIPT_STATES, InboundBook, Part, ReceiptBook
 from pipeline.sender.setup import load_policy
@@ -66,9 +68,9 @@ from pipeline.state.store import PartitionedStore, collector_paused, read_batche
 
 log = logging.getLogger(__name__)
 
-LEDGER, QUEUED, WIRE, CONTENT, CAPS, HOLD, GATEWAY_ID = b"L", b"Q", b"W", b"C", b"F", b"H", b"G"
-RECEIPT_DONE = b"R"  # a final receipt was recorded for this SMSC id (value: at_ms)
-PARKED = b"P"  # a receipt acknowledged before its SMSC id was known: <id>\0<state>
+# State keys: pipeline.sender.layout. PARKED: a receipt acknowledged before its SMSC id was
+# known, <id>\0<state>.
+LEGACY = frozenset({layout.LEGACY_QUEUED, layout.LEGACY_WIRE, layout.LEGACY_RECEIPT_DONE})
 PARK_RECEIPT_AFTER_MS = 2_000
 _UNTIL = struct.Struct("<q")
 UNCORRELATED_RECEIPT_WAIT_MS = 60_000
@@ -100,12 +102,7 @@ def receipt_wait_ms(seconds: str | float) -> int:
 # transaction that recorded receipts or replies, i.e. in the gaps an ack must not cross.
 FAULTS = frozenset({"exit_before_commit", "exit_after_commit"})
 PARKED_RESULT_KEEP_MS = 600_000  # answers for partitions away this long are given up
-_WIRE_MARK = b"\x01"  # WIRE value: mark, 8-byte sender token, the request's bytes
 STATS_EVERY_S = 30.0  # the info line of what the worker did
-
-
-def _wire_value(token: bytes, raw: bytes) -> bytes:
-    return _WIRE_MARK + token + raw
 
 
 def _park_value(arrived_ms: int, receipt: GatewayReceipt) -> bytes:
@@ -118,13 +115,6 @@ def _unpark(key: bytes, value: bytes) -> tuple[int, GatewayReceipt]:
     arrived, received = _UNTIL.unpack_from(value)[0], _UNTIL.unpack_from(value, 8)[0]
     error_code, destination = value[16:].decode().split("\x00", 1)
     return arrived, GatewayReceipt(gw_id, state, error_code or None, destination, received)
-
-
-def _wire_parts(value: bytes) -> tuple[bytes, bytes]:
-    """(token, request bytes) of a WIRE value; entries written before tokens have b""."""
-    if value[:1] == _WIRE_MARK:
-        return value[1:9], value[9:]
-    return b"", value
 
 
 def now_ms() -> int:
@@ -141,7 +131,7 @@ class Job:
     send: Send
     attempts: int = 1
     not_before_ms: int = 0
-    token: bytes = b""  # written with the WIRE entry: this process sent it
+    token: bytes = b""  # written with the job on the wire: this process sent it
     result: SubmitResult | None = None  # the gateway's answer, once it came
     answered_ms: int = 0
 
@@ -294,6 +284,7 @@ class SenderWorker:
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self._pending_in_doubt: list[tuple[int, dict[str, Any]]] = []
+        self._legacy: list[tuple[int, bytes]] = []  # restored keys of the old state layout
         self._consumer_failed: KafkaError | None = None
         self._abort_pending = False
         self._rewind_pending: set[int] | None = None
@@ -383,6 +374,7 @@ class SenderWorker:
         heapq.heapify(self.holds)
         self.receipts.give_up(gone, now_ms())
         self.parked = {k: v for k, v in self.parked.items() if v[0] not in gone}
+        self._legacy = [x for x in self._legacy if x[0] not in gone]
         # Jobs on the wire and answers already received stay in `wire`/`finished`: if the
         # partition comes back untouched (a broker outage), they are recorded, not doubted.
 
@@ -391,33 +383,67 @@ class SenderWorker:
         for p in partitions:
             for key, value in self.store.items(p):
                 kind, rest = key[:1], key[1:]
-                if kind == HOLD:
+                if kind == LEDGER:
+                    if len(value) > layout.ENTRY_SIZE:  # else a bare ledger entry
+                        what, token, raw = layout.job(value)
+                        if what == layout.QUEUED:
+                            self._requeue(p, raw, attempts=1)
+                        elif what == layout.ON_WIRE:
+                            self._recover_wire(p, rest.decode(), token, raw)
+                elif kind == HOLD:
                     heapq.heappush(self.holds, (_UNTIL.unpack_from(value)[0], p, rest.decode()))
                 elif kind == GATEWAY_ID:
-                    self.receipts.track(rest.decode(), Part.from_bytes(p, value))
-                elif kind == RECEIPT_DONE:
-                    self.receipts.done[rest.decode()] = (p, _UNTIL.unpack_from(value)[0])
+                    at = layout.done_at(value)
+                    if at is None:
+                        self.receipts.track(rest.decode(), Part.from_bytes(p, value))
+                    else:
+                        self.receipts.done[rest.decode()] = (p, at)
                 elif kind == PARKED:
                     arrived, receipt = _unpark(rest, value)
                     self.parked[(receipt.gateway_message_id, receipt.state)] = (p, arrived, receipt)
-                elif kind == QUEUED:
-                    self._requeue(p, value, attempts=1)
-                elif kind == WIRE:
-                    token, raw = _wire_parts(value)
-                    mine = self.wire.get(rest.decode())
-                    if mine is not None and token and mine.token == token:
-                        # Sent by this very process and untouched since: its answer (now
-                        # or later) is recorded as usual.
-                        self.stats.answers_kept += 1
-                        if mine.result is not None and all(j is not mine for j in self.finished):
-                            self.finished.append(mine)
-                        continue
-                    request = avro.decode("notification_request", raw)
-                    if request["lane"] == "transactional":
-                        self.stats.resent_in_doubt += 1
-                        self._requeue(p, raw, attempts=2)
+                elif kind in LEGACY:
+                    self._legacy.append((p, key))  # rewritten by the next transaction
+                    if kind == layout.LEGACY_QUEUED:
+                        self._requeue(p, value, attempts=1)
+                    elif kind == layout.LEGACY_WIRE:
+                        self._recover_wire(p, rest.decode(), *layout.legacy_wire(value))
                     else:
-                        self._pending_in_doubt.append((p, request))
+                        self.receipts.done[rest.decode()] = (p, _UNTIL.unpack_from(value)[0])
+
+    def _recover_wire(self, p: int, rid: str, token: bytes, raw: bytes) -> None:
+        """A request the restored state has on the wire: its answer, or the in-doubt policy."""
+        mine = self.wire.get(rid)
+        if mine is not None and token and mine.token == token:
+            # Sent by this very process and untouched since: its answer (now or later) is
+            # recorded as usual.
+            self.stats.answers_kept += 1
+            if mine.result is not None and all(j is not mine for j in self.finished):
+                self.finished.append(mine)
+            return
+        request = avro.decode("notification_request", raw)
+        if request["lane"] == "transactional":
+            self.stats.resent_in_doubt += 1
+            self._requeue(p, raw, attempts=2)
+        else:
+            self._pending_in_doubt.append((p, request))
+
+    def _rewrite_legacy(self, producer: Producer, now: int) -> None:
+        """Move queue, wire and receipt-marker entries of the old layout to the new one."""
+        for p, key in self._legacy:
+            value = self.store.get(p, key)
+            if p not in self.owned or value is None:
+                continue
+            ledger, fresh = None, b""
+            if key[:1] != layout.LEGACY_RECEIPT_DONE:
+                ledger = self.store.get(p, LEDGER + key[1:])
+                if ledger is None:  # the request's entry was always written with these
+                    raw = layout.legacy_wire(value)[1] if key[:1] == layout.LEGACY_WIRE else value
+                    window = avro.decode("notification_request", raw)["dedup_window_s"]
+                    fresh = record("sending", now, window).to_bytes()
+            new_key, new_value = layout.legacy_rewrite(key, value, ledger, fresh)
+            self.store.put(producer, p, new_key, new_value)
+            self.store.delete(producer, p, key)
+        self._legacy = []
 
     def _requeue(self, partition: int, raw: bytes, attempts: int) -> None:
         request = avro.decode("notification_request", raw)
@@ -620,7 +646,7 @@ class SenderWorker:
         sweep = now - self._last_sweep_ms > 60_000
         if not (msgs or self.finished or self.events or self.pending_receipts
                 or self._parked_due(now) or self._pending_in_doubt or (self.holds and self.holds[0][0] <= now)
-                or (dispatch and self.queue) or sweep):
+                or (dispatch and self.queue) or sweep or self._legacy):
             return [], []
         self._tx.clear()
         # Receipts, replies and answers this transaction records: put back if it aborts.
@@ -635,12 +661,13 @@ class SenderWorker:
         self.store.discard()  # nothing is left over, but an aborted change must never leak
         try:
             producer.begin_transaction()
+            if self._legacy:
+                self._rewrite_legacy(producer, now)
             self._record_results(producer, now, recorded)
             self._handle_events(producer, now, taken, acks, after_commit)
             for p, request in self._pending_in_doubt:
                 self._finish(producer, p, request, Reject("failed", "in_doubt_not_resent",
                              "on the wire when a worker stopped; marketing is not resent"), None, now)
-                self.store.delete(producer, p, WIRE + request["request_id"].encode())
             self._pending_in_doubt = []
             for msg in msgs:
                 self._handle_request(producer, msg, now)
@@ -767,12 +794,10 @@ class SenderWorker:
             heapq.heappush(self.holds, (decision.until_ms, p, request["request_id"]))
             self.stats.count(f"held:{decision.reason}")
         else:
-            window = request["dedup_window_s"]
-            self.store.put(producer, p, LEDGER + rid, record("sending", now, window).to_bytes())
-            self.store.put(producer, p, QUEUED + rid, raw)
+            sending = record("sending", now, request["dedup_window_s"]).to_bytes()
+            self.store.put(producer, p, LEDGER + rid, layout.queued(sending, raw))
             if decision.content_key:
-                self.store.put(producer, p, CONTENT + decision.content_key.encode(),
-                               record("sending", now, window).to_bytes())
+                self.store.put(producer, p, CONTENT + decision.content_key.encode(), sending)
             lane = request["lane"]
             if lane in self.policy.caps:
                 caps_key = CAPS + lane[:1].encode() + decision.number.e164.encode()
@@ -808,16 +833,13 @@ class SenderWorker:
             if gone is not None:
                 self.queue.pop()
                 self._finish(producer, job.partition, job.request, gone, None, now)
-                self.store.delete(producer, job.partition, QUEUED + job.request["request_id"].encode())
                 continue
             if self.bucket.try_take(now_s, job.send.verdict.encoded.segments) > 0:
                 break
             self.queue.pop()
-            rid = job.request["request_id"].encode()
             job.token = self.token
             job.result = None
-            self.store.delete(producer, job.partition, QUEUED + rid)
-            self.store.put(producer, job.partition, WIRE + rid, _wire_value(job.token, job.raw))
+            self._set_job(producer, job, now, layout.on_wire, job.token, job.raw)
             out.append(job)
             budget -= 1
         for job in deferred:
@@ -856,7 +878,7 @@ class SenderWorker:
         """Record the gateway's answers of jobs whose partition this worker owns.
 
         An answer for a partition away right now is kept (the partition may come back,
-        untouched, after a broker outage); one whose WIRE entry was settled by another
+        untouched, after a broker outage); one whose wire entry was settled by another
         owner meanwhile is dropped: that owner treated the send as in doubt.
         """
         while self.finished:
@@ -865,8 +887,7 @@ class SenderWorker:
             rid = request["request_id"]
             if p not in self.owned:
                 continue  # kept in `wire` with its answer; `_recover` takes it back
-            value = self.store.get(p, WIRE + rid.encode())
-            if value is None or _wire_parts(value)[0] != job.token:
+            if layout.wire_token(self.store.get(p, LEDGER + rid.encode())) != job.token:
                 self.wire.pop(rid, None)
                 continue
             recorded.append(job)
@@ -877,7 +898,6 @@ class SenderWorker:
         assert result is not None
         rid = request["request_id"].encode()
         if result.ok:
-            self.store.delete(producer, p, WIRE + rid)
             self.store.put(producer, p, LEDGER + rid,
                            record("sent", now, request["dedup_window_s"]).to_bytes())
             total = len(result.gateway_message_ids)
@@ -893,7 +913,6 @@ class SenderWorker:
             self.stats.resent_in_doubt += 1
             self._retry_later(producer, job, now, 0)
         else:
-            self.store.delete(producer, p, WIRE + rid)
             reason = "in_doubt_not_resent" if result.retryable else "gateway_rejected"
             self._finish(producer, p, request,
                          Reject("failed", reason, result.error or f"status {result.status}"),
@@ -901,11 +920,18 @@ class SenderWorker:
 
     def _retry_later(self, producer: Producer, job: Job, now: int, delay_ms: int) -> None:
         p, request = job.partition, job.request
-        rid = request["request_id"].encode()
-        self.store.delete(producer, p, WIRE + rid)
-        self.store.put(producer, p, QUEUED + rid, job.raw)
+        self._set_job(producer, job, now, layout.queued, job.raw)
         retry = Job(p, request, job.raw, job.send, job.attempts + 1, now + delay_ms)
         self.queue.push(retry, request["lane"], request["priority"])
+
+    def _set_job(self, producer: Producer, job: Job, now: int, make: Callable[..., bytes],
+                 *args: bytes) -> None:
+        """Rewrite the request's L value with `make(entry, *args)`, keeping its ledger entry."""
+        key = LEDGER + job.request["request_id"].encode()
+        value = self.store.get(job.partition, key)
+        entry = layout.entry(value) if value else record(
+            "sending", now, job.request["dedup_window_s"]).to_bytes()
+        self.store.put(producer, job.partition, key, make(entry, *args))
 
     def _finish(self, producer: Producer, p: int, request: dict[str, Any], reject: Reject,
                 job: Job | None, now: int, result: SubmitResult | None = None) -> None:
@@ -1036,8 +1062,7 @@ class SenderWorker:
         after_commit.append(lambda key=(gw_id, state): self.receipts.seen.add(key))
         if part is not None and state in FINAL_RECEIPT_STATES and part.partition in self.owned:
             p = part.partition
-            self.store.delete(producer, p, GATEWAY_ID + gw_id.encode())
-            self.store.put(producer, p, RECEIPT_DONE + gw_id.encode(), _UNTIL.pack(now))
+            self.store.put(producer, p, GATEWAY_ID + gw_id.encode(), layout.receipt_done(now))
             self.receipts.finished(gw_id, p, now)
 
     def _inbound(self, producer: Producer, event: GatewayInbound, now: int,
@@ -1075,7 +1100,7 @@ class SenderWorker:
     def _sweep(self, producer: Producer, now: int) -> None:
         """Once a minute: forget receipt markers and kept answers that can matter no more."""
         for p, gw_id in self.receipts.expired(self.owned, now):
-            self.store.delete(producer, p, RECEIPT_DONE + gw_id.encode())
+            self.store.delete(producer, p, GATEWAY_ID + gw_id.encode())
         for rid, job in list(self.wire.items()):
             if (job.result is not None and job.partition not in self.owned
                     and now - job.answered_ms > PARKED_RESULT_KEEP_MS):
@@ -1107,7 +1132,7 @@ class _View:
 
     def ledger(self, request_id: str) -> LedgerEntry | None:
         value = self.worker.store.get(self.p, LEDGER + request_id.encode())
-        return LedgerEntry.from_bytes(value) if value else None
+        return LedgerEntry.from_bytes(layout.entry(value)) if value else None
 
     def content_entry(self, key: str) -> LedgerEntry | None:
         value = self.worker.store.get(self.p, CONTENT + key.encode())
