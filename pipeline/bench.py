@@ -383,7 +383,7 @@ def _drop_namespace(settings: Settings) -> int:
     """Delete a finished run's topics (its catalog topics, changelogs and Faust's own): left
     behind, a day of runs grows the broker's partitions by thousands and slows later runs.
     Returns how many were deleted; a broker that does not answer keeps them."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 4})
     try:
         names = [t for t in admin.list_topics(timeout=10).topics
                  if t.startswith((settings.topic_prefix, settings.app_id))]
