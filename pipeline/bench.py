@@ -495,7 +495,7 @@ def _children(stage: str) -> list[int]:
 
 def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int = 1_000,
               seconds: int = 5, routers: int = 1, senders: int = 1,
-              state_numbers: int = 1_000_000, sink_records: int = 200_000,
+              state_numbers: int = 1_000_000, sink_records: int = 1_000_000,
               restart: bool = True, campaign_profiles: int = 1_000_000,
               campaign_members: int = 100_000, runs: int = 3, api: bool = True,
               scale_out: bool = True, faust: bool = True, kannel: bool = True,

@@ -263,7 +263,7 @@ def bench(
     routers: int = typer.Option(1, help="Router worker processes."),
     senders: int = typer.Option(1, help="Sender worker processes."),
     state_numbers: int = typer.Option(1_000_000, help="Numbers for the state-size measurement (0: skip)."),
-    sink_records: int = typer.Option(200_000, help="Records for the analytics sink run (0: skip)."),
+    sink_records: int = typer.Option(1_000_000, help="Records for the analytics sink run (0: skip)."),
     restart: bool = typer.Option(True, help="Measure a SIGKILLed sender's restart."),
     campaign_profiles: int = typer.Option(1_000_000, help="Profiles for the campaign audience "
                                           "measurement (0: skip campaigns)."),
