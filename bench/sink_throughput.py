@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -123,60 +124,63 @@ def main() -> None:
         clickhouse_url=args.url or f"chdb://{scratch / 'clickhouse'}",
         state_dir=scratch / "state",
     )
-    topics.create_topics(settings)
-    seconds = publish(settings, args.records)
-    print(f"published {args.records:,} outcomes in {seconds:.1f}s "
-          f"({args.records / seconds:,.0f}/s) to {settings.topic(topics.OUTCOMES)}")
-
-    extra = ["--stats-interval", "5"]
-    if args.batch_rows:
-        extra += ["--batch-rows", str(args.batch_rows)]
-    committed = Committed(settings)
-    started = time.perf_counter()
-    procs = [start_stage(settings, ["sink", *extra], scratch / f"sink-{i}.log")
-             for i in range(args.workers)]
-    commits: list[tuple[float, int]] = []  # (when first seen, rows committed) per commit
-    done, end = 0, args.records
     try:
-        while time.perf_counter() - started < args.timeout:
-            done = committed()
-            now = time.perf_counter()
-            if done and (not commits or done > commits[-1][1]):
-                commits.append((now, done))
-            if done >= end:
-                break
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"a sink exited early; see {scratch}")
-            time.sleep(0.02)
-        finished = time.perf_counter()
-    finally:
-        committed.close()
-        for proc in procs:
-            stop(proc)
-    if done < end or not commits:
-        raise SystemExit(f"sink did not drain within {args.timeout}s: {done}/{end}")
+        topics.create_topics(settings)
+        seconds = publish(settings, args.records)
+        print(f"published {args.records:,} outcomes in {seconds:.1f}s "
+              f"({args.records / seconds:,.0f}/s) to {settings.topic(topics.OUTCOMES)}")
 
-    stored = query(settings, "SELECT count() AS n, uniqExact(message_id) AS u "
-                             "FROM rassylka.messages")[0]
-    steady = steady_rate(commits)
-    wall = args.records / (finished - started)
-    result = {
-        "records": args.records,
-        "workers": args.workers,
-        "partitions": args.partitions,
-        "batch_rows": args.batch_rows,  # null: the sink's default
-        "clickhouse": "chdb" if not args.url else "server",
-        "stored_rows": stored["n"],
-        "unique_ids": stored["u"],
-        "steady_rows_per_s": round(steady),
-        "wall_rows_per_s_incl_startup": round(wall),
-        "drain_seconds": round(finished - started, 2),
-    }
-    print(json.dumps(result, indent=2))
-    print(f"sink: {steady:,.0f} rows/s steady, {wall:,.0f} rows/s including start-up "
-          f"({finished - started:.1f}s for {args.records:,}); stored {stored['n']:,} rows")
-    if stored["n"] != args.records:
-        raise SystemExit(f"expected {args.records} rows, stored {stored['n']}")
+        extra = ["--stats-interval", "5"]
+        if args.batch_rows:
+            extra += ["--batch-rows", str(args.batch_rows)]
+        committed = Committed(settings)
+        started = time.perf_counter()
+        procs = [start_stage(settings, ["sink", *extra], scratch / f"sink-{i}.log")
+                 for i in range(args.workers)]
+        commits: list[tuple[float, int]] = []  # (when first seen, rows committed) per commit
+        done, end = 0, args.records
+        try:
+            while time.perf_counter() - started < args.timeout:
+                done = committed()
+                now = time.perf_counter()
+                if done and (not commits or done > commits[-1][1]):
+                    commits.append((now, done))
+                if done >= end:
+                    break
+                if any(p.poll() is not None for p in procs):
+                    raise RuntimeError(f"a sink exited early; see {scratch}")
+                time.sleep(0.02)
+            finished = time.perf_counter()
+        finally:
+            committed.close()
+            for proc in procs:
+                stop(proc)
+        if done < end or not commits:
+            raise SystemExit(f"sink did not drain within {args.timeout}s: {done}/{end}")
+
+        stored = query(settings, "SELECT count() AS n, uniqExact(message_id) AS u "
+                                 "FROM rassylka.messages")[0]
+        steady = steady_rate(commits)
+        wall = args.records / (finished - started)
+        result = {
+            "records": args.records,
+            "workers": args.workers,
+            "partitions": args.partitions,
+            "batch_rows": args.batch_rows,  # null: the sink's default
+            "clickhouse": "chdb" if not args.url else "server",
+            "stored_rows": stored["n"],
+            "unique_ids": stored["u"],
+            "steady_rows_per_s": None if math.isnan(steady) else round(steady),  # one commit: none
+            "wall_rows_per_s_incl_startup": round(wall),
+            "drain_seconds": round(finished - started, 2),
+        }
+        print(json.dumps(result, indent=2))
+        print(f"sink: {steady:,.0f} rows/s steady, {wall:,.0f} rows/s including start-up "
+              f"({finished - started:.1f}s for {args.records:,}); stored {stored['n']:,} rows")
+        if stored["n"] != args.records:
+            raise SystemExit(f"expected {args.records} rows, stored {stored['n']}")
+    finally:
+        topics.drop_namespace(settings)  # left behind, every run adds its partitions to the broker
     shutil.rmtree(scratch, ignore_errors=True)
 
 

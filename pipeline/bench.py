@@ -34,8 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, Producer
 from rich.console import Console
 from rich.table import Table
 
@@ -379,23 +378,6 @@ def _namespace(base: Settings, kind: str = "bench") -> tuple[Settings, Path, str
     return settings, log_dir, tag
 
 
-def _drop_namespace(settings: Settings) -> int:
-    """Delete a finished run's topics (its catalog topics, changelogs and Faust's own): left
-    behind, a day of runs grows the broker's partitions by thousands and slows later runs.
-    Returns how many were deleted; a broker that does not answer keeps them."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 4})
-    try:
-        names = [t for t in admin.list_topics(timeout=10).topics
-                 if t.startswith((settings.topic_prefix, settings.app_id))]
-        if names:
-            for future in admin.delete_topics(names, operation_timeout=30).values():
-                future.result(60)
-    except KafkaException as exc:
-        print(f"bench: could not delete the run's topics ({exc.args[0]})", file=sys.stderr)
-        return 0
-    return len(names)
-
-
 def _start_sim(log_dir: Path, seed: int) -> tuple[subprocess.Popen[bytes], int, SimLog,
                                                    dict[str, str]]:
     """The bench's SMSC (Go build) with receipts after 100-500 ms: (process, SMPP port, its
@@ -467,7 +449,7 @@ def scale_out_run(base: Settings, console: Console, events: int) -> dict[str, An
     finally:
         for proc in reversed(procs):
             stop(proc)
-        _drop_namespace(settings)
+        topics.drop_namespace(settings)
 
 
 def kannel_section(log_dir: Path, port: int, sim_pid: int, sim_log: SimLog, messages: int,
@@ -617,7 +599,7 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
     finally:
         for proc in reversed(procs):
             stop(proc)
-        _drop_namespace(settings)
+        topics.drop_namespace(settings)
     results = results or RESULTS / "latest.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(result, indent=2, ensure_ascii=False))
@@ -716,7 +698,7 @@ def run_api_bench(base: Settings, console: Console) -> int:
         result = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                   "api": api_section(settings, log_dir, console)}
     finally:
-        _drop_namespace(settings)
+        topics.drop_namespace(settings)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "api.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     m = result["machine"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.settings import Settings
@@ -185,3 +186,21 @@ def wait_until_ready(settings: Settings, names: list[str], timeout: float = 60.0
             raise RuntimeError(f"topics not ready after {timeout:.0f} s: {missing}; "
                                f"run `rassylka topics create` against {settings.kafka_bootstrap}")
         time.sleep(0.2)
+
+
+def drop_namespace(settings: Settings) -> int:
+    """Delete the topics of a finished throwaway run (a bench run: its catalog topics,
+    changelogs and Faust's own, by `topic_prefix` and `app_id`). Left behind, a day of runs
+    grows the broker's partitions by thousands and slows every later run. Returns how many
+    were deleted; a broker that does not answer keeps them (logged)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 4})
+    try:
+        names = [t for t in admin.list_topics(timeout=10).topics
+                 if t.startswith((settings.topic_prefix, settings.app_id))]
+        if names:
+            for future in admin.delete_topics(names, operation_timeout=30).values():
+                future.result(60)
+    except KafkaException as exc:
+        log.warning("could not delete the run's topics (%s)", exc.args[0])
+        return 0
+    return len(names)

@@ -6,9 +6,14 @@ the benchmark working (a benchmark that breaks silently reports nothing)."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
+from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
 from pipeline.bench import run_bench
@@ -42,3 +47,19 @@ def test_the_bench_runs_every_section_and_counts_each_event_once(settings: Setti
     assert r["sender_restart_s"] > 0
     text = console.export_text()
     assert "Rassylka ÷ Kannel" in text and "scale-out" in text
+
+
+def test_the_sink_bench_stores_every_row_and_leaves_no_topic_behind(kafka_bootstrap: str) -> None:
+    """Every run of `bench/sink_throughput.py` used to leave its topics on the broker:
+    a day of `make bench` added thousands of partitions and slowed every later run."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sink_throughput.py"), "--records", "20000"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "stored 20,000 rows" in run.stdout
+    prefix = re.search(r" to (bench\w+\.)", run.stdout)
+    assert prefix is not None, run.stdout
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    left = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix.group(1))]
+    assert left == []
