@@ -473,19 +473,16 @@ class SenderWorker:
         await asyncio.to_thread(self._connect)
         last_activity = time.monotonic()
         metrics.set_config_stamp(self.config_stamp)
-        busy = True
         try:
             while not self.stopping:
                 self._maybe_reload()
                 self._observe()
-                # Idle, the next cycle waits for requests in the consumer (up to cycle_s)
-                # instead of sleeping: a request that comes meanwhile is taken at once.
-                busy = await self._cycle(0.0 if busy else self.cycle_s)
+                busy = await self._cycle()
                 if busy:
                     last_activity = time.monotonic()
                 elif stop_after_idle_s and time.monotonic() - last_activity > stop_after_idle_s:
                     break
-                await asyncio.sleep(0)
+                await asyncio.sleep(0 if busy else self.cycle_s)
             await self._drain()
         finally:
             events_task.cancel()
@@ -599,9 +596,8 @@ class SenderWorker:
             return
         _acknowledge(acks)
 
-    async def _cycle(self, wait_s: float = 0.0) -> bool:
-        """One transaction's worth of work; True when anything happened. With nothing to
-        do, it waits up to `wait_s` for requests (the SMPP traffic goes on meanwhile).
+    async def _cycle(self) -> bool:
+        """One transaction's worth of work; True when anything happened.
 
         The transaction runs in a thread: its blocking Kafka calls (commit, offsets) then
         overlap with the event loop's SMPP traffic instead of stalling it. Receipts and
@@ -609,7 +605,7 @@ class SenderWorker:
         """
         assert self.consumer is not None
         try:
-            dispatch, acks = await asyncio.to_thread(self._transaction, True, True, wait_s)
+            dispatch, acks = await asyncio.to_thread(self._transaction, True, True)
         except KafkaException as exc:
             # The broker is away (or the producer was fenced and replaced): nothing was
             # committed; keep every answer and event, and try again shortly.
@@ -628,10 +624,8 @@ class SenderWorker:
         return bool(dispatch) or bool(self.finished) or bool(self.events)
 
     # --------------------------------------------------------- transaction
-    def _transaction(self, consume: bool, dispatch: bool, wait_s: float = 0.0
-                     ) -> tuple[list[Job], list[Callable[[], None]]]:
+    def _transaction(self, consume: bool, dispatch: bool) -> tuple[list[Job], list[Callable[[], None]]]:
         """One Kafka transaction; returns the jobs to put on the wire and the acks to send.
-        `wait_s`: how long to wait for requests when there is nothing else to do.
 
         Raises KafkaException only when the broker cannot be reached to abort or rewind:
         the caller retries later with everything kept.
@@ -640,8 +634,6 @@ class SenderWorker:
         self._finish_failed_transaction()
         producer = self.producer
         msgs = self.consumer.consume(1000, 0) if consume else []
-        if consume and not msgs and wait_s > 0:
-            msgs = self.consumer.consume(1000, wait_s)
         fatal = self._consumer_failed or next(
             (m.error() for m in msgs if m.error() is not None
              and (m.error().fatal() or m.error().code() == KafkaError._FATAL)), None)
