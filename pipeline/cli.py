@@ -195,7 +195,7 @@ def router(
     """Run a router worker: business events -> notification requests, exactly once."""
     import signal
 
-    from pipeline import metrics
+    from pipeline import gc_tuning, metrics
     from pipeline.router.worker import RouterWorker
     from pipeline.topics import CATALOG, create_topics, wait_until_ready
 
@@ -213,6 +213,7 @@ def router(
         raise rules_error(settings.config_dir, exc.problems) from exc
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
+    gc_tuning.pace_for_worker()
     stats = worker.run()
     console.print(f"router {worker_id} stopped: {stats.line()}", highlight=False)
 
@@ -251,6 +252,9 @@ def sender(
         max_in_flight=int(os.environ.get("RASSYLKA_MAX_IN_FLIGHT", "1024")),
         uncorrelated_wait_ms=wait_ms,
         fault=os.environ.get("RASSYLKA_SENDER_FAULT") or None, health=health)
+    from pipeline import gc_tuning
+
+    gc_tuning.pace_for_worker()
     stats = asyncio.run(worker.run())
     console.print(f"sender {worker_id} stopped: {stats}", highlight=False)
 
