@@ -2,9 +2,10 @@
 
 Turns the phone as typed in a customer profile into E.164, and rejects what cannot or may
 not receive an SMS. Parsing is cached: the same recipients come back all the time. A
-campaign's recipients are distinct, though, so a miss is kept cheap too: the number's
-region and type are worked out once and reused for validity, policy, carrier and time
-zones (see `_region_and_type`).
+campaign's recipients are distinct, though, so a miss is kept cheap too: a number written
+as '+' and digits skips phonenumbers' general parse (`_from_e164`: 22 µs a miss instead
+of 40), and the number's region and type are worked out once and reused for validity,
+policy, carrier and time zones (see `_region_and_type`).
 
 The policy, as phonenumbers' metadata sees a number:
 
@@ -30,6 +31,7 @@ from phonenumbers import (
     COUNTRY_CODE_TO_REGION_CODE,
     NumberParseException,
     PhoneMetadata,
+    PhoneNumber,
     PhoneNumberType,
 )
 from phonenumbers import carrier as _carrier
@@ -42,6 +44,9 @@ from pipeline.sender.decision import Reject, rejected
 MAX_PHONE_CHARS = 64
 CACHE_SIZE = 65536
 
+# '+' and digits only, as numbers are mostly stored: parsed without phonenumbers' general
+# machinery (see `_from_e164`)
+_E164 = re.compile(r"\+[1-9]\d{6,16}")
 _SMS_CAPABLE = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
 _UNKNOWN_ZONE = "Etc/Unknown"
 
@@ -98,10 +103,12 @@ def _parse(phone: str, region: str) -> NumberInfo | Reject:
     # would turn a typo or garbage into a stranger's number. An SMS recipient is digits.
     if any(ch.isalpha() for ch in phone):
         return rejected("invalid_number", "letters in a phone number (not dialled as keypad digits)")
-    try:
-        number = phonenumbers.parse(phone, region or None)
-    except NumberParseException as exc:
-        return rejected("invalid_number", f"not a phone number: {exc}")
+    number = _from_e164(phone)
+    if number is None:
+        try:
+            number = phonenumbers.parse(phone, region or None)
+        except NumberParseException as exc:
+            return rejected("invalid_number", f"not a phone number: {exc}")
     country_code = number.country_code
     national_number = phonenumbers.national_significant_number(number)
     number_region, number_type = _region_and_type(country_code, national_number)
@@ -125,6 +132,35 @@ def _parse(phone: str, region: str) -> NumberInfo | Reject:
         time_zone=zones[0] if len(zones) == 1 else None,
         time_zones=tuple(zones),
     )
+
+
+def _from_e164(phone: str) -> PhoneNumber | None:
+    """`phonenumbers.parse(phone)` for a number written as '+' and digits only, without the
+    general machinery (extensions, punctuation, RFC 3966, default regions), which was half
+    the cost of a number not seen before; None when the number needs it: no such calling
+    code, or what follows the code starts with a zero or with the region's national
+    prefix (the general parse may strip that). `tests/unit/sender/test_numbers_e164.py`
+    checks it gives what `phonenumbers.parse` gives."""
+    if _E164.fullmatch(phone) is None:
+        return None
+    digits = phone[1:]
+    for size in (1, 2, 3):  # the first length that is a calling code, as phonenumbers reads it
+        country_code = int(digits[:size])
+        regions = COUNTRY_CODE_TO_REGION_CODE.get(country_code)
+        if regions:
+            break
+    else:
+        return None
+    national = digits[size:]
+    if national[0] == "0" or len(national) < 2:
+        return None
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, regions[0])
+    if metadata is None:
+        return None
+    prefix = metadata.national_prefix_for_parsing
+    if prefix and re.match(prefix, national) is not None:
+        return None
+    return PhoneNumber(country_code=country_code, national_number=int(national))
 
 
 def _region_and_type(country_code: int, national_number: str) -> tuple[str, int]:
