@@ -8,9 +8,10 @@ Publishes N `send_outcome` records to a fresh topic namespace on the local broke
 starts `rassylka sink` worker(s) as child processes and times them draining the topic:
 from the first committed batch to the last but one (steady state: start-up excluded, and
 the last batch too, which is stored when its oldest record is a second old, the sink's
-`max_age_s`, not when it is full) and from process start to the last commit (wall clock). Then it stops the sink and checks, through
-`rassylka analytics query`, that exactly N rows were stored. Without --batch-rows the
-sink runs with its own default batch size, as deployed.
+`max_age_s`, not when it is full) and from process start to the last commit (wall
+clock). Then it stops the sink, checks through `rassylka analytics query` that exactly N
+rows were stored, and deletes the run's topics. Without --batch-rows the sink runs with
+its own default batch size, as deployed.
 
 Progress is read from the sink group's committed offsets with one consumer kept open: a
 fresh `progress()` per poll costs ~40 ms of CPU, which this 2-core machine's sink would

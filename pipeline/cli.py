@@ -229,7 +229,7 @@ def sender(
     import asyncio
     from dataclasses import replace
 
-    from pipeline import metrics
+    from pipeline import gc_tuning, metrics
     from pipeline.releases import LiveConfig
     from pipeline.sender.setup import build_gateway, load_policy
     from pipeline.sender.worker import SenderWorker, receipt_wait_ms
@@ -252,8 +252,6 @@ def sender(
         max_in_flight=int(os.environ.get("RASSYLKA_MAX_IN_FLIGHT", "1024")),
         uncorrelated_wait_ms=wait_ms,
         fault=os.environ.get("RASSYLKA_SENDER_FAULT") or None, health=health)
-    from pipeline import gc_tuning
-
     gc_tuning.pace_for_worker()
     stats = asyncio.run(worker.run())
     console.print(f"sender {worker_id} stopped: {stats}", highlight=False)
