@@ -189,10 +189,10 @@ def wait_until_ready(settings: Settings, names: list[str], timeout: float = 60.0
 
 
 def drop_namespace(settings: Settings) -> int:
-    """Delete the topics of a finished throwaway run (a bench run: its catalog topics,
-    changelogs and Faust's own, by `topic_prefix` and `app_id`). Left behind, a day of runs
-    grows the broker's partitions by thousands and slows every later run. Returns how many
-    were deleted; a broker that does not answer keeps them (logged)."""
+    """Delete the topics of a finished throwaway run (a bench run or a test: its catalog
+    topics, changelogs and Faust's own, by `topic_prefix` and `app_id`). Left behind, a
+    day of runs grows the broker by thousands of partitions. Returns how many were
+    deleted; a broker that does not answer keeps them (logged)."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 4})
     try:
         names = [t for t in admin.list_topics(timeout=10).topics

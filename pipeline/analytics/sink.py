@@ -300,7 +300,7 @@ class Sink:
                 "isolation.level": "read_committed",
                 # Fetch ahead early: with librdkafka's default (100,000 records) the queue
                 # ran dry about once a second while a 50 MB fetch came in, and the sink
-                # stood still for 0.4 s each time (128,000 → 169,000 rows/s steady with
+                # stood still for 0.4 s each time (129,000 → 169,000 rows/s steady with
                 # this). Memory stays bounded by queued.max.messages.kbytes (64 MB).
                 "queued.min.messages": 300_000,
                 # eager: a rebalance revokes every partition, so the whole buffer goes
