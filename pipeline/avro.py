@@ -29,6 +29,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from pipeline import avro_codec
 from pipeline.errors import PermanentError
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -144,14 +145,42 @@ def encode(name: str, record: dict[str, Any], contract: Contract | None = None) 
     Raises ValueError when the record does not match the schema.
     """
     contract = contract or registry().contract(name)
+    codec = _codec(contract)
+    if codec is not None:
+        out = bytearray(MAGIC)
+        out += contract.fingerprint
+        try:
+            codec[0](record, out)
+            return bytes(out)
+        except Exception:  # noqa: BLE001 - not for the compiled writer: fastavro decides
+            pass
     buf = io.BytesIO()
     buf.write(MAGIC)
     buf.write(contract.fingerprint)
     try:
         fastavro.schemaless_writer(buf, contract.parsed, record, strict_allow_default=True)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         raise ValueError(f"record does not match schema {name!r}: {exc}") from exc
     return buf.getvalue()
+
+
+_CODECS: dict[bytes, tuple[avro_codec.Encoder, avro_codec.Decoder] | None] = {}
+
+
+def _codec(contract: Contract) -> tuple[avro_codec.Encoder, avro_codec.Decoder] | None:
+    """The compiled writer and reader of `contract` (`pipeline.avro_codec`), made at first
+    use; None when its schema is not compiled (fastavro does all of its work)."""
+    try:
+        return _CODECS[contract.fingerprint]
+    except KeyError:
+        pass
+    try:
+        codec: tuple[avro_codec.Encoder, avro_codec.Decoder] | None = (
+            avro_codec.compile_codec(contract.schema))
+    except avro_codec.Unsupported:
+        codec = None
+    _CODECS[contract.fingerprint] = codec
+    return codec
 
 
 def writer_of(data: bytes, reg: SchemaRegistry | None = None) -> Contract:
@@ -190,6 +219,13 @@ def decode(name: str, data: bytes, reg: SchemaRegistry | None = None) -> dict[st
     if writer.name != name:
         raise DecodeError(f"expected a {name} record, got {writer.name}")
     reader = reg.contract(name)
+    if writer is reader:
+        codec = _codec(writer)
+        if codec is not None:
+            try:
+                return codec[1](data, body)[0]
+            except Exception:  # noqa: BLE001 - not readable by the compiled reader: ask fastavro
+                pass
     try:
         return fastavro.schemaless_reader(  # type: ignore[no-any-return]
             io.BytesIO(data[body:]),

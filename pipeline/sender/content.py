@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,7 +228,7 @@ def check_content(
     word = rules.forbidden_word_in(text)
     if word is not None:
         return rejected("forbidden_word", f"text contains forbidden word {word!r}")
-    for url in _URL.finditer(text):
+    for url in _links(text):
         host = url.group("host").rstrip(".-")
         if not rules.link_allowed(host):
             return rejected("link_domain_not_allowed", f"link to {host!r} is not allowed")
@@ -249,6 +249,14 @@ def check_content(
             f"{size.segments} {size.encoding} segments, at most {rules.max_segments} allowed",
         )
     return ContentVerdict(text, size, transliterated, size.segments * rules.cost_per_segment)
+
+
+def _links(text: str) -> Iterable[re.Match[str]]:
+    """`_URL`'s matches in `text`. Each needs "://" or "www." (any case) in the text: most
+    texts have neither, and the search is skipped (it was a third of `check_content`)."""
+    if "://" in text or "www." in text.lower():
+        return _URL.finditer(text)
+    return ()
 
 
 def _word_pattern(word: str) -> re.Pattern[str]:

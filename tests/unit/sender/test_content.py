@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 
 from pipeline.errors import ConfigError
+from pipeline.sender import content
 from pipeline.sender.content import ContentRules, ContentVerdict, check_content
 from pipeline.sender.decision import Reject
 
@@ -237,3 +239,15 @@ def test_load_rejects_non_mapping_and_bad_yaml(tmp_path: Path, body: str) -> Non
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         ContentRules.load(tmp_path / "nope.yaml")
+
+
+def test_the_link_search_skipped_for_texts_without_links_finds_what_the_full_search_finds() -> None:
+    """`_links` skips the URL regex unless "://" or "www." (any case) is in the text: over
+    texts built from link-like pieces, it finds exactly the matches of the full search."""
+    rng = random.Random(7)
+    pieces = ["www.", "WWW.", "wWw.", "Www", "ww.", "http://", "HTTPS://", "hTTp:/", "://", "shop.ru",
+              "ex.com/a?b", "user@", " ", ".", "-", "/", "Привет", "ẘ", "W", "w", ":", "a", "1"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 8)))
+        assert [m.span() for m in content._links(text)] == [
+            m.span() for m in content._URL.finditer(text)], text
