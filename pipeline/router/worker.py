@@ -214,8 +214,24 @@ class LearnedWeights:
         self.consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
         self.rows: dict[str, dict[str, float]] = {}
 
-    def poll(self) -> None:
-        for msg in self.consumer.consume(100, 0):
+    def load(self, timeout: float = CATCH_UP_S) -> None:
+        """Read the weights written so far before the first event is routed: a router that
+        started routing on a bare `poll` used the rules' own weights for its first events
+        (`test_bandit_rules.py` caught it on a slow machine)."""
+        low, high = watermarks(self.consumer, self.topic, 0, timeout)
+        if high <= low:  # nothing written yet (its writer is not transactional: no markers)
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll(0.1)
+            position = self.consumer.position([TopicPartition(self.topic, 0)])[0].offset
+            if position >= high:
+                return
+        log.warning("weights of %s not read to the end within %.0f s; routing with what is "
+                    "read so far", self.topic, timeout)
+
+    def poll(self, wait_s: float = 0) -> None:
+        for msg in self.consumer.consume(100, wait_s):
             if msg.error() is not None or msg.key() is None:
                 continue
             if msg.value() is None:
@@ -336,6 +352,7 @@ class RouterWorker:
         log.info("router %s: %d profiles loaded from %s", self.worker_id, loaded,
                  self.profiles_topic)
         self.learned = LearnedWeights(self.settings)
+        self.learned.load()
         self.producer = self._new_producer()
         self.consumer = self._new_consumer()
         next_reload = next_stats = next_sample = time.monotonic()
