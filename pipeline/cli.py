@@ -261,7 +261,7 @@ def sender(
 def bench(
     events: int = typer.Option(20_000, help="Events for the throughput run."),
     rate: int = typer.Option(1_000, help="Offered load (events/s) for the latency run."),
-    seconds: int = typer.Option(5, help="Length of the latency run."),
+    seconds: int = typer.Option(10, help="Length of each latency run."),
     routers: int = typer.Option(1, help="Router worker processes."),
     senders: int = typer.Option(1, help="Sender worker processes."),
     state_numbers: int = typer.Option(1_000_000, help="Numbers for the state-size measurement (0: skip)."),
