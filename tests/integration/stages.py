@@ -45,17 +45,27 @@ def settle(settings: Settings, topic: str, idle: float = 3.0, timeout: float = 3
 @contextmanager
 def stage(settings: Settings, args: list[str], log_dir: Path,
           extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `rassylka <args>` for the duration of the block; its log goes to `log_dir`."""
+    """Run `rassylka <args>` for the duration of the block; its log goes to `log_dir`.
+
+    The log's end is printed (pytest shows it with the failure) when the stage failed or
+    the block raised: a test's temporary folder does not outlive a CI run."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{args[0]}-{int(time.time() * 1000)}.log"
     proc = start_stage(settings, args, log, extra_env)
+    failed = False
     try:
         yield proc
+    except BaseException:
+        failed = True
+        raise
     finally:
         if proc.poll() is None:
             stop(proc)
         elif proc.returncode not in (0, -9, -15):
-            print(log.read_text(errors="replace")[-4000:])
+            failed = True
+        if failed:
+            print(f"--- the end of {log.name} ---")
+            print(log.read_text(errors="replace")[-6000:])
 
 
 __all__ = ["profiles_read", "kill", "read_raw", "settle", "stage", "topics", "wait_for"]
