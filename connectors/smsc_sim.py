@@ -118,6 +118,9 @@ class SimConfig:
     redeliver_s: float = 5.0  # wait before retrying a refused or unanswered deliver_sm
     enquire_link_s: float = 30.0  # probe an ESME silent for this long
     refuse_binds: int = 0  # answer every bind with this command_status (e.g. 0x0D); 0 = off
+    # Deliver receipts and MO round-robin over every receiving session of the system id,
+    # not on the one that submitted: as SMSCs do that see binds of one account as one.
+    deliver_any_bind: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +230,7 @@ class SmscSimulator:
         self._connections = 0
         self._buckets: dict[str, TokenBucket] = {}
         self._outbox: dict[str, deque[_Delivery]] = {}  # per system id, waiting for a receiver
+        self._next_receiver = 0  # round-robin position (deliver_any_bind)
         self._timers: set[asyncio.TimerHandle] = set()
         self._retrying = 0  # deliveries waiting out redeliver_s
         self._submits: deque[SubmitRecord] = deque(maxlen=config.keep_submits)
@@ -576,17 +580,21 @@ class SmscSimulator:
         self._pump(delivery.system_id)
 
     def _receiver(self, system_id: str, preferred: str) -> _Peer | None:
-        """The session to deliver on: ``preferred`` if it has room, else the least busy."""
+        """The session to deliver on: ``preferred`` if it has room, else the least busy
+        (with ``deliver_any_bind``: the next one round-robin that has room)."""
         window = self.config.deliver_window
         peer = self._sessions.get(preferred)
-        if peer is not None and peer.system_id == system_id and peer.can_receive:
-            if peer.in_flight < window:
-                return peer
+        if not self.config.deliver_any_bind and peer is not None and peer.system_id == system_id \
+                and peer.can_receive and peer.in_flight < window:
+            return peer
         candidates = [
             p
             for p in self._sessions.values()
             if p.system_id == system_id and p.can_receive and p.in_flight < window
         ]
+        if self.config.deliver_any_bind and candidates:
+            self._next_receiver += 1
+            return candidates[self._next_receiver % len(candidates)]
         return min(candidates, key=lambda p: p.in_flight, default=None)
 
     def _pump(self, system_id: str) -> None:
@@ -724,6 +732,11 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     p.add_argument("--deliver-window", type=int, default=d.deliver_window)
     p.add_argument("--redeliver-s", type=float, default=d.redeliver_s)
     p.add_argument(
+        "--deliver-any-bind",
+        action="store_true",
+        help="deliver receipts and MO round-robin over all receiving binds of the account",
+    )
+    p.add_argument(
         "--refuse-binds",
         type=lambda v: int(v, 0),
         default=d.refuse_binds,
@@ -750,6 +763,7 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         deliver_window=a.deliver_window,
         redeliver_s=a.redeliver_s,
         refuse_binds=a.refuse_binds,
+        deliver_any_bind=a.deliver_any_bind,
     )
 
 

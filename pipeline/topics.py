@@ -36,6 +36,7 @@ REQUESTS_MARKETING = "sms.requests.marketing"
 OUTCOMES = "sms.outcomes"
 REDELIVERIES = "sms.redeliveries"
 RECEIPTS = "sms.receipts"
+RECEIPTS_FORWARDED = "sms.receipts.forwarded"
 INBOUND = "sms.inbound"
 CLICKS = "sms.clicks"
 CONVERSIONS = "sms.conversions"
@@ -63,6 +64,9 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(REDELIVERIES, "send_outcome", "request_id",
               doc="Requests delivered again (replays): counted, never a second outcome"),
     TopicSpec(RECEIPTS, "delivery_receipt", "message_id", doc="Correlated receipts"),
+    TopicSpec(RECEIPTS_FORWARDED, "bytes: a receipt (pipeline/sender/forwarding.py)",
+              "<SMSC id>\\x00<state>", compacted=True,
+              doc="Receipts that reached a sender not knowing their SMSC id, for the one that does"),
     TopicSpec(INBOUND, "inbound_message", "from_number", doc="Replies (MO)"),
     TopicSpec(CLICKS, "click", "message_id", doc="Tracked link clicks"),
     TopicSpec(CONVERSIONS, "conversion", "customer_id", doc="Attributed conversions"),

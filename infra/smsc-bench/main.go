@@ -123,6 +123,7 @@ type config struct {
 	enquireLink           time.Duration
 	refuseBinds           uint32
 	logFlush              time.Duration
+	deliverAnyBind        bool // receipts and MO round-robin over the account's binds
 }
 
 // pyFloat reads a float the way Python's float() does for the values flags carry.
@@ -209,6 +210,7 @@ func parseFlags(args []string) (*config, error) {
 	deliverTimeout := fs.Float64("deliver-timeout-s", 30, "wait this long for a deliver_sm_resp, then deliver again later")
 	fs.IntVar(&c.deliverWindow, "deliver-window", 512, "deliver_sm awaiting their answer, per session")
 	redeliver := fs.Float64("redeliver-s", 5, "wait before retrying a refused or unanswered deliver_sm")
+	fs.BoolVar(&c.deliverAnyBind, "deliver-any-bind", false, "deliver receipts and MO round-robin over all receiving binds of the account")
 	refuse := fs.String("refuse-binds", "0", "answer every bind with this status, e.g. 0x0D (ESME_RBINDFAIL)")
 	flushMs := fs.Float64("log-flush-ms", 50, "write the --log file at most this often (ms)")
 	if err := fs.Parse(args); err != nil {
@@ -986,6 +988,7 @@ type server struct {
 	lastSlow    int64
 	dirty       []*conn
 	stats       stats
+	nextRecv    int    // round-robin position (deliverAnyBind)
 	nextHi      uint64 // the next message id is nextHi<<24 + nextLo (smsc_sim: ms << 24)
 	nextLo      uint32
 	submitCount int
@@ -1478,19 +1481,27 @@ func (s *server) enqueue(d *delivery) {
 	s.pump(d.systemID)
 }
 
-// receiver: the session to deliver on: the preferred one if it has room, else the least busy.
+// receiver: the session to deliver on: the preferred one if it has room, else the least busy
+// (with deliverAnyBind: the next one round-robin that has room).
 func (s *server) receiver(systemID string, pref *conn) *conn {
 	window := s.cfg.deliverWindow
-	if pref != nil && !pref.closed && pref.bindType != "" && pref.systemID == systemID &&
-		pref.canReceive() && pref.inFlight < window {
+	if !s.cfg.deliverAnyBind && pref != nil && !pref.closed && pref.bindType != "" &&
+		pref.systemID == systemID && pref.canReceive() && pref.inFlight < window {
 		return pref
 	}
 	var best *conn
+	var room []*conn
 	for _, c := range s.sessions {
-		if c.systemID == systemID && c.canReceive() && c.inFlight < window &&
-			(best == nil || c.inFlight < best.inFlight) {
-			best = c
+		if c.systemID == systemID && c.canReceive() && c.inFlight < window {
+			room = append(room, c)
+			if best == nil || c.inFlight < best.inFlight {
+				best = c
+			}
 		}
+	}
+	if s.cfg.deliverAnyBind && len(room) > 0 {
+		s.nextRecv++
+		return room[s.nextRecv%len(room)]
 	}
 	return best
 }

@@ -56,6 +56,9 @@ from pipeline.sender.core import Send, SenderPolicy, decide
 from pipeline.sender.decision import Reject
 from pipeline.sender.dedup import LedgerEntry, record
 from pipeline.sender.expiry import Hold, check_expiry
+from pipeline.sender.forwarding import ForwardedReceipts, Key, key_bytes
+from pipeline.sender.forwarding import park_value as _park_value
+from pipeline.sender.forwarding import unpark as _unpark
 from pipeline.sender.layout import CAPS, CONTENT, GATEWAY_ID, HOLD, LEDGER, PARKED
 from pipeline.sender.numbers import normalise
 from pipeline.sender.replies import FINAL_RECEIPT_STATES, InboundBook, Part, ReceiptBook
@@ -105,18 +108,6 @@ PARKED_RESULT_KEEP_MS = 600_000  # answers for partitions away this long are giv
 STATS_EVERY_S = 30.0  # the info line of what the worker did
 
 
-def _park_value(arrived_ms: int, receipt: GatewayReceipt) -> bytes:
-    rest = "\x00".join((receipt.error_code or "", receipt.destination))
-    return _UNTIL.pack(arrived_ms) + _UNTIL.pack(receipt.received_at_ms) + rest.encode()
-
-
-def _unpark(key: bytes, value: bytes) -> tuple[int, GatewayReceipt]:
-    gw_id, state = key.decode().split("\x00", 1)
-    arrived, received = _UNTIL.unpack_from(value)[0], _UNTIL.unpack_from(value, 8)[0]
-    error_code, destination = value[16:].decode().split("\x00", 1)
-    return arrived, GatewayReceipt(gw_id, state, error_code or None, destination, received)
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -145,6 +136,8 @@ class SenderStats:
     receipts: int = 0
     receipts_uncorrelated: int = 0
     receipts_repeated: int = 0  # sent again by the gateway, already recorded
+    receipts_forwarded: int = 0  # reached this sender, their SMSC id unknown here
+    receipts_claimed: int = 0  # forwarded by another sender, recorded here
     inbound: int = 0
     inbound_repeated: int = 0
     redelivered_requests: int = 0  # requests delivered again: no second outcome
@@ -278,6 +271,11 @@ class SenderWorker:
         self.pending_receipts: deque[tuple[int, GatewayReceipt]] = deque()
         # (SMSC id, state) -> (partition holding it, arrived, receipt): acknowledged early
         self.parked: dict[tuple[str, str], tuple[int, int, GatewayReceipt]] = {}
+        # Receipts that came over another sender's bind (`pipeline.sender.forwarding`):
+        self.forwards = ForwardedReceipts(settings)
+        self.forwarded: dict[Key, tuple[int, GatewayReceipt]] = {}  # by others, to look up
+        self.sent_forward: set[Key] = set()  # forwarded by this process, not settled yet
+        self.claimed: set[Key] = set()  # of those (or of parked ones): recorded elsewhere
         self.in_flight: set[asyncio.Task[None]] = set()
         self.owned: set[int] = set()
         self.stopping = False
@@ -461,6 +459,7 @@ class SenderWorker:
         """Run until SIGTERM/SIGINT (or idle for `stop_after_idle_s`); returns the stats."""
         self.store.ensure_topic()
         self.consent.load()
+        self.forwards.load(2 * self.uncorrelated_wait_ms + PARK_RECEIPT_AFTER_MS)
         self._load_recent_replies()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -490,6 +489,7 @@ class SenderWorker:
             if self.consumer is not None:
                 self.consumer.close()
             self.consent.close()
+            self.forwards.close()
         return self.stats
 
     def stop(self) -> None:
@@ -643,9 +643,11 @@ class SenderWorker:
             return [], []
         self.consent.poll()
         now = now_ms()
+        self._follow_forwards(now)
         sweep = now - self._last_sweep_ms > 60_000
         if not (msgs or self.finished or self.events or self.pending_receipts
-                or self._parked_due(now) or self._pending_in_doubt or (self.holds and self.holds[0][0] <= now)
+                or self._parked_due(now) or self._forwards_due()
+                or self._pending_in_doubt or (self.holds and self.holds[0][0] <= now)
                 or (dispatch and self.queue) or sweep or self._legacy):
             return [], []
         self._tx.clear()
@@ -1002,38 +1004,111 @@ class SenderWorker:
         while self.pending_receipts:
             arrived, receipt = self.pending_receipts.popleft()
             gw_id, state = receipt.gateway_message_id, receipt.state
-            if self.receipts.recorded(gw_id, state) or (gw_id, state) in published \
-                    or (gw_id, state) in self.parked:
+            key = (gw_id, state)
+            if self.receipts.recorded(gw_id, state) or key in published or key in self.parked:
                 self.stats.receipts_repeated += 1
                 _add_ack(acks, receipt)
                 continue
-            part = self.receipts.lookup(gw_id)
-            if part is None and now - arrived >= PARK_RECEIPT_AFTER_MS and self.owned:
-                p = min(self.owned)
-                self.store.put(producer, p, PARKED + f"{gw_id}\x00{state}".encode(),
-                               _park_value(arrived, receipt))
-                self.parked[(gw_id, state)] = (p, arrived, receipt)
+            if key in self.claimed:  # forwarded, and recorded by the sender that knew it
+                after_commit.append(lambda key=key: self._settled_forward(key))
                 _add_ack(acks, receipt)
                 continue
+            part = self.receipts.lookup(gw_id)
+            if part is None and now - arrived >= PARK_RECEIPT_AFTER_MS:
+                if key not in self.sent_forward:
+                    self._forward(producer, key, arrived, receipt, after_commit)
+                if self.owned:
+                    p = min(self.owned)
+                    self.store.put(producer, p, PARKED + key_bytes(key),
+                                   _park_value(arrived, receipt))
+                    self.parked[key] = (p, arrived, receipt)
+                    _add_ack(acks, receipt)
+                    continue
             if part is None and now - arrived < self.uncorrelated_wait_ms:
                 waiting.append((arrived, receipt))
                 continue
             self._publish_receipt(producer, receipt, part, now, after_commit, published)
+            self._settle_forward(producer, key, after_commit)
             _add_ack(acks, receipt)
         self.pending_receipts = waiting
         for key, (p, arrived, receipt) in list(self.parked.items()):
+            claimed = key in self.claimed
             part = self.receipts.lookup(key[0])
-            if part is None and now - arrived < self.uncorrelated_wait_ms:
+            if not claimed and part is None and now - arrived < self.uncorrelated_wait_ms:
                 continue
             del self.parked[key]  # restored from the state if this transaction aborts
-            self.store.delete(producer, p, PARKED + f"{key[0]}\x00{key[1]}".encode())
+            self.store.delete(producer, p, PARKED + key_bytes(key))
+            if claimed:
+                after_commit.append(lambda key=key: self._settled_forward(key))
+                continue
             if not (self.receipts.recorded(*key) or key in published):
                 self._publish_receipt(producer, receipt, part, now, after_commit, published)
+            self._settle_forward(producer, key, after_commit)
+        self._claim_forwarded(producer, now, after_commit, published)
 
     def _parked_due(self, now: int) -> bool:
         return any(self.receipts.lookup(gw_id) is not None
                    or now - arrived >= self.uncorrelated_wait_ms
                    for (gw_id, _state), (_p, arrived, _r) in self.parked.items())
+
+    # ----------------------------------- receipts over another sender's bind
+    def _follow_forwards(self, now: int) -> None:
+        """Read `sms.receipts.forwarded`: others' receipts to look up, claims of ours."""
+        for key, receipt in self.forwards.poll():
+            if receipt is None:  # a claim, or the forwarder settled it itself
+                self.forwarded.pop(key, None)
+                if key in self.sent_forward or key in self.parked:
+                    self.claimed.add(key)
+            elif key not in self.sent_forward and key not in self.parked:
+                self.forwarded.setdefault(key, (now, receipt))
+        for key in [k for k, (arrived, _r) in self.forwarded.items()
+                    if now - arrived >= self.uncorrelated_wait_ms]:
+            del self.forwarded[key]  # nobody here knows it: its forwarder publishes it
+
+    def _forwards_due(self) -> bool:
+        """Whether a transaction has forwarded receipts to record or claims to apply."""
+        if any(key in self.parked for key in self.claimed):
+            return True
+        for (gw_id, _state) in self.forwarded:
+            part = self.receipts.lookup(gw_id)
+            if part is not None and part.partition in self.owned:
+                return True
+        return False
+
+    def _forward(self, producer: Producer, key: Key, arrived: int, receipt: GatewayReceipt,
+                 after_commit: list[Callable[[], None]]) -> None:
+        producer.produce(self.settings.topic(topics.RECEIPTS_FORWARDED), key=key_bytes(key),
+                         value=_park_value(arrived, receipt))
+        self.stats.receipts_forwarded += 1
+        after_commit.append(lambda: self.sent_forward.add(key))
+
+    def _settle_forward(self, producer: Producer, key: Key,
+                        after_commit: list[Callable[[], None]]) -> None:
+        """This process published a receipt it had forwarded: clear the key everywhere."""
+        if key in self.sent_forward:
+            producer.produce(self.settings.topic(topics.RECEIPTS_FORWARDED),
+                             key=key_bytes(key), value=None)
+            after_commit.append(lambda: self._settled_forward(key))
+
+    def _settled_forward(self, key: Key) -> None:
+        self.sent_forward.discard(key)
+        self.claimed.discard(key)
+
+    def _claim_forwarded(self, producer: Producer, now: int,
+                         after_commit: list[Callable[[], None]], published: set[object]) -> None:
+        """Record the receipts other senders forwarded whose SMSC id this one knows."""
+        for key, (_arrived, receipt) in list(self.forwarded.items()):
+            part = self.receipts.lookup(key[0])
+            if part is None or part.partition not in self.owned:
+                continue
+            if self.receipts.recorded(*key) or key in published:
+                self.stats.receipts_repeated += 1
+            else:
+                self._publish_receipt(producer, receipt, part, now, after_commit, published)
+                self.stats.receipts_claimed += 1
+            producer.produce(self.settings.topic(topics.RECEIPTS_FORWARDED),
+                             key=key_bytes(key), value=None)
+            after_commit.append(lambda key=key: self.forwarded.pop(key, None))
 
     def _publish_receipt(self, producer: Producer, receipt: GatewayReceipt, part: Part | None,
                          now: int, after_commit: list[Callable[[], None]],

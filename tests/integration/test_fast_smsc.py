@@ -513,6 +513,21 @@ async def flag_scenarios(start: Any, folder: Path) -> dict[str, Any]:
         status, submits = http("GET", f"http://127.0.0.1:{control}/submits?since=1")
         return {"total": submits["total"], "kept": [x["destination"] for x in submits["submits"]]}
 
+    async def any_bind(port: int, control: int) -> dict[str, Any]:
+        a, b = await connect_raw(port), await connect_raw(port)
+        await a.bind()
+        await b.bind()
+        for i in range(4):
+            a.send(SUBMIT_SM, submit_body(dst=f"7916123040{i}".encode()))
+        got: dict[str, list[Any]] = {"a": [], "b": []}
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0:
+            for name, esme in (("a", a), ("b", b)):
+                if (pdu := await esme.read(0.05)) is not None:
+                    got[name].append(kind(pdu))
+        return {"a": sorted(got["a"]), "b": sorted(got["b"])}
+
+    await with_sim("any_bind", ("--receipt-delay-ms", "10", "--deliver-any-bind"), any_bind)
     await with_sim("failing", ("--failure-rate", "1", "--latency-ms", "150"), failing)
     await with_sim(
         "dropped",
@@ -537,6 +552,8 @@ def test_go_simulator_flags_behave_like_smsc_sim(tmp_path: Path) -> None:
     go = asyncio.run(flag_scenarios(start_fast_simulator, tmp_path / "go"))
     assert python["redelivered"]["seen"] == [("100", 1), ("100", 2), ("100", 3), ("101", 1)]
     assert python["throttled"]["answers"][0][1] == 3  # throttled ones (seq 3-5) answered first
+    # receipts round-robin over both binds, not only on the one that submitted
+    assert python["any_bind"]["b"] == [("deliver_sm", 0)] * 2
     for key in python:
         assert go[key] == python[key], key
 

@@ -1,0 +1,73 @@
+"""Two senders on one SMSC account that delivers receipts over any of its binds."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from sendkit import (
+    config_with,
+    make_request,
+    one_outcome_per_request,
+    one_receipt_per_part,
+    outcomes,
+    phone,
+    publish_requests,
+    sender,
+    simulator,
+)
+
+from pipeline import kafka_io, topics
+from pipeline.settings import Settings
+
+
+def test_receipts_over_the_other_senders_bind_are_recorded_with_their_message(
+        ns: Settings, tmp_path: Path) -> None:
+    """Regression: a receipt that came over the other sender's bind was unknown there and,
+    after the uncorrelated wait, recorded without its message id (so analytics never
+    counted the message delivered). Now the receiving sender forwards it and the sender
+    that sent the message records it: every receipt carries its message, once."""
+    cfg = replace(ns, config_dir=config_with(tmp_path, ns.config_dir, quiet_hours={},
+                                             frequency_caps={}))
+    requests = [make_request(phone=phone(170_000 + i), text=f"Оплатите счёт {i}")
+                for i in range(120)]
+    env = {"RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "30", "RASSYLKA_RATE_PER_BIND": "20"}
+    with simulator(tmp_path, "--latency-ms", "2-10", "--receipt-delay-ms", "50-300",
+                   "--deliver-any-bind") as sim:
+        with sender(cfg, sim, tmp_path, worker_id="0", **env), \
+                sender(cfg, sim, tmp_path, worker_id="1", **env):
+            # Both bound (two binds each) and each owning a partition: no rebalance while
+            # sending, whose in-doubt parts no sender can know (published uncorrelated).
+            deadline = time.monotonic() + 60
+            while sim.sessions() < 4 or not all(
+                    re.search(rf"sender {w} owns partitions \[\d\]", _logs(tmp_path))
+                    for w in (0, 1)):
+                assert time.monotonic() < deadline, "the senders did not bind and join"
+                time.sleep(0.1)
+            publish_requests(cfg, requests)
+            outcomes(cfg, len(requests), timeout=90)
+            got = one_outcome_per_request(cfg, requests)
+            states = one_receipt_per_part(cfg, sim, timeout=25)
+        submits = sim.submits()
+    assert Counter(o["status"] for o in got.values()) == Counter({"submitted": len(requests)})
+    receipts = kafka_io.read_topic(cfg, topics.RECEIPTS, None, 10, idle=2.0)
+    by_part = {m.record["gateway_message_id"]: m.record for m in receipts if m.record}
+    accepted = {s["message_id"]: s for s in submits if s["status"] == 0}
+    uncorrelated = [r for r in by_part.values() if not r["message_id"]]
+    assert not uncorrelated, f"{len(uncorrelated)} of {len(by_part)} receipts lost their " \
+                             f"message (came over the other sender's bind)"
+    ids = {r["request_id"] for r in requests}
+    assert all(r["message_id"] in ids for r in by_part.values())
+    assert set(by_part) == set(accepted) and sum(states.values()) == len(accepted)
+    # the path under test was taken: receipts crossed over, and were claimed
+    logs = _logs(tmp_path).replace("\n", "")
+    forwarded = sum(int(n) for n in re.findall(r"receipts_forwarded=(\d+)", logs))
+    claimed = sum(int(n) for n in re.findall(r"receipts_claimed=(\d+)", logs))
+    assert forwarded >= 10 and claimed == forwarded, (forwarded, claimed)
+
+
+def _logs(tmp_path: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in tmp_path.glob("sender-*.log"))
