@@ -1043,7 +1043,7 @@ class SenderWorker:
                 continue
             if not (self.receipts.recorded(*key) or key in published):
                 self._publish_receipt(producer, receipt, part, now, after_commit, published)
-            self._settle_forward(producer, key, after_commit)
+            self._settle_forward(producer, key, after_commit, parked=True)
         self._claim_forwarded(producer, now, after_commit, published)
 
     def _parked_due(self, now: int) -> bool:
@@ -1083,12 +1083,16 @@ class SenderWorker:
         after_commit.append(lambda: self.sent_forward.add(key))
 
     def _settle_forward(self, producer: Producer, key: Key,
-                        after_commit: list[Callable[[], None]]) -> None:
-        """This process published a receipt it had forwarded: clear the key everywhere."""
-        if key in self.sent_forward:
-            producer.produce(self.settings.topic(topics.RECEIPTS_FORWARDED),
-                             key=key_bytes(key), value=None)
+                        after_commit: list[Callable[[], None]], parked: bool = False) -> None:
+        """This process published a receipt it had forwarded (every parked one was, maybe by
+        its predecessor): clear the key everywhere, or the compacted topic keeps it."""
+        if parked or key in self.sent_forward:
+            self._tombstone(producer, key)
             after_commit.append(lambda: self._settled_forward(key))
+
+    def _tombstone(self, producer: Producer, key: Key) -> None:
+        producer.produce(self.settings.topic(topics.RECEIPTS_FORWARDED), key=key_bytes(key),
+                         value=None)
 
     def _settled_forward(self, key: Key) -> None:
         self.sent_forward.discard(key)
@@ -1106,8 +1110,7 @@ class SenderWorker:
             else:
                 self._publish_receipt(producer, receipt, part, now, after_commit, published)
                 self.stats.receipts_claimed += 1
-            producer.produce(self.settings.topic(topics.RECEIPTS_FORWARDED),
-                             key=key_bytes(key), value=None)
+            self._tombstone(producer, key)
             after_commit.append(lambda key=key: self.forwarded.pop(key, None))
 
     def _publish_receipt(self, producer: Producer, receipt: GatewayReceipt, part: Part | None,
