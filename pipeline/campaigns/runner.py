@@ -33,14 +33,14 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from pipeline import avro, kafka_io, metrics, topics
 from pipeline.campaigns.decision import DecisionRule, VariantResult, decide
 from pipeline.campaigns.facts import reactions
 from pipeline.campaigns.model import Campaign, assign, duration_s, split_variant
 from pipeline.settings import Settings
-from pipeline.state.store import read_partitions
+from pipeline.state.store import read_partitions, watermarks
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def read_latest(settings: Settings, name: str) -> dict[str, dict[str, Any]]:
     for _p, key, value in read_partitions(settings.kafka_bootstrap, topic, [0]):
         if value is None:
             out.pop(key.decode(), None)
-        else:
-            out[key.decode()] = json.loads(value)
+        elif (record := _json_object(topic, key, value)) is not None:
+            out[key.decode()] = record
     return out
 
 
@@ -184,9 +184,10 @@ class CampaignRunner:
 
     def run(self, until_idle_s: float | None = None) -> None:
         states = read_latest(self.settings, topics.CAMPAIGN_PROGRESS)
-        self.commands = read_latest(self.settings, topics.CAMPAIGN_CONTROL)
         self.producer = self._new_producer()
-        self.control = _follower(self.settings, topics.CAMPAIGN_CONTROL)
+        # one consumer reads the commands so far and then follows: a campaign started
+        # while this worker starts is neither missed nor applied twice
+        self.control, self.commands = _follow(self.settings, topics.CAMPAIGN_CONTROL)
         for campaign_id, command in self.commands.items():
             self._apply(campaign_id, command, states.get(campaign_id))
         if self.follow_ups is not None:
@@ -196,9 +197,10 @@ class CampaignRunner:
             while not self.stopping:
                 self.health.beat()
                 for msg in self.control.consume(100, 0):
-                    if msg.error() is None and msg.value() is not None:
+                    command = _command(msg)
+                    if command is not None:
                         control_in.inc()
-                        self._apply(msg.key().decode(), json.loads(msg.value()), None)
+                        self._apply(msg.key().decode(), command, None)
                 for run in list(self.running.values()):
                     self._tick(run)
                 if self.reconfigure is not None:
@@ -446,15 +448,53 @@ def test_results(settings: Settings, run: Running) -> list[VariantResult]:
             for v in run.variants]
 
 
-def _follower(settings: Settings, name: str) -> Consumer:
-    """A consumer at the end of a one-partition catalog topic (new records only)."""
+def _follow(settings: Settings, name: str,
+            timeout_s: float = 60.0) -> tuple[Consumer, dict[str, dict[str, Any]]]:
+    """A consumer of a one-partition catalog topic, and the newest value per key it read
+    up to the topic's end now; the consumer goes on right after what it read.
+
+    Reading the values and then following from the end with a second consumer would lose
+    a record published between the two (a campaign started while its worker starts)."""
     topic = settings.topic(name)
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
                          "group.id": f"campaigns-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "isolation.level": "read_committed"})
-    high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=15)[1]
-    consumer.assign([TopicPartition(topic, 0, high)])
-    return consumer
+    latest: dict[str, dict[str, Any]] = {}
+    low, high = watermarks(consumer, topic, 0)
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING if high > low else high)])
+    deadline = time.monotonic() + timeout_s
+    tp = [TopicPartition(topic, 0)]
+    while high > low and consumer.position(tp)[0].offset < high:
+        if time.monotonic() > deadline:
+            consumer.close()
+            raise KafkaException(f"{topic} was not read to its end ({high}) within {timeout_s:.0f} s; "
+                                 f"is the broker at {settings.kafka_bootstrap} up?")
+        for msg in consumer.consume(500, 1.0):
+            command = _command(msg)
+            if command is not None:
+                latest[msg.key().decode()] = command
+            elif msg.error() is None and msg.key() is not None and msg.value() is None:
+                latest.pop(msg.key().decode(), None)
+    return consumer, latest
+
+
+def _command(msg: Any) -> dict[str, Any] | None:
+    """The JSON object a control record holds; None for a tombstone or an error."""
+    if msg.error() is not None or msg.key() is None or msg.value() is None:
+        return None
+    return _json_object(msg.topic(), msg.key(), msg.value())
+
+
+def _json_object(topic: str, key: bytes, value: bytes) -> dict[str, Any] | None:
+    """`value` as a JSON object; None, logged, when it is not one (the reader goes on)."""
+    try:
+        record = json.loads(value)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        log.error("skipped a record of %s with key %r: not a JSON object (%.80r)", topic, key, value)
+        return None
+    return record
 
 
 def _local_minute(zone: str, at_ms: int) -> int:

@@ -4,6 +4,7 @@ of the campaign worker, at its pace; pause, resume and cancel; the automatic dec
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -14,7 +15,13 @@ from stages import kill, settle, stage
 
 from pipeline import kafka_io, topics
 from pipeline.campaigns.model import Campaign, assign, load_campaigns
-from pipeline.campaigns.runner import CampaignError, read_latest, send_command, start_campaign
+from pipeline.campaigns.runner import (
+    CampaignError,
+    CampaignRunner,
+    read_latest,
+    send_command,
+    start_campaign,
+)
 from pipeline.settings import Settings
 
 RATE_PER_MINUTE = 3000  # 50 a second
@@ -86,6 +93,40 @@ def test_campaign_sends_each_member_once_across_a_sigkill_at_its_pace(
     final = status(cfg)
     assert final["status"] == "stopped" and final["decision"]["action"] == "no_winner"
     assert final["sent"] == {"test": len(sendable)}
+
+
+def test_a_campaign_started_while_its_worker_starts_is_run(ns: Settings, tmp_path: Path) -> None:
+    """The start command lands after the worker has read the commands so far and before
+    it follows the control topic (here: while its producer initialises its transactions).
+    Before, the worker followed from the topic's end then and never ran the campaign.
+    Records that are not JSON objects, before and after the start, are skipped."""
+    cfg = replace(ns, config_dir=campaign_config(tmp_path, ns.config_dir))
+    junk = kafka_io.producer(cfg)
+    junk.produce(cfg.topic(topics.CAMPAIGN_CONTROL), key=b"junk", value=b"{not json")
+    junk.flush(30)
+    campaign = load_campaigns(cfg.config_dir)["spring"]
+    customers = [f"c{i:05d}" for i in range(40)]
+    sendable = {c for c in customers if assign(campaign, ("a", "b"), c)[0] != "holdout"}
+    runner = CampaignRunner(cfg, {"spring": campaign}, worker_id="race")
+    new_producer = runner._new_producer
+
+    def started_meanwhile() -> object:
+        producer = new_producer()
+        start_campaign(cfg, campaign, ("a", "b"), [(c, "Europe/Moscow") for c in customers])
+        junk.produce(cfg.topic(topics.CAMPAIGN_CONTROL), key=b"junk", value=b"[1, 2]")
+        junk.flush(30)
+        return producer
+
+    runner._new_producer = started_meanwhile  # type: ignore[method-assign]
+    worker = threading.Thread(target=runner.run, daemon=True)
+    worker.start()
+    try:
+        events = campaign_events(cfg, len(sendable), timeout=30)
+    finally:
+        runner.stop()
+        worker.join(30)
+    assert {e["customer_id"] for e in events} == sendable
+    assert status(cfg)["status"] in ("running", "evaluating")
 
 
 def test_pause_resume_cancel_and_a_campaign_starts_once(ns: Settings, tmp_path: Path) -> None:
