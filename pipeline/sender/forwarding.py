@@ -22,6 +22,7 @@ import logging
 import struct
 import time
 import uuid
+from collections.abc import Callable
 
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
@@ -105,3 +106,74 @@ class ForwardedReceipts:
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
+
+
+class ToClaim:
+    """The receipts other senders forwarded, held until this sender learns their SMSC id or
+    they age out.
+
+    With three or more senders most forwards are someone else's and stay the whole
+    uncorrelated wait, tens of thousands at high rates: they are indexed by SMSC id, so a
+    cycle looks only at those this sender can claim, and learning an id finds its receipts
+    with one lookup. Held in arrival order, so the old ones leave from the front.
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[Key, tuple[int, GatewayReceipt]] = {}
+        self.claimable: set[Key] = set()  # their id is known here (checked again on claim)
+        self._waiting: dict[str, set[str]] = {}  # SMSC id -> states, id unknown here
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.held
+
+    def add(self, key: Key, now_ms: int, receipt: GatewayReceipt, known: bool) -> None:
+        if key in self.held:
+            return
+        self.held[key] = (now_ms, receipt)
+        if known:
+            self.claimable.add(key)
+        else:
+            self._waiting.setdefault(key[0], set()).add(key[1])
+
+    def learned(self, gateway_id: str) -> None:
+        """This sender now knows `gateway_id`: its held receipts can be claimed."""
+        states = self._waiting.pop(gateway_id, None)
+        if states:
+            self.claimable.update((gateway_id, s) for s in states)
+
+    def unknown(self, key: Key) -> None:
+        """A claimable receipt whose id this sender no longer owns: back to waiting."""
+        if key in self.claimable:
+            self.claimable.discard(key)
+            self._waiting.setdefault(key[0], set()).add(key[1])
+
+    def remove(self, key: Key) -> None:
+        if self.held.pop(key, None) is None:
+            return
+        self.claimable.discard(key)
+        states = self._waiting.get(key[0])
+        if states is not None:
+            states.discard(key[1])
+            if not states:
+                del self._waiting[key[0]]
+
+    def expire(self, now_ms: int, wait_ms: int) -> None:
+        """Drop those held `wait_ms`: nobody here knew them, their forwarder publishes them."""
+        while self.held:
+            key, (arrived, _receipt) = next(iter(self.held.items()))
+            if now_ms - arrived < wait_ms:
+                return
+            self.remove(key)
+
+    def reindex(self, known: Callable[[str], bool]) -> None:
+        """After the partitions this sender owns changed: which ids it knows now."""
+        self.claimable.clear()
+        self._waiting.clear()
+        for key in self.held:
+            if known(key[0]):
+                self.claimable.add(key)
+            else:
+                self._waiting.setdefault(key[0], set()).add(key[1])

@@ -56,7 +56,7 @@ from pipeline.sender.core import Send, SenderPolicy, decide
 from pipeline.sender.decision import Reject
 from pipeline.sender.dedup import LedgerEntry, record
 from pipeline.sender.expiry import Hold, check_expiry
-from pipeline.sender.forwarding import ForwardedReceipts, Key, key_bytes
+from pipeline.sender.forwarding import ForwardedReceipts, Key, ToClaim, key_bytes
 from pipeline.sender.forwarding import park_value as _park_value
 from pipeline.sender.forwarding import unpark as _unpark
 from pipeline.sender.layout import CAPS, CONTENT, GATEWAY_ID, HOLD, LEDGER, PARKED
@@ -273,7 +273,7 @@ class SenderWorker:
         self.parked: dict[tuple[str, str], tuple[int, int, GatewayReceipt]] = {}
         # Receipts that came over another sender's bind (`pipeline.sender.forwarding`):
         self.forwards = ForwardedReceipts(settings)
-        self.forwarded: dict[Key, tuple[int, GatewayReceipt]] = {}  # by others, to look up
+        self.forwarded = ToClaim()  # by others, to look up
         self.sent_forward: set[Key] = set()  # forwarded by this process, not settled yet
         self.claimed: set[Key] = set()  # of those (or of parked ones): recorded elsewhere
         self.in_flight: set[asyncio.Task[None]] = set()
@@ -358,6 +358,7 @@ class SenderWorker:
         self.store.restore(new)
         self.owned |= new
         self._recover(new)
+        self.forwarded.reindex(self._knows)
         log.info("sender %s owns partitions %s", self.worker_id, sorted(self.owned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -373,6 +374,7 @@ class SenderWorker:
         self.receipts.give_up(gone, now_ms())
         self.parked = {k: v for k, v in self.parked.items() if v[0] not in gone}
         self._legacy = [x for x in self._legacy if x[0] not in gone]
+        self.forwarded.reindex(self._knows)
         # Jobs on the wire and answers already received stay in `wire`/`finished`: if the
         # partition comes back untouched (a broker outage), they are recorded, not doubted.
 
@@ -906,6 +908,7 @@ class SenderWorker:
             for i, gw_id in enumerate(result.gateway_message_ids, 1):
                 part = Part(p, request["request_id"], i, total)
                 self.receipts.track(gw_id, part)
+                self.forwarded.learned(gw_id)
                 self.store.put(producer, p, GATEWAY_ID + gw_id.encode(), part.to_bytes())
             self._outcome(producer, request, "submitted", None, None, job, result, now)
             self.stats.submitted += 1
@@ -1056,24 +1059,21 @@ class SenderWorker:
         """Read `sms.receipts.forwarded`: others' receipts to look up, claims of ours."""
         for key, receipt in self.forwards.poll():
             if receipt is None:  # a claim, or the forwarder settled it itself
-                self.forwarded.pop(key, None)
+                self.forwarded.remove(key)
                 if key in self.sent_forward or key in self.parked:
                     self.claimed.add(key)
             elif key not in self.sent_forward and key not in self.parked:
-                self.forwarded.setdefault(key, (now, receipt))
-        for key in [k for k, (arrived, _r) in self.forwarded.items()
-                    if now - arrived >= self.uncorrelated_wait_ms]:
-            del self.forwarded[key]  # nobody here knows it: its forwarder publishes it
+                self.forwarded.add(key, now, receipt, self._knows(key[0]))
+        self.forwarded.expire(now, self.uncorrelated_wait_ms)
+
+    def _knows(self, gateway_id: str) -> bool:
+        """Whether this sender can record a receipt for `gateway_id` with its message."""
+        part = self.receipts.lookup(gateway_id)
+        return part is not None and part.partition in self.owned
 
     def _forwards_due(self) -> bool:
         """Whether a transaction has forwarded receipts to record or claims to apply."""
-        if any(key in self.parked for key in self.claimed):
-            return True
-        for (gw_id, _state) in self.forwarded:
-            part = self.receipts.lookup(gw_id)
-            if part is not None and part.partition in self.owned:
-                return True
-        return False
+        return bool(self.forwarded.claimable) or any(key in self.parked for key in self.claimed)
 
     def _forward(self, producer: Producer, key: Key, arrived: int, receipt: GatewayReceipt,
                  after_commit: list[Callable[[], None]]) -> None:
@@ -1101,17 +1101,19 @@ class SenderWorker:
     def _claim_forwarded(self, producer: Producer, now: int,
                          after_commit: list[Callable[[], None]], published: set[object]) -> None:
         """Record the receipts other senders forwarded whose SMSC id this one knows."""
-        for key, (_arrived, receipt) in list(self.forwarded.items()):
+        for key in list(self.forwarded.claimable):
             part = self.receipts.lookup(key[0])
             if part is None or part.partition not in self.owned:
+                self.forwarded.unknown(key)
                 continue
             if self.receipts.recorded(*key) or key in published:
                 self.stats.receipts_repeated += 1
             else:
+                receipt = self.forwarded.held[key][1]
                 self._publish_receipt(producer, receipt, part, now, after_commit, published)
                 self.stats.receipts_claimed += 1
             self._tombstone(producer, key)
-            after_commit.append(lambda key=key: self.forwarded.pop(key, None))
+            after_commit.append(lambda key=key: self.forwarded.remove(key))
 
     def _publish_receipt(self, producer: Producer, receipt: GatewayReceipt, part: Part | None,
                          now: int, after_commit: list[Callable[[], None]],

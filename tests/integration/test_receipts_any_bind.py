@@ -1,13 +1,15 @@
-"""Two senders on one SMSC account that delivers receipts over any of its binds."""
+"""Two and three senders on one SMSC account that delivers receipts over any of its binds."""
 
 from __future__ import annotations
 
 import re
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from sendkit import (
     config_with,
     make_request,
@@ -22,29 +24,35 @@ from sendkit import (
 
 from pipeline import kafka_io, topics
 from pipeline.settings import Settings
+from pipeline.topics import create_topics
 
 
+@pytest.mark.parametrize("senders", [2, 3])
 def test_receipts_over_the_other_senders_bind_are_recorded_with_their_message(
-        ns: Settings, tmp_path: Path) -> None:
+        settings: Settings, schema_registry_url: str, tmp_path: Path, senders: int) -> None:
     """Regression: a receipt that came over the other sender's bind was unknown there and,
     after the uncorrelated wait, recorded without its message id (so analytics never
     counted the message delivered). Now the receiving sender forwards it and the sender
-    that sent the message records it: every receipt carries its message, once."""
-    cfg = replace(ns, config_dir=config_with(tmp_path, ns.config_dir, quiet_hours={},
-                                             frequency_caps={}))
+    that sent the message records it: every receipt carries its message, once. With three
+    senders, every forward is also followed by a sender that cannot claim it."""
+    cfg = replace(settings, partitions=senders,
+                  config_dir=config_with(tmp_path, settings.config_dir, quiet_hours={},
+                                         frequency_caps={}))
+    create_topics(cfg)
     requests = [make_request(phone=phone(170_000 + i), text=f"Оплатите счёт {i}")
                 for i in range(120)]
     env = {"RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "30", "RASSYLKA_RATE_PER_BIND": "20"}
     with simulator(tmp_path, "--latency-ms", "2-10", "--receipt-delay-ms", "50-300",
                    "--deliver-any-bind") as sim:
-        with sender(cfg, sim, tmp_path, worker_id="0", **env), \
-                sender(cfg, sim, tmp_path, worker_id="1", **env):
-            # Both bound (two binds each) and each owning a partition: no rebalance while
+        with ExitStack() as workers:
+            for w in range(senders):
+                workers.enter_context(sender(cfg, sim, tmp_path, worker_id=str(w), **env))
+            # All bound (two binds each) and each owning a partition: no rebalance while
             # sending, whose in-doubt parts no sender can know (published uncorrelated).
             deadline = time.monotonic() + 60
-            while sim.sessions() < 4 or not all(
+            while sim.sessions() < 2 * senders or not all(
                     re.search(rf"sender {w} owns partitions \[\d\]", _logs(tmp_path))
-                    for w in (0, 1)):
+                    for w in range(senders)):
                 assert time.monotonic() < deadline, "the senders did not bind and join"
                 time.sleep(0.1)
             publish_requests(cfg, requests)
