@@ -136,7 +136,9 @@ def topics_create() -> None:
         spec = BY_NAME[name[len(settings.topic_prefix):]]
         table.add_row(
             name, status, str(spec.partitions or settings.partitions),
-            "compact" if spec.compacted else "delete", spec.key, spec.schema,
+            ("compact" if spec.compacted else "delete")
+            + (f", deleted after {spec.retention_ms // 3_600_000} h" if spec.retention_ms else ""),
+            spec.key, spec.schema,
         )
     console.print(table)
 

@@ -23,6 +23,7 @@ class TopicSpec:
     compacted: bool = False
     partitions: int | None = None  # None: the deployment's default partition count
     doc: str = ""
+    retention_ms: int | None = None  # compacted and also deleted after this long
 
 
 ORDER_STATUS = "events.order_status"
@@ -65,8 +66,9 @@ CATALOG: tuple[TopicSpec, ...] = (
               doc="Requests delivered again (replays): counted, never a second outcome"),
     TopicSpec(RECEIPTS, "delivery_receipt", "message_id", doc="Correlated receipts"),
     TopicSpec(RECEIPTS_FORWARDED, "bytes: a receipt (pipeline/sender/forwarding.py)",
-              "<SMSC id>\\x00<state>", compacted=True,
-              doc="Receipts that reached a sender not knowing their SMSC id, for the one that does"),
+              "<SMSC id>\\x00<state>", compacted=True, retention_ms=24 * 3600 * 1000,
+              doc="Receipts that reached a sender not knowing their SMSC id, for the one that does"
+                  " (read back minutes at most: a day's retention clears keys a crash left)"),
     TopicSpec(INBOUND, "inbound_message", "from_number", doc="Replies (MO)"),
     TopicSpec(CLICKS, "click", "message_id", doc="Tracked link clicks"),
     TopicSpec(CONVERSIONS, "conversion", "customer_id", doc="Attributed conversions"),
@@ -109,6 +111,9 @@ def new_topics(settings: Settings) -> list[NewTopic]:
         config = {"cleanup.policy": "compact" if spec.compacted else "delete"}
         if spec.compacted:
             config["min.cleanable.dirty.ratio"] = "0.1"
+            if spec.retention_ms is not None:
+                config["cleanup.policy"] = "compact,delete"
+                config["retention.ms"] = str(spec.retention_ms)
         topics.append(
             NewTopic(
                 settings.topic(spec.name),

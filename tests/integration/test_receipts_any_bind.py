@@ -79,3 +79,15 @@ def test_receipts_over_the_other_senders_bind_are_recorded_with_their_message(
 
 def _logs(tmp_path: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in tmp_path.glob("sender-*.log"))
+
+
+def test_forwarded_receipts_are_compacted_and_kept_a_day(ns: Settings) -> None:
+    """A key a crashed forwarder left (no sender could claim it) goes after a day; senders
+    read the topic back only minutes (`ForwardedReceipts.load`)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": ns.kafka_bootstrap})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, ns.topic(topics.RECEIPTS_FORWARDED))
+    config = admin.describe_configs([resource])[resource].result(timeout=30)
+    assert config["cleanup.policy"].value == "compact,delete"
+    assert int(config["retention.ms"].value) == 24 * 3600 * 1000
