@@ -121,6 +121,24 @@ _TLV_NETWORK_ERROR_CODE = 0x0423
 _DELIVER_SM_RESP_BODY = b"\x00"  # message_id, unused in deliver_sm_resp: NULL
 
 
+# How an SMSC writes its message ids (route key `message_ids`): as it pleases ("text",
+# compared verbatim, the SMPP 3.4 default), or as a number in "decimal" or "hex". Some
+# SMSCs answer submit_sm in hex and name the message in decimal in its receipts (Kannel's
+# msg-id-type); ids given as numbers are kept in decimal, so the two meet.
+ID_FORMATS = ("text", "decimal", "hex")
+
+
+def canonical_id(message_id: str, id_format: str) -> str:
+    """`message_id` as the gateway keeps it: numbers in decimal without leading zeros;
+    text, and an id that is not a number in its format, verbatim."""
+    if id_format == "text" or not message_id:
+        return message_id
+    try:
+        return str(int(message_id, 16 if id_format == "hex" else 10))
+    except ValueError:
+        return message_id
+
+
 def status_text(status: int) -> str:
     """``'ESME_RTHROTTLED (0x00000058)'`` for a command_status."""
     return f"{STATUS_NAMES.get(status, 'ESME_UNKNOWN')} (0x{status:08X})"
@@ -165,6 +183,9 @@ class SmppRoute:
     inbound_capacity: int = 8192
     # enquire_link after this long without a PDU from the SMSC.
     enquire_link_s: float = 30.0
+    # How the SMSC writes message ids in submit_sm_resp and in receipts (ID_FORMATS).
+    submit_id_format: str = "text"
+    receipt_id_format: str = "text"
 
 
 @dataclass(slots=True)
@@ -460,7 +481,8 @@ class SmppGateway:
             self.counters.receipts += 1
             parsed = parse_receipt_text(body.decode("latin-1"))
             return GatewayReceipt(
-                gateway_message_id=message_id or parsed.message_id or "",
+                gateway_message_id=canonical_id(message_id or parsed.message_id or "",
+                                                self.route.receipt_id_format),
                 state=state or parsed.state or "UNKNOWN",
                 error_code=parsed.error_code if parsed.error_code is not None else net_err,
                 destination=_e164(pdu.source_addr, pdu.source_addr_ton),
@@ -563,7 +585,7 @@ class SmppGateway:
                         sms.message_id, ids, False, status, status_text(status), retryable
                     )
                 counters.submitted += 1
-                ids.append(message_id)
+                ids.append(canonical_id(message_id, self.route.submit_id_format))
             return SubmitResult(sms.message_id, ids, True, 0, None, False)
         finally:
             b.inflight -= 1

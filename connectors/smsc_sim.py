@@ -121,6 +121,9 @@ class SimConfig:
     # Deliver receipts and MO round-robin over every receiving session of the system id,
     # not on the one that submitted: as SMSCs do that see binds of one account as one.
     deliver_any_bind: bool = False
+    # Name the message in receipts by its id in decimal, though submit_sm_resp gave it in
+    # hex (as some SMSCs do; the route's `message_ids` setting meets it).
+    receipt_ids_decimal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,6 +513,8 @@ class SmscSimulator:
         else:
             preview = body.decode("latin-1")
         preview = "".join(ch for ch in preview[:20] if ch.isprintable())
+        if self.config.receipt_ids_decimal:
+            message_id = str(int(message_id, 16))
         text = format_receipt_text(
             message_id,
             state,
@@ -737,6 +742,11 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         help="deliver receipts and MO round-robin over all receiving binds of the account",
     )
     p.add_argument(
+        "--receipt-ids-decimal",
+        action="store_true",
+        help="name messages in receipts by their id in decimal (submit_sm_resp gives hex)",
+    )
+    p.add_argument(
         "--refuse-binds",
         type=lambda v: int(v, 0),
         default=d.refuse_binds,
@@ -764,6 +774,7 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         redeliver_s=a.redeliver_s,
         refuse_binds=a.refuse_binds,
         deliver_any_bind=a.deliver_any_bind,
+        receipt_ids_decimal=a.receipt_ids_decimal,
     )
 
 

@@ -37,6 +37,7 @@ import (
 	"io"
 	"log"
 	"math"
+	"math/big"
 	"math/rand"
 	"net"
 	"net/http"
@@ -124,6 +125,7 @@ type config struct {
 	refuseBinds           uint32
 	logFlush              time.Duration
 	deliverAnyBind        bool // receipts and MO round-robin over the account's binds
+	receiptIDsDecimal     bool // receipts name the message in decimal (submit_sm_resp: hex)
 }
 
 // pyFloat reads a float the way Python's float() does for the values flags carry.
@@ -211,6 +213,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.deliverWindow, "deliver-window", 512, "deliver_sm awaiting their answer, per session")
 	redeliver := fs.Float64("redeliver-s", 5, "wait before retrying a refused or unanswered deliver_sm")
 	fs.BoolVar(&c.deliverAnyBind, "deliver-any-bind", false, "deliver receipts and MO round-robin over all receiving binds of the account")
+	fs.BoolVar(&c.receiptIDsDecimal, "receipt-ids-decimal", false, "name messages in receipts by their id in decimal (submit_sm_resp gives hex)")
 	refuse := fs.String("refuse-binds", "0", "answer every bind with this status, e.g. 0x0D (ESME_RBINDFAIL)")
 	flushMs := fs.Float64("log-flush-ms", 50, "write the --log file at most this often (ms)")
 	if err := fs.Parse(args); err != nil {
@@ -1382,9 +1385,15 @@ func (s *server) receiptDue(j *receiptJob) {
 	if !ok {
 		errCode = "000"
 	}
+	messageID := j.messageID
+	if s.cfg.receiptIDsDecimal {
+		if n, ok := new(big.Int).SetString(messageID, 16); ok {
+			messageID = n.String()
+		}
+	}
 	text := make([]byte, 0, 128)
 	text = append(text, "id:"...)
-	text = append(text, j.messageID...)
+	text = append(text, messageID...)
 	text = append(text, " sub:001 dlvrd:"...)
 	text = append(text, dlvrd...)
 	text = append(text, " submit date:"...)
@@ -1398,7 +1407,7 @@ func (s *server) receiptDue(j *receiptJob) {
 	text = append(text, " text:"...)
 	text = append(text, j.preview...)
 	body := deliverBody(j.dst, j.dstTon, j.dstNpi, j.src, j.srcTon, j.srcNpi, 0x04, 0, text,
-		tlv{tlvReceiptedID, append([]byte(j.messageID), 0)},
+		tlv{tlvReceiptedID, append([]byte(messageID), 0)},
 		tlv{tlvMessageState, []byte{stateCodes[state]}})
 	s.enqueue(&delivery{systemID: j.systemID, pref: j.pref, body: body})
 }

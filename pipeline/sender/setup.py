@@ -22,7 +22,7 @@ from connectors.routing import (
     parse_routing,
     parse_tariff,
 )
-from connectors.smpp import SmppGateway, SmppRoute
+from connectors.smpp import ID_FORMATS, SmppGateway, SmppRoute
 from pipeline.errors import ConfigError
 from pipeline.sender.content import ContentRules
 from pipeline.sender.core import SenderPolicy
@@ -30,7 +30,9 @@ from pipeline.sender.limits import Limits, load_limits
 from pipeline.settings import Settings
 
 ROUTE_KEYS = {"type", "host", "port", "system_id", "password_env", "binds", "window",
-              "rate_per_bind", "currency", "tariff"}
+              "rate_per_bind", "currency", "tariff", "message_ids"}
+# `message_ids:` of an SMPP route: how its SMSC writes message ids in each PDU.
+MESSAGE_ID_PDUS = ("submit_sm_resp", "deliver_sm")
 # `type: http`: a JSON provider; secrets come from the variables the *_env fields name.
 HTTP_ROUTE_KEYS = {"type", "url", "api_key_env", "callback_host", "callback_port",
                    "callback_path", "callback_secret_env", "rate_per_s", "concurrency",
@@ -100,6 +102,7 @@ def read_routes(config_dir: Path) -> RoutesConfig:
             problems.append(f"{path}: routes.{name}: unknown field {key!r}")
         if route.get("type") != "smpp":
             problems.append(f"{path}: routes.{name}: type must be 'smpp' or 'http'")
+        problems += _message_id_problems(route.get("message_ids"), f"{path}: routes.{name}")
     default = data.get("default_route")
     if default not in routes:
         problems.append(f"{path}: default_route {default!r} is not one of {sorted(routes)}")
@@ -110,6 +113,20 @@ def read_routes(config_dir: Path) -> RoutesConfig:
     if problems:
         raise ConfigError(problems)
     return RoutesConfig(default, routes, table, tariffs, failover)
+
+
+def _message_id_problems(spec: Any, at: str) -> list[str]:
+    if spec is None:
+        return []
+    if not isinstance(spec, dict):
+        return [f"{at}.message_ids: must be a mapping like "
+                f"{{submit_sm_resp: hex, deliver_sm: decimal}}"]
+    problems = [f"{at}.message_ids: unknown PDU {key!r} (known: {', '.join(MESSAGE_ID_PDUS)})"
+                for key in spec if key not in MESSAGE_ID_PDUS]
+    problems += [f"{at}.message_ids.{key}: {value!r} is not one of {', '.join(ID_FORMATS)}"
+                 for key, value in spec.items() if key in MESSAGE_ID_PDUS
+                 and value not in ID_FORMATS]
+    return problems
 
 
 def build_gateway(
@@ -181,6 +198,8 @@ def build_route(name: str, conf: dict[str, Any], limits: Limits, env: Mapping[st
         binds=binds,
         window=int(conf.get("window", 32)),
         rate_per_bind=per_bind,
+        submit_id_format=(conf.get("message_ids") or {}).get("submit_sm_resp", "text"),
+        receipt_id_format=(conf.get("message_ids") or {}).get("deliver_sm", "text"),
     )
     return SmppGateway(route), binds * per_bind
 

@@ -527,7 +527,23 @@ async def flag_scenarios(start: Any, folder: Path) -> dict[str, Any]:
                     got[name].append(kind(pdu))
         return {"a": sorted(got["a"]), "b": sorted(got["b"])}
 
+    async def decimal_ids(port: int, control: int) -> dict[str, Any]:
+        esme = await connect_raw(port)
+        await esme.bind()
+        esme.send(SUBMIT_SM, submit_body())
+        first, second = await esme.read(), await esme.read()
+        answer, receipt = sorted((p for p in (first, second) if p is not None),
+                                 key=lambda p: p.command_id != 0x80000004)
+        hex_id = answer.body.rstrip(b"\x00").decode()
+        decimal = str(int(hex_id, 16)).encode()
+        tlv = (0x001E).to_bytes(2, "big") + (len(decimal) + 1).to_bytes(2, "big") + decimal + b"\x00"
+        return {"kinds": [kind(answer), kind(receipt)], "text": b"id:" + decimal + b" " in receipt.body,
+                "tlv": receipt.body.endswith(tlv) or tlv in receipt.body,
+                "hex_answer": any(c in "abcdef" for c in hex_id) or hex_id != decimal.decode()}
+
     await with_sim("any_bind", ("--receipt-delay-ms", "10", "--deliver-any-bind"), any_bind)
+    await with_sim("decimal_ids", ("--receipt-delay-ms", "10", "--receipt-ids-decimal"),
+                   decimal_ids)
     await with_sim("failing", ("--failure-rate", "1", "--latency-ms", "150"), failing)
     await with_sim(
         "dropped",
@@ -554,6 +570,10 @@ def test_go_simulator_flags_behave_like_smsc_sim(tmp_path: Path) -> None:
     assert python["throttled"]["answers"][0][1] == 3  # throttled ones (seq 3-5) answered first
     # receipts round-robin over both binds, not only on the one that submitted
     assert python["any_bind"]["b"] == [("deliver_sm", 0)] * 2
+    # the receipt names the message by its answered (hex) id in decimal, in text and TLV
+    assert python["decimal_ids"] | {"log": None} == {
+        "kinds": [("submit_sm_resp", 0), ("deliver_sm", 0)], "text": True, "tlv": True,
+        "hex_answer": True, "log": None}
     for key in python:
         assert go[key] == python[key], key
 

@@ -92,6 +92,7 @@ def _config(tmp_path: Path, **changes: object) -> Path:
 def test_routes_yaml_is_validated_as_a_whole(tmp_path: Path) -> None:
     routes = yaml.safe_load((FIXTURE / "routes.yaml").read_text(encoding="utf-8"))["routes"]
     routes["smsc-sim"]["tariff"] = {"per_segment": -1, "currency": "USD", "vat": 20}
+    routes["smsc-sim"]["message_ids"] = {"submit_sm_resp": "hexadecimal", "receipt": "hex"}
     config = _config(tmp_path, routes=routes, routing=[{"routes": ["gone"]}],
                      failover={"throttled_for_s": 0}, extra={})
     with pytest.raises(ConfigError) as caught:
@@ -101,14 +102,17 @@ def test_routes_yaml_is_validated_as_a_whole(tmp_path: Path) -> None:
     assert all(p.startswith(path) for p in caught.value.problems), caught.value.problems
     for needle in ("unknown section 'extra'", "routes.smsc-sim.tariff: unknown key 'vat'",
                    "routes.smsc-sim.tariff.per_segment", "differs from the route's currency",
-                   "routing[0].routes: unknown route 'gone'", "failover.throttled_for_s"):
+                   "routing[0].routes: unknown route 'gone'", "failover.throttled_for_s",
+                   "routes.smsc-sim.message_ids.submit_sm_resp: 'hexadecimal' is not one of "
+                   "text, decimal, hex", "routes.smsc-sim.message_ids: unknown PDU 'receipt'"):
         assert needle in text, (needle, caught.value.problems)
 
 
 def test_build_gateway_gives_each_route_its_own_address_and_rate(tmp_path: Path) -> None:
     routes = yaml.safe_load((FIXTURE / "routes.yaml").read_text(encoding="utf-8"))["routes"]
     routes["backup"] = dict(routes["smsc-sim"], port=2999, rate_per_bind=50,
-                            tariff={"per_segment": 4.0})
+                            tariff={"per_segment": 4.0},
+                            message_ids={"submit_sm_resp": "hex", "deliver_sm": "decimal"})
     config = _config(tmp_path, routes=routes,
                      routing=[{"match": {"lane": "marketing"}, "routes": ["backup"]},
                               {"routes": ["smsc-sim", "backup"]}])
@@ -119,6 +123,9 @@ def test_build_gateway_gives_each_route_its_own_address_and_rate(tmp_path: Path)
     assert list(gateway.gateways) == ["backup", "smsc-sim"]
     ports = {n: g.route.port for n, g in gateway.gateways.items()}  # type: ignore[attr-defined]
     assert ports == {"smsc-sim": 3001, "backup": 3002}
+    formats = {n: (g.route.submit_id_format, g.route.receipt_id_format)  # type: ignore[attr-defined]
+               for n, g in gateway.gateways.items()}
+    assert formats == {"smsc-sim": ("text", "text"), "backup": ("hex", "decimal")}
     assert rate == 2 * 500 + 2 * 50
     assert gateway.tariffs["backup"] == Tariff(4.0, "RUB")
     assert gateway.route.window == 2 * 32 + 2 * 32

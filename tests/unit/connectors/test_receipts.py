@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from connectors.receipts import (
     ReceiptText,
     format_receipt_text,
     parse_receipt_text,
     state_name,
 )
+from connectors.smpp import canonical_id
 
 STANDARD = (
     "id:0123456789 sub:001 dlvrd:001 submit date:2401011200 done date:2401011201 "
@@ -111,3 +114,20 @@ def test_format_round_trips() -> None:
         0,
         "Привет",
     )
+
+
+@pytest.mark.parametrize(("raw", "id_format", "kept"), [
+    ("1a2B", "text", "1a2B"),  # SMPP 3.4's default: verbatim
+    ("1a2B", "hex", "6699"),
+    ("00006699", "decimal", "6699"),  # leading zeros go
+    ("6699", "decimal", "6699"),
+    ("", "hex", ""),
+    ("msg-17", "hex", "msg-17"),  # not a number in its format: verbatim
+])
+def test_message_ids_given_as_numbers_are_kept_in_decimal(raw: str, id_format: str, kept: str) -> None:
+    assert canonical_id(raw, id_format) == kept
+
+
+def test_an_id_the_smsc_answered_in_hex_meets_its_receipt_in_decimal() -> None:
+    for n in (0, 1, 255, 4096, 2**63 + 5):
+        assert canonical_id(format(n, "X"), "hex") == canonical_id(str(n), "decimal")
