@@ -89,6 +89,23 @@ class ReceiptBook:
             part = self.foreign[gateway_id][0]
         return part
 
+    def format_hint(self, gateway_id: str) -> str:
+        """For a receipt whose id matched nothing: the route's `message_ids` setting under
+        which it would have matched a message this book knows (one lookup per guess), as
+        a hint for the log; "" when no such guess matches."""
+        guesses: list[tuple[str, str, str]] = []
+        if gateway_id.isdigit():
+            n = int(gateway_id)
+            guesses += [("hex", "decimal", format(n, "x")), ("hex", "decimal", format(n, "X"))]
+        if gateway_id and all(c in "0123456789abcdefABCDEF" for c in gateway_id):
+            guesses.append(("decimal", "hex", str(int(gateway_id, 16))))
+        for answered, receipted, other in guesses:
+            if other != gateway_id and self.lookup(other) is not None:
+                return (f"; in {receipted} it is the id {other} a submit_sm_resp gave in "
+                        f"{answered}: if the SMSC writes ids so, set the route's message_ids: "
+                        f"{{submit_sm_resp: {answered}, deliver_sm: {receipted}}}")
+        return ""
+
     def recorded(self, gateway_id: str, state: str) -> bool:
         """Was this receipt (this id in this state, or any final state) published already?"""
         return gateway_id in self.done or (gateway_id, state) in self.seen

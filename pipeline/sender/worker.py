@@ -1121,7 +1121,8 @@ class SenderWorker:
         gw_id, state = receipt.gateway_message_id, receipt.state
         if part is None:
             log.warning("receipt for unknown SMSC id %s recorded without a message id "
-                        "after %d ms", gw_id, self.uncorrelated_wait_ms)
+                        "after %d ms%s", gw_id, self.uncorrelated_wait_ms,
+                        self.receipts.format_hint(gw_id))
             self.stats.receipts_uncorrelated += 1
             self._tx.add(metrics.RECEIPTS_UNCORRELATED)
         producer.produce(

@@ -63,3 +63,13 @@ def test_a_reply_with_an_smsc_reference_is_known_by_it() -> None:
     a = InboundBook.key("+79161234567", "SHOPRU", "STOP", "mo-7")
     assert a == InboundBook.key("+79161234567", "SHOPRU", "STOP ", "mo-7")
     assert a != InboundBook.key("+79161234567", "SHOPRU", "STOP", "mo-8")
+
+
+def test_an_unmatched_receipt_id_hints_at_the_format_under_which_it_matches() -> None:
+    book = ReceiptBook()
+    book.track("1a2b", Part(0, "m1", 1, 1))  # answered in hex
+    book.track("43981", Part(0, "m2", 1, 1))  # answered in decimal (= hex abcd)
+    assert "message_ids: {submit_sm_resp: hex, deliver_sm: decimal}" in book.format_hint("6699")
+    assert "message_ids: {submit_sm_resp: decimal, deliver_sm: hex}" in book.format_hint("ABCD")
+    assert book.format_hint("12") == "" and book.format_hint("msg-1") == ""
+    assert book.format_hint("") == ""
