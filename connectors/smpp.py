@@ -128,6 +128,19 @@ _DELIVER_SM_RESP_BODY = b"\x00"  # message_id, unused in deliver_sm_resp: NULL
 ID_FORMATS = ("text", "decimal", "hex")
 
 
+BIND_MODES = ("transceiver", "transmitter_and_receiver")
+BIND_NAMES = {"TRX": "transceiver", "TX": "transmitter", "RX": "receiver"}
+
+
+def _bind_hint(status: int, bind_type: str) -> str:
+    if bind_type == "TRX" and status in (0x00000003, 0x00000004):  # RINVCMDID, RINVBNDSTS
+        return ("; an SMSC without bind_transceiver needs the route's "
+                "bind: transmitter_and_receiver")
+    if status in (0x0000000E, 0x0000000F):  # RINVPASWD, RINVSYSID
+        return "; check the route's system_id and the variable its password_env names"
+    return ""
+
+
 def canonical_id(message_id: str, id_format: str) -> str:
     """`message_id` as the gateway keeps it: numbers in decimal without leading zeros;
     text, and an id that is not a number in its format, verbatim."""
@@ -186,6 +199,10 @@ class SmppRoute:
     # How the SMSC writes message ids in submit_sm_resp and in receipts (ID_FORMATS).
     submit_id_format: str = "text"
     receipt_id_format: str = "text"
+    # BIND_MODES: "transceiver" binds send and receive; "transmitter_and_receiver" opens a
+    # transmitter (submits) and a receiver (receipts, replies) per bind, for SMSCs
+    # without bind_transceiver.
+    bind_mode: str = "transceiver"
 
 
 @dataclass(slots=True)
@@ -247,7 +264,8 @@ class Window:
 
 
 class _Bind:
-    __slots__ = ("index", "session", "up", "window", "bucket", "task", "ever_bound", "inflight")
+    __slots__ = ("index", "session", "up", "window", "bucket", "task", "ever_bound", "inflight",
+                 "refusal_told")
 
     def __init__(self, index: int, window: int, rate: float) -> None:
         self.index = index
@@ -258,6 +276,7 @@ class _Bind:
         self.task: asyncio.Task[None] | None = None
         self.ever_bound = False
         self.inflight = 0  # messages being sent on this bind
+        self.refusal_told = False  # a refused bind is logged as a warning once
 
 
 def _address(addr: str) -> tuple[str, int, int]:
@@ -301,7 +320,8 @@ class SmppGateway:
         self.route = route
         self.name = route.name
         self.counters = SmppCounters()
-        self._binds: list[_Bind] = []
+        self._binds: list[_Bind] = []  # the binds that submit
+        self._receivers: list[_Bind] = []  # receive-only binds (transmitter_and_receiver)
         self._rr = 0
         self._any_up = asyncio.Event()
         self._events: asyncio.Queue[GatewayEvent | None] = asyncio.Queue()
@@ -319,9 +339,15 @@ class SmppGateway:
         if self._binds:
             return
         r = self.route
+        split = r.bind_mode == "transmitter_and_receiver"
         self._binds = [_Bind(i, r.window, r.rate_per_bind) for i in range(r.binds)]
+        self._receivers = [_Bind(i, 1, 1.0) for i in range(r.binds)] if split else []
         for b in self._binds:
-            b.task = asyncio.create_task(self._supervise(b), name=f"{self.name}-bind{b.index}")
+            b.task = asyncio.create_task(self._supervise(b, "TX" if split else "TRX"),
+                                         name=f"{self.name}-bind{b.index}")
+        for b in self._receivers:
+            b.task = asyncio.create_task(self._supervise(b, "RX"),
+                                         name=f"{self.name}-receiver{b.index}")
         try:
             await asyncio.wait_for(self._any_up.wait(), r.bind_wait_s if wait_s is None else wait_s)
         except TimeoutError:
@@ -341,12 +367,13 @@ class SmppGateway:
         deadline = loop.time() + self.route.response_timeout_s
         while any(b.inflight for b in self._binds) and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        sessions = [b.session for b in self._binds if b.session is not None]
+        every = self._binds + self._receivers
+        sessions = [b.session for b in every if b.session is not None]
         await asyncio.gather(*(s.unbind(timeout=2.0) for s in sessions), return_exceptions=True)
-        for b in self._binds:
+        for b in every:
             if b.task is not None:
                 b.task.cancel()
-        for b in self._binds:
+        for b in every:
             if b.task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await b.task
@@ -363,20 +390,27 @@ class SmppGateway:
 
     @property
     def bound(self) -> int:
-        """How many binds are up right now."""
+        """How many binds that submit are up right now."""
         return sum(1 for b in self._binds if b.up)
 
+    @property
+    def receivers_bound(self) -> int:
+        """How many receive-only binds are up (``transmitter_and_receiver``)."""
+        return sum(1 for b in self._receivers if b.up)
+
     async def wait_bound(self, count: int | None = None, timeout: float = 10.0) -> None:
-        """Wait until ``count`` binds (default: all) are up; raises TimeoutError."""
+        """Wait until ``count`` binds (default: all, receivers too) are up; raises
+        TimeoutError."""
         want = len(self._binds) if count is None else count
+        receivers = len(self._receivers) if count is None else 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.bound < want:
+        while self.bound < want or self.receivers_bound < receivers:
             if loop.time() >= deadline:
                 raise TimeoutError(f"{self.bound}/{want} binds up")
             await asyncio.sleep(0.02)
 
-    async def _supervise(self, b: _Bind) -> None:
+    async def _supervise(self, b: _Bind, bind_type: str) -> None:
         """Keep one bind up: connect with backoff, wait until the session ends, repeat."""
         r = self.route
         delay = r.reconnect_min_s
@@ -388,14 +422,21 @@ class SmppGateway:
                     r.port,
                     bind,
                     functools.partial(self._on_request, b),
-                    bind_type="TRX",
+                    bind_type=bind_type,
                     connect_timeout_s=r.connect_timeout_ms / 1000,
                     response_timeout_s=r.response_timeout_s,
                     enquire_link_s=r.enquire_link_s,
-                    name=f"{self.name}-bind{b.index}",
+                    name=f"{self.name}-{'receiver' if bind_type == 'RX' else 'bind'}{b.index}",
                 )
             except (OSError, TimeoutError) as exc:  # refused, timed out, bind rejected: "later"
-                log.debug("%s bind%d: connect failed: %s", self.name, b.index, exc)
+                if isinstance(exc, smpp_session.BindRefused) and not b.refusal_told:
+                    # said once per bind: what the SMSC answered, and what may help
+                    b.refusal_told = True
+                    log.warning("%s bind%d: %s bind refused by %s:%s with %s%s", self.name,
+                                b.index, BIND_NAMES[bind_type], r.host, r.port,
+                                status_text(exc.status), _bind_hint(exc.status, bind_type))
+                else:
+                    log.debug("%s bind%d: connect failed: %s", self.name, b.index, exc)
                 await asyncio.sleep(delay * (0.5 + self._rng.random()))
                 delay = min(delay * 2, r.reconnect_max_s)
                 continue
@@ -406,9 +447,11 @@ class SmppGateway:
             if b.ever_bound:
                 self.counters.reconnects += 1
             b.ever_bound = True
-            self._any_up.set()
+            if bind_type != "RX":
+                self._any_up.set()
             delay = r.reconnect_min_s
-            log.info("%s bind%d: bound to %s:%s", self.name, b.index, r.host, r.port)
+            log.info("%s bind%d: bound to %s:%s (%s)", self.name, b.index, r.host, r.port,
+                     BIND_NAMES[bind_type])
             try:
                 await session.wait_closed()
             finally:
@@ -456,7 +499,7 @@ class SmppGateway:
     @property
     def unacknowledged(self) -> int:
         """``deliver_sm`` on live binds still waiting for their event's ``ack()``."""
-        return sum(b.session.owed for b in self._binds if b.session is not None)
+        return sum(b.session.owed for b in self._binds + self._receivers if b.session is not None)
 
     def _to_event(self, pdu: smpp34.DeliverSm, ack: AckOnce) -> GatewayEvent:
         body = pdu.short_message

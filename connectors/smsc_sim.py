@@ -124,6 +124,9 @@ class SimConfig:
     # Name the message in receipts by its id in decimal, though submit_sm_resp gave it in
     # hex (as some SMSCs do; the route's `message_ids` setting meets it).
     receipt_ids_decimal: bool = False
+    # Answer bind_transceiver with generic_nack ESME_RINVCMDID, as SMSCs of SMPP 3.3 do:
+    # an ESME needs a transmitter and a receiver.
+    no_transceiver: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +347,9 @@ class SmscSimulator:
 
     def _on_request(self, peer: _Peer, session: SmppSession, pdu: Pdu) -> None:
         command = pdu.command_id
-        if command in BIND_TYPES:
+        if command in BIND_TYPES and self.config.no_transceiver and BIND_TYPES[command] == "TRX":
+            session.nack(pdu, ESME_RINVCMDID)
+        elif command in BIND_TYPES:
             self._on_bind(peer, session, pdu)
         elif not peer.bind_type:
             session.nack(pdu, ESME_RINVBNDSTS)
@@ -747,6 +752,11 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         help="name messages in receipts by their id in decimal (submit_sm_resp gives hex)",
     )
     p.add_argument(
+        "--no-transceiver",
+        action="store_true",
+        help="answer bind_transceiver with generic_nack ESME_RINVCMDID (SMPP 3.3 SMSCs)",
+    )
+    p.add_argument(
         "--refuse-binds",
         type=lambda v: int(v, 0),
         default=d.refuse_binds,
@@ -775,6 +785,7 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         refuse_binds=a.refuse_binds,
         deliver_any_bind=a.deliver_any_bind,
         receipt_ids_decimal=a.receipt_ids_decimal,
+        no_transceiver=a.no_transceiver,
     )
 
 

@@ -126,6 +126,7 @@ type config struct {
 	logFlush              time.Duration
 	deliverAnyBind        bool // receipts and MO round-robin over the account's binds
 	receiptIDsDecimal     bool // receipts name the message in decimal (submit_sm_resp: hex)
+	noTransceiver         bool // bind_transceiver answered generic_nack ESME_RINVCMDID
 }
 
 // pyFloat reads a float the way Python's float() does for the values flags carry.
@@ -213,6 +214,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.deliverWindow, "deliver-window", 512, "deliver_sm awaiting their answer, per session")
 	redeliver := fs.Float64("redeliver-s", 5, "wait before retrying a refused or unanswered deliver_sm")
 	fs.BoolVar(&c.deliverAnyBind, "deliver-any-bind", false, "deliver receipts and MO round-robin over all receiving binds of the account")
+	fs.BoolVar(&c.noTransceiver, "no-transceiver", false, "answer bind_transceiver with generic_nack ESME_RINVCMDID (SMPP 3.3 SMSCs)")
 	fs.BoolVar(&c.receiptIDsDecimal, "receipt-ids-decimal", false, "name messages in receipts by their id in decimal (submit_sm_resp gives hex)")
 	refuse := fs.String("refuse-binds", "0", "answer every bind with this status, e.g. 0x0D (ESME_RBINDFAIL)")
 	flushMs := fs.Float64("log-flush-ms", 50, "write the --log file at most this often (ms)")
@@ -1130,7 +1132,13 @@ func (s *server) dispatch(c *conn, cmd, status, seq uint32, body []byte) {
 	case cmdUnbind:
 		c.respond(cmd, esmeROK, seq, nil)
 		s.closeConn(c)
-	case cmdBindRX, cmdBindTX, cmdBindTRX:
+	case cmdBindTRX:
+		if s.cfg.noTransceiver {
+			c.nack(seq, esmeRINVCMDID)
+		} else {
+			s.onBind(c, cmd, seq, body)
+		}
+	case cmdBindRX, cmdBindTX:
 		s.onBind(c, cmd, seq, body)
 	default:
 		switch {

@@ -22,7 +22,7 @@ from connectors.routing import (
     parse_routing,
     parse_tariff,
 )
-from connectors.smpp import ID_FORMATS, SmppGateway, SmppRoute
+from connectors.smpp import BIND_MODES, ID_FORMATS, SmppGateway, SmppRoute
 from pipeline.errors import ConfigError
 from pipeline.sender.content import ContentRules
 from pipeline.sender.core import SenderPolicy
@@ -30,7 +30,7 @@ from pipeline.sender.limits import Limits, load_limits
 from pipeline.settings import Settings
 
 ROUTE_KEYS = {"type", "host", "port", "system_id", "password_env", "binds", "window",
-              "rate_per_bind", "currency", "tariff", "message_ids"}
+              "rate_per_bind", "currency", "tariff", "message_ids", "bind"}
 # `message_ids:` of an SMPP route: how its SMSC writes message ids in each PDU.
 MESSAGE_ID_PDUS = ("submit_sm_resp", "deliver_sm")
 # `type: http`: a JSON provider; secrets come from the variables the *_env fields name.
@@ -103,6 +103,9 @@ def read_routes(config_dir: Path) -> RoutesConfig:
         if route.get("type") != "smpp":
             problems.append(f"{path}: routes.{name}: type must be 'smpp' or 'http'")
         problems += _message_id_problems(route.get("message_ids"), f"{path}: routes.{name}")
+        if route.get("bind", BIND_MODES[0]) not in BIND_MODES:
+            problems.append(f"{path}: routes.{name}.bind: {route['bind']!r} is not one of "
+                            f"{', '.join(BIND_MODES)}")
     default = data.get("default_route")
     if default not in routes:
         problems.append(f"{path}: default_route {default!r} is not one of {sorted(routes)}")
@@ -200,6 +203,7 @@ def build_route(name: str, conf: dict[str, Any], limits: Limits, env: Mapping[st
         rate_per_bind=per_bind,
         submit_id_format=(conf.get("message_ids") or {}).get("submit_sm_resp", "text"),
         receipt_id_format=(conf.get("message_ids") or {}).get("deliver_sm", "text"),
+        bind_mode=conf.get("bind", BIND_MODES[0]),
     )
     return SmppGateway(route), binds * per_bind
 

@@ -541,7 +541,19 @@ async def flag_scenarios(start: Any, folder: Path) -> dict[str, Any]:
                 "tlv": receipt.body.endswith(tlv) or tlv in receipt.body,
                 "hex_answer": any(c in "abcdef" for c in hex_id) or hex_id != decimal.decode()}
 
+    async def no_transceiver(port: int, control: int) -> dict[str, Any]:
+        trx, tx, rx = await connect_raw(port), await connect_raw(port), await connect_raw(port)
+        refused = await trx.bind()
+        binds = [kind(await tx.bind(command_id=BIND_TRANSMITTER)),
+                 kind(await rx.bind(command_id=BIND_RECEIVER))]
+        tx.send(SUBMIT_SM, submit_body())
+        return {"trx": (hex(refused.command_id), refused.status), "binds": binds,
+                "tx": kind(await tx.read()), "rx": kind(await rx.read()),
+                "tx_then": kind(await tx.read(0.3))}
+
     await with_sim("any_bind", ("--receipt-delay-ms", "10", "--deliver-any-bind"), any_bind)
+    await with_sim("no_transceiver", ("--receipt-delay-ms", "10", "--no-transceiver"),
+                   no_transceiver)
     await with_sim("decimal_ids", ("--receipt-delay-ms", "10", "--receipt-ids-decimal"),
                    decimal_ids)
     await with_sim("failing", ("--failure-rate", "1", "--latency-ms", "150"), failing)
@@ -570,6 +582,9 @@ def test_go_simulator_flags_behave_like_smsc_sim(tmp_path: Path) -> None:
     assert python["throttled"]["answers"][0][1] == 3  # throttled ones (seq 3-5) answered first
     # receipts round-robin over both binds, not only on the one that submitted
     assert python["any_bind"]["b"] == [("deliver_sm", 0)] * 2
+    # bind_transceiver refused as an unknown command; transmitter + receiver work
+    assert python["no_transceiver"]["trx"] == ("0x80000000", 3)
+    assert python["no_transceiver"]["rx"] == ("deliver_sm", 0)
     # the receipt names the message by its answered (hex) id in decimal, in text and TLV
     assert python["decimal_ids"] | {"log": None} == {
         "kinds": [("submit_sm_resp", 0), ("deliver_sm", 0)], "text": True, "tlv": True,

@@ -93,6 +93,7 @@ def test_routes_yaml_is_validated_as_a_whole(tmp_path: Path) -> None:
     routes = yaml.safe_load((FIXTURE / "routes.yaml").read_text(encoding="utf-8"))["routes"]
     routes["smsc-sim"]["tariff"] = {"per_segment": -1, "currency": "USD", "vat": 20}
     routes["smsc-sim"]["message_ids"] = {"submit_sm_resp": "hexadecimal", "receipt": "hex"}
+    routes["smsc-sim"]["bind"] = "receiver"
     config = _config(tmp_path, routes=routes, routing=[{"routes": ["gone"]}],
                      failover={"throttled_for_s": 0}, extra={})
     with pytest.raises(ConfigError) as caught:
@@ -104,7 +105,9 @@ def test_routes_yaml_is_validated_as_a_whole(tmp_path: Path) -> None:
                    "routes.smsc-sim.tariff.per_segment", "differs from the route's currency",
                    "routing[0].routes: unknown route 'gone'", "failover.throttled_for_s",
                    "routes.smsc-sim.message_ids.submit_sm_resp: 'hexadecimal' is not one of "
-                   "text, decimal, hex", "routes.smsc-sim.message_ids: unknown PDU 'receipt'"):
+                   "text, decimal, hex", "routes.smsc-sim.message_ids: unknown PDU 'receipt'",
+                   "routes.smsc-sim.bind: 'receiver' is not one of transceiver, "
+                   "transmitter_and_receiver"):
         assert needle in text, (needle, caught.value.problems)
 
 
@@ -112,7 +115,8 @@ def test_build_gateway_gives_each_route_its_own_address_and_rate(tmp_path: Path)
     routes = yaml.safe_load((FIXTURE / "routes.yaml").read_text(encoding="utf-8"))["routes"]
     routes["backup"] = dict(routes["smsc-sim"], port=2999, rate_per_bind=50,
                             tariff={"per_segment": 4.0},
-                            message_ids={"submit_sm_resp": "hex", "deliver_sm": "decimal"})
+                            message_ids={"submit_sm_resp": "hex", "deliver_sm": "decimal"},
+                            bind="transmitter_and_receiver")
     config = _config(tmp_path, routes=routes,
                      routing=[{"match": {"lane": "marketing"}, "routes": ["backup"]},
                               {"routes": ["smsc-sim", "backup"]}])
@@ -126,6 +130,7 @@ def test_build_gateway_gives_each_route_its_own_address_and_rate(tmp_path: Path)
     formats = {n: (g.route.submit_id_format, g.route.receipt_id_format)  # type: ignore[attr-defined]
                for n, g in gateway.gateways.items()}
     assert formats == {"smsc-sim": ("text", "text"), "backup": ("hex", "decimal")}
+    assert gateway.gateways["backup"].route.bind_mode == "transmitter_and_receiver"  # type: ignore[attr-defined]
     assert rate == 2 * 500 + 2 * 50
     assert gateway.tariffs["backup"] == Tariff(4.0, "RUB")
     assert gateway.route.window == 2 * 32 + 2 * 32
