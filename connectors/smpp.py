@@ -55,9 +55,11 @@ from connectors.gateway import (
 from connectors.pacing import AimdBucket
 from connectors.receipts import parse_receipt_text, state_name
 from connectors.smpp_session import (
+    DATA_SM,
     DELIVER_SM,
     SUBMIT_SM,
     BindRequest,
+    DataSm,
     Pdu,
     SessionClosed,
     SmppSession,
@@ -468,8 +470,9 @@ class SmppGateway:
     # ── inbound ───────────────────────────────────────────────────────────────
 
     def _on_request(self, b: _Bind, session: SmppSession, pdu: Pdu) -> None:
-        """A request from the SMSC (enquire_link and unbind are the session's)."""
-        if pdu.command_id != DELIVER_SM:
+        """A request from the SMSC (enquire_link and unbind are the session's): a receipt or
+        a reply, in a ``deliver_sm`` or (SMPP 3.4, 4.7) a ``data_sm``."""
+        if pdu.command_id not in (DELIVER_SM, DATA_SM):
             session.nack(pdu, smpp_session.ESME_RINVCMDID)
             return
         if session.owed > self.route.inbound_capacity:
@@ -478,9 +481,11 @@ class SmppGateway:
             return
         ack = AckOnce(asyncio.get_running_loop(), functools.partial(self._answer, session, pdu))
         try:
-            event = self._to_event(pdu.decode(), ack)
+            fields = pdu.decode() if pdu.command_id == DELIVER_SM else DataSm.parse(pdu.body)
+            event = self._to_event(fields, ack)
         except Exception:  # it can never be recorded: say so, or it comes back forever
-            log.warning("%s bind%d: unreadable deliver_sm refused", self.name, b.index)
+            log.warning("%s bind%d: unreadable %s refused", self.name, b.index,
+                        "deliver_sm" if pdu.command_id == DELIVER_SM else "data_sm")
             self.counters.refused_inbound += 1
             session.respond(pdu, ESME_RX_P_APPN, _DELIVER_SM_RESP_BODY)
             return
@@ -501,7 +506,7 @@ class SmppGateway:
         """``deliver_sm`` on live binds still waiting for their event's ``ack()``."""
         return sum(b.session.owed for b in self._binds + self._receivers if b.session is not None)
 
-    def _to_event(self, pdu: smpp34.DeliverSm, ack: AckOnce) -> GatewayEvent:
+    def _to_event(self, pdu: smpp34.DeliverSm | DataSm, ack: AckOnce) -> GatewayEvent:
         body = pdu.short_message
         message_id: str | None = None
         user_ref: str | None = None

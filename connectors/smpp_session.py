@@ -41,6 +41,7 @@ SUBMIT_SM = 0x00000004
 DELIVER_SM = 0x00000005
 UNBIND = 0x00000006
 BIND_TRANSCEIVER = 0x00000009
+DATA_SM = 0x00000103
 ENQUIRE_LINK = 0x00000015
 
 BIND_COMMANDS = {"RX": BIND_RECEIVER, "TX": BIND_TRANSMITTER, "TRX": BIND_TRANSCEIVER}
@@ -134,6 +135,57 @@ def read_cstring(body: bytes, offset: int = 0) -> tuple[str, int]:
 def pdu_body(encoded: bytes) -> bytes:
     """The body of a PDU smpp34 encoded (its header dropped; ``call`` writes its own)."""
     return encoded[16:]
+
+
+@dataclass(frozen=True, slots=True)
+class DataSm:
+    """The fields of a ``data_sm`` (SMPP 3.4, 4.7.1) that an SMSC uses to deliver a receipt
+    or a reply: what ``deliver_sm`` carries, with the text in ``message_payload``. smpp34
+    has no codec for it; ``short_message`` is always empty (the gateway reads the TLV)."""
+
+    source_addr_ton: int
+    source_addr: str
+    dest_addr_ton: int
+    destination_addr: str
+    esm_class: int
+    data_coding: int
+    tlvs: tuple[smpp34.Tlv, ...]
+    short_message: bytes = b""
+
+    @classmethod
+    def parse(cls, body: bytes) -> DataSm:
+        """Raises ValueError when the body is cut short or a TLV overruns it."""
+        _service_type, i = read_cstring(body, 0)
+        if i + 2 > len(body):
+            raise ValueError("data_sm cut short before source_addr")
+        source_ton, source, i = body[i], *read_cstring(body, i + 2)
+        if i + 2 > len(body):
+            raise ValueError("data_sm cut short before destination_addr")
+        dest_ton, dest, i = body[i], *read_cstring(body, i + 2)
+        if i + 3 > len(body):
+            raise ValueError("data_sm cut short before data_coding")
+        esm_class, data_coding, i = body[i], body[i + 2], i + 3
+        tlvs = []
+        while i < len(body):
+            if i + 4 > len(body):
+                raise ValueError("data_sm: a TLV header cut short")
+            tag, length = int.from_bytes(body[i:i + 2], "big"), int.from_bytes(body[i + 2:i + 4], "big")
+            if i + 4 + length > len(body):
+                raise ValueError(f"data_sm: TLV 0x{tag:04X} overruns the body")
+            tlvs.append(smpp34.Tlv(tag, body[i + 4:i + 4 + length]))
+            i += 4 + length
+        return cls(source_ton, source, dest_ton, dest, esm_class, data_coding, tuple(tlvs))
+
+    def encode(self) -> bytes:
+        """The body (service_type empty, NPIs 1 for international numbers, else 0)."""
+        out = bytearray(b"\x00")
+        for ton, addr in ((self.source_addr_ton, self.source_addr),
+                          (self.dest_addr_ton, self.destination_addr)):
+            out += bytes([ton, 1 if ton == 1 else 0]) + cstring(addr)
+        out += bytes([self.esm_class, 0, self.data_coding])
+        for tlv in self.tlvs:
+            out += tlv.tag.to_bytes(2, "big") + len(tlv.value).to_bytes(2, "big") + tlv.value
+        return bytes(out)
 
 
 @dataclass(frozen=True, slots=True)

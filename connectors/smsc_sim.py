@@ -55,9 +55,11 @@ from connectors.receipts import STATE_CODES, format_receipt_text
 from connectors.sim_args import admission, span, weights
 from connectors.smpp_session import (
     BIND_TYPES,
+    DATA_SM,
     DELIVER_SM,
     SUBMIT_SM,
     BindRequest,
+    DataSm,
     Pdu,
     SessionClosed,
     SmppSession,
@@ -127,6 +129,9 @@ class SimConfig:
     # Answer bind_transceiver with generic_nack ESME_RINVCMDID, as SMSCs of SMPP 3.3 do:
     # an ESME needs a transmitter and a receiver.
     no_transceiver: bool = False
+    # Deliver receipts in data_sm (text in message_payload) instead of deliver_sm, as
+    # SMPP 3.4 (4.7) allows.
+    receipts_as_data_sm: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,12 +177,14 @@ class SimStats:
 
 @dataclass(slots=True, eq=False)
 class _Delivery:
-    """A receipt or MO on its way: the deliver_sm body, kept byte-identical for re-sends."""
+    """A receipt or MO on its way: the deliver_sm (or data_sm) body, kept byte-identical
+    for re-sends."""
 
     system_id: str
     session_id: str  # the session to prefer ('' = any of the system id)
     body: bytes
     attempts: int = 0
+    command: int = DELIVER_SM  # or DATA_SM (receipts_as_data_sm)
 
 
 @dataclass(slots=True, eq=False)
@@ -528,6 +535,17 @@ class SmscSimulator:
             _sms_date(now_ms),
             preview,
         )
+        receipted = [
+            smpp34.Tlv(_TLV_RECEIPTED_MESSAGE_ID, message_id.encode("ascii") + b"\x00"),
+            smpp34.Tlv(_TLV_MESSAGE_STATE, bytes([STATE_CODES[state]])),
+        ]
+        if self.config.receipts_as_data_sm:
+            data = DataSm(record.dest_ton, record.destination, record.source_ton, record.source,
+                          0x04, 0, (*receipted, smpp34.Tlv(_TLV_MESSAGE_PAYLOAD, text.encode(
+                              "latin-1", errors="replace"))))
+            self._enqueue(_Delivery(record.system_id, record.session_id, data.encode(),
+                                    command=DATA_SM))
+            return
         pdu = smpp34.DeliverSm(
             source_addr=record.destination,
             destination_addr=record.source,
@@ -537,10 +555,7 @@ class SmscSimulator:
             dest_addr_ton=record.source_ton,
             dest_addr_npi=record.source_npi,
             esm_class=0x04,
-            tlvs=[
-                smpp34.Tlv(_TLV_RECEIPTED_MESSAGE_ID, message_id.encode("ascii") + b"\x00"),
-                smpp34.Tlv(_TLV_MESSAGE_STATE, bytes([STATE_CODES[state]])),
-            ],
+            tlvs=receipted,
         )
         self._enqueue(_Delivery(record.system_id, record.session_id, pdu_body(pdu.encode())))
 
@@ -619,7 +634,7 @@ class SmscSimulator:
             delivery = queue.popleft()
             try:
                 answer = peer.session.send_request(
-                    DELIVER_SM, delivery.body, self.config.deliver_timeout_s
+                    delivery.command, delivery.body, self.config.deliver_timeout_s
                 )
             except SessionClosed:
                 queue.appendleft(delivery)
@@ -757,6 +772,11 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         help="answer bind_transceiver with generic_nack ESME_RINVCMDID (SMPP 3.3 SMSCs)",
     )
     p.add_argument(
+        "--receipts-as-data-sm",
+        action="store_true",
+        help="deliver receipts in data_sm (text in message_payload) instead of deliver_sm",
+    )
+    p.add_argument(
         "--refuse-binds",
         type=lambda v: int(v, 0),
         default=d.refuse_binds,
@@ -786,6 +806,7 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
         deliver_any_bind=a.deliver_any_bind,
         receipt_ids_decimal=a.receipt_ids_decimal,
         no_transceiver=a.no_transceiver,
+        receipts_as_data_sm=a.receipts_as_data_sm,
     )
 
 

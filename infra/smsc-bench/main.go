@@ -64,6 +64,7 @@ const (
 	cmdBindTX       = 0x00000002
 	cmdSubmitSM     = 0x00000004
 	cmdDeliverSM    = 0x00000005
+	cmdDataSM       = 0x00000103
 	cmdUnbind       = 0x00000006
 	cmdBindTRX      = 0x00000009
 	cmdEnquireLink  = 0x00000015
@@ -127,6 +128,7 @@ type config struct {
 	deliverAnyBind        bool // receipts and MO round-robin over the account's binds
 	receiptIDsDecimal     bool // receipts name the message in decimal (submit_sm_resp: hex)
 	noTransceiver         bool // bind_transceiver answered generic_nack ESME_RINVCMDID
+	receiptsAsDataSM      bool // receipts in data_sm (text in message_payload)
 }
 
 // pyFloat reads a float the way Python's float() does for the values flags carry.
@@ -214,6 +216,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.deliverWindow, "deliver-window", 512, "deliver_sm awaiting their answer, per session")
 	redeliver := fs.Float64("redeliver-s", 5, "wait before retrying a refused or unanswered deliver_sm")
 	fs.BoolVar(&c.deliverAnyBind, "deliver-any-bind", false, "deliver receipts and MO round-robin over all receiving binds of the account")
+	fs.BoolVar(&c.receiptsAsDataSM, "receipts-as-data-sm", false, "deliver receipts in data_sm (text in message_payload) instead of deliver_sm")
 	fs.BoolVar(&c.noTransceiver, "no-transceiver", false, "answer bind_transceiver with generic_nack ESME_RINVCMDID (SMPP 3.3 SMSCs)")
 	fs.BoolVar(&c.receiptIDsDecimal, "receipt-ids-decimal", false, "name messages in receipts by their id in decimal (submit_sm_resp gives hex)")
 	refuse := fs.String("refuse-binds", "0", "answer every bind with this status, e.g. 0x0D (ESME_RBINDFAIL)")
@@ -665,6 +668,29 @@ func deliverBody(src string, srcTon, srcNpi byte, dst string, dstTon, dstNpi byt
 	return b
 }
 
+// dataBody: a data_sm body as connectors.smpp_session.DataSm.encode writes it (no
+// service_type; NPI 1 for international numbers, else 0).
+func dataBody(src string, srcTon byte, dst string, dstTon byte, esmClass, dataCoding byte,
+	tlvs ...tlv) []byte {
+	npi := func(ton byte) byte {
+		if ton == 1 {
+			return 1
+		}
+		return 0
+	}
+	b := make([]byte, 0, 16+len(src)+len(dst))
+	b = append(b, 0, srcTon, npi(srcTon))
+	b = append(b, src...)
+	b = append(b, 0, dstTon, npi(dstTon))
+	b = append(b, dst...)
+	b = append(b, 0, esmClass, 0, dataCoding)
+	for _, t := range tlvs {
+		b = append(b, byte(t.tag>>8), byte(t.tag), byte(len(t.value)>>8), byte(len(t.value)))
+		b = append(b, t.value...)
+	}
+	return b
+}
+
 // ── token bucket (pipeline.sender.throttle.TokenBucket via sim_args.admission) ───
 
 type tokenBucket struct {
@@ -701,6 +727,7 @@ type delivery struct {
 	pref     *conn // the session to prefer (nil: any of the system id)
 	body     []byte
 	attempts int
+	cmd      uint32 // cmdDeliverSM, or cmdDataSM (receiptsAsDataSM)
 }
 
 type deque struct {
@@ -1414,6 +1441,14 @@ func (s *server) receiptDue(j *receiptJob) {
 	text = append(text, errCode...)
 	text = append(text, " text:"...)
 	text = append(text, j.preview...)
+	if s.cfg.receiptsAsDataSM {
+		body := dataBody(j.dst, j.dstTon, j.src, j.srcTon, 0x04, 0,
+			tlv{tlvReceiptedID, append([]byte(messageID), 0)},
+			tlv{tlvMessageState, []byte{stateCodes[state]}},
+			tlv{tlvPayload, text})
+		s.enqueue(&delivery{systemID: j.systemID, pref: j.pref, body: body, cmd: cmdDataSM})
+		return
+	}
 	body := deliverBody(j.dst, j.dstTon, j.dstNpi, j.src, j.srcTon, j.srcNpi, 0x04, 0, text,
 		tlv{tlvReceiptedID, append([]byte(messageID), 0)},
 		tlv{tlvMessageState, []byte{stateCodes[state]}})
@@ -1540,7 +1575,11 @@ func (s *server) pump(systemID string) {
 		}
 		d := q.popFront()
 		p := &pending{kind: pendDeliver, d: d, deadline: deadline}
-		seq := c.request(cmdDeliverSM, d.body, p)
+		cmd := d.cmd
+		if cmd == 0 {
+			cmd = cmdDeliverSM
+		}
+		seq := c.request(cmd, d.body, p)
 		c.fifo = append(c.fifo, pendRef{seq, p})
 		c.inFlight++
 		d.attempts++

@@ -60,9 +60,13 @@ class Simulator:
             assert resp.status == 200
 
     def sessions(self) -> int:
+        return int(self.health()["sessions"])
+
+    def health(self) -> dict[str, Any]:
+        """`GET /health`: sessions bound, submits, and what was delivered, refused, ..."""
         url = f"http://127.0.0.1:{self.control_port}/health"
         with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(json.loads(resp.read())["sessions"])
+            return dict(json.loads(resp.read()))
 
 
 @contextmanager

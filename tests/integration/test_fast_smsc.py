@@ -36,6 +36,7 @@ from connectors.smpp_session import (
     ENQUIRE_LINK,
     SUBMIT_SM,
     BindRequest,
+    DataSm,
     Pdu,
     SmppSession,
 )
@@ -551,7 +552,23 @@ async def flag_scenarios(start: Any, folder: Path) -> dict[str, Any]:
                 "tx": kind(await tx.read()), "rx": kind(await rx.read()),
                 "tx_then": kind(await tx.read(0.3))}
 
+    async def data_sm(port: int, control: int) -> dict[str, Any]:
+        esme = await connect_raw(port)
+        await esme.bind()
+        esme.send(SUBMIT_SM, submit_body())
+        answer, receipt = await esme.read(), await esme.read()
+        assert answer is not None and receipt is not None
+        fields = DataSm.parse(receipt.body)
+        tlvs = {t.tag: t.value for t in fields.tlvs}
+        esme.send(receipt.command_id | 0x80000000, b"\x00", seq=receipt.sequence)
+        return {"command": hex(receipt.command_id), "esm_class": fields.esm_class,
+                "id": tlvs[0x001E] == answer.body,
+                "text": tlvs[0x0424].startswith(b"id:" + answer.body.rstrip(b"\x00") + b" sub:001"),
+                "state": list(tlvs[0x0427]), "then": kind(await esme.read(0.4))}
+
     await with_sim("any_bind", ("--receipt-delay-ms", "10", "--deliver-any-bind"), any_bind)
+    await with_sim("data_sm", ("--receipt-delay-ms", "10", "--receipts-as-data-sm",
+                               "--receipt-outcomes", "DELIVRD=1"), data_sm)
     await with_sim("no_transceiver", ("--receipt-delay-ms", "10", "--no-transceiver"),
                    no_transceiver)
     await with_sim("decimal_ids", ("--receipt-delay-ms", "10", "--receipt-ids-decimal"),
@@ -582,6 +599,9 @@ def test_go_simulator_flags_behave_like_smsc_sim(tmp_path: Path) -> None:
     assert python["throttled"]["answers"][0][1] == 3  # throttled ones (seq 3-5) answered first
     # receipts round-robin over both binds, not only on the one that submitted
     assert python["any_bind"]["b"] == [("deliver_sm", 0)] * 2
+    assert python["data_sm"] | {"log": None} == {
+        "command": "0x103", "esm_class": 4, "id": True, "text": True, "state": [2], "then": None,
+        "log": None}
     # bind_transceiver refused as an unknown command; transmitter + receiver work
     assert python["no_transceiver"]["trx"] == ("0x80000000", 3)
     assert python["no_transceiver"]["rx"] == ("deliver_sm", 0)

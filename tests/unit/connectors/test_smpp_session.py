@@ -16,6 +16,7 @@ from connectors.smpp_session import (
     GENERIC_NACK,
     UNBIND,
     BindRequest,
+    DataSm,
     FramingError,
     Pdu,
     SessionClosed,
@@ -209,3 +210,16 @@ def test_unanswered_enquire_link_ends_the_session() -> None:
         server.close()
 
     asyncio.run(asyncio.wait_for(body(), 10))
+
+
+def test_data_sm_round_trips_and_a_cut_body_is_refused() -> None:
+    import smpp34
+
+    receipt = DataSm(1, "79161234567", 5, "SHOPRU", 0x04, 0,
+                     (smpp34.Tlv(0x001E, b"1a2b\x00"), smpp34.Tlv(0x0427, b"\x02"),
+                      smpp34.Tlv(0x0424, b"id:1a2b stat:DELIVRD err:000")))
+    body = receipt.encode()
+    assert DataSm.parse(body) == receipt
+    for cut in (1, 3, 16, 25, len(body) - 3):
+        with pytest.raises(ValueError):
+            DataSm.parse(body[:cut])
