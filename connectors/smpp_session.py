@@ -41,6 +41,7 @@ SUBMIT_SM = 0x00000004
 DELIVER_SM = 0x00000005
 UNBIND = 0x00000006
 BIND_TRANSCEIVER = 0x00000009
+ALERT_NOTIFICATION = 0x00000102  # has no response (SMPP 3.4, 4.12)
 DATA_SM = 0x00000103
 ENQUIRE_LINK = 0x00000015
 
@@ -472,6 +473,8 @@ class SmppSession:
         elif pdu.command_id == UNBIND:
             self._answer(pdu)
             self.close()
+        elif pdu.command_id == ALERT_NOTIFICATION:
+            log.debug("%s: alert_notification (a handset is reachable again): noted", self.name)
         else:
             self._owed.add(pdu.sequence)
             try:

@@ -30,7 +30,7 @@ from pipeline.sender.limits import Limits, load_limits
 from pipeline.settings import Settings
 
 ROUTE_KEYS = {"type", "host", "port", "system_id", "password_env", "binds", "window",
-              "rate_per_bind", "currency", "tariff", "message_ids", "bind"}
+              "rate_per_bind", "currency", "tariff", "message_ids", "bind", "system_type"}
 # `message_ids:` of an SMPP route: how its SMSC writes message ids in each PDU.
 MESSAGE_ID_PDUS = ("submit_sm_resp", "deliver_sm")
 # `type: http`: a JSON provider; secrets come from the variables the *_env fields name.
@@ -196,6 +196,7 @@ def build_route(name: str, conf: dict[str, Any], limits: Limits, env: Mapping[st
         host=host or conf.get("host", "127.0.0.1"),
         port=int(port or conf.get("port", 2775)),
         system_id=conf.get("system_id", "rassylka"),
+        system_type=str(conf.get("system_type", "")),
         password=env.get(conf.get("password_env", ""), "") or "secret",
         name=name,
         binds=binds,

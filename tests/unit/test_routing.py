@@ -116,7 +116,7 @@ def test_build_gateway_gives_each_route_its_own_address_and_rate(tmp_path: Path)
     routes["backup"] = dict(routes["smsc-sim"], port=2999, rate_per_bind=50,
                             tariff={"per_segment": 4.0},
                             message_ids={"submit_sm_resp": "hex", "deliver_sm": "decimal"},
-                            bind="transmitter_and_receiver")
+                            bind="transmitter_and_receiver", system_type="VMA")
     config = _config(tmp_path, routes=routes,
                      routing=[{"match": {"lane": "marketing"}, "routes": ["backup"]},
                               {"routes": ["smsc-sim", "backup"]}])
@@ -130,7 +130,8 @@ def test_build_gateway_gives_each_route_its_own_address_and_rate(tmp_path: Path)
     formats = {n: (g.route.submit_id_format, g.route.receipt_id_format)  # type: ignore[attr-defined]
                for n, g in gateway.gateways.items()}
     assert formats == {"smsc-sim": ("text", "text"), "backup": ("hex", "decimal")}
-    assert gateway.gateways["backup"].route.bind_mode == "transmitter_and_receiver"  # type: ignore[attr-defined]
+    backup = gateway.gateways["backup"].route  # type: ignore[attr-defined]
+    assert (backup.bind_mode, backup.system_type) == ("transmitter_and_receiver", "VMA")
     assert rate == 2 * 500 + 2 * 50
     assert gateway.tariffs["backup"] == Tariff(4.0, "RUB")
     assert gateway.route.window == 2 * 32 + 2 * 32

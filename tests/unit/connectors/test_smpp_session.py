@@ -223,3 +223,24 @@ def test_data_sm_round_trips_and_a_cut_body_is_refused() -> None:
     for cut in (1, 3, 16, 25, len(body) - 3):
         with pytest.raises(ValueError):
             DataSm.parse(body[:cut])
+
+
+def test_alert_notification_gets_no_answer_and_nothing_is_owed() -> None:
+    """alert_notification has no response PDU (SMPP 3.4, 4.12): before, it was answered
+    generic_nack, which an SMSC may take for a protocol error."""
+    seen: list[int] = []
+
+    def on_request(session: SmppSession, pdu: Pdu) -> None:
+        seen.append(pdu.command_id)
+        session.nack(pdu, 0x03)
+
+    async def body() -> None:
+        client, servers, server = await _pair(on_request)
+        alert = client.send_request(0x00000102, b"\x01\x0179161234567\x00\x00\x00SHOP\x00")
+        answer = await client.call(ENQUIRE_LINK)  # answered in order, after the alert
+        assert answer.command_id == ENQUIRE_LINK | 0x80000000
+        assert not alert.done() and seen == [] and servers[0].owed == 0
+        alert.cancel()
+        server.close()
+
+    asyncio.run(asyncio.wait_for(body(), 10))
