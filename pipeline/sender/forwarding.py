@@ -24,11 +24,12 @@ import time
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from connectors.gateway import GatewayReceipt
 from pipeline import topics
 from pipeline.settings import Settings
+from pipeline.state.store import watermarks
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,15 @@ class ForwardedReceipts:
             "enable.partition.eof": False,
         })
         meta = consumer.list_topics(self.topic, timeout=15).topics[self.topic]
+        # Where each partition ends now, taken first: a partition with nothing of the last
+        # `lookback_ms` is read from there (OFFSET_END, resolved later, would skip what is
+        # forwarded meanwhile).
+        ends = {p: watermarks(consumer, self.topic, p)[1] for p in meta.partitions}
         since = int(time.time() * 1000) - lookback_ms
         starts = consumer.offsets_for_times(
             [TopicPartition(self.topic, p, since) for p in meta.partitions], timeout=15)
         consumer.assign([TopicPartition(self.topic, tp.partition,
-                                        tp.offset if tp.offset >= 0 else OFFSET_END)
+                                        tp.offset if tp.offset >= 0 else ends[tp.partition])
                          for tp in starts])
         self.consumer = consumer
 

@@ -91,3 +91,30 @@ def test_forwarded_receipts_are_compacted_and_kept_a_day(ns: Settings) -> None:
     config = admin.describe_configs([resource])[resource].result(timeout=30)
     assert config["cleanup.policy"].value == "compact,delete"
     assert int(config["retention.ms"].value) == 24 * 3600 * 1000
+
+
+def test_a_receipt_forwarded_while_a_sender_starts_following_is_seen(ns: Settings) -> None:
+    """Regression: on a topic just created, the follower's start-up asked for offsets
+    before the partition had a leader and failed (NOT_LEADER_FOR_PARTITION, 2 runs of 4
+    here): the sender could not start. It now waits the partition out, and starts where the
+    partition ends when nothing was forwarded in the lookback (not at OFFSET_END, which
+    the consumer resolves later): a receipt forwarded right after is seen."""
+    from connectors.gateway import GatewayReceipt
+    from pipeline.sender.forwarding import ForwardedReceipts, key_bytes, park_value
+
+    follower = ForwardedReceipts(ns)
+    follower.load(lookback_ms=60_000)
+    try:
+        receipt = GatewayReceipt("1a2b", "DELIVRD", "000", "+79161234567", int(time.time() * 1000))
+        producer = kafka_io.producer(ns)
+        producer.produce(ns.topic(topics.RECEIPTS_FORWARDED), key=key_bytes(("1a2b", "DELIVRD")),
+                         value=park_value(receipt.received_at_ms, receipt))
+        assert producer.flush(30) == 0
+        seen: list[object] = []
+        deadline = time.monotonic() + 15
+        while not seen and time.monotonic() < deadline:
+            seen += follower.poll()
+            time.sleep(0.05)
+        assert [key for key, _r in seen] == [("1a2b", "DELIVRD")]
+    finally:
+        follower.close()
