@@ -120,7 +120,13 @@ _TLV_MESSAGE_STATE = 0x0427
 _TLV_MESSAGE_PAYLOAD = 0x0424
 _TLV_NETWORK_ERROR_CODE = 0x0423
 
-_DELIVER_SM_RESP_BODY = b"\x00"  # message_id, unused in deliver_sm_resp: NULL
+_DELIVER_SM_RESP_BODY = b"\x00"
+# esm_class message types (bits 2-5) of a deliver_sm / data_sm from the SMSC: 0x00 a reply
+# (MO); a delivery receipt, an SME delivery acknowledgement, an intermediate notification
+# are receipts; an SME manual/user acknowledgement or a conversation abort is neither, and
+# is answered and dropped (before, it was recorded as a customer's reply).
+_RECEIPT_TYPES = (0x04, 0x08, 0x20)
+_ACKNOWLEDGED_ONLY = (0x10, 0x18)  # message_id, unused in deliver_sm_resp: NULL
 
 
 # How an SMSC writes its message ids (route key `message_ids`): as it pleases ("text",
@@ -221,6 +227,7 @@ class SmppCounters:
     inbound: int = 0  # MO messages received (re-deliveries included)
     acked: int = 0  # deliver_sm answered ESME_ROK after the event's ack()
     refused_inbound: int = 0  # deliver_sm answered with an error (unreadable, over capacity)
+    acknowledgements: int = 0  # SME manual/user acknowledgements: answered, not recorded
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)
@@ -482,6 +489,12 @@ class SmppGateway:
         ack = AckOnce(asyncio.get_running_loop(), functools.partial(self._answer, session, pdu))
         try:
             fields = pdu.decode() if pdu.command_id == DELIVER_SM else DataSm.parse(pdu.body)
+            if fields.esm_class & 0x3C in _ACKNOWLEDGED_ONLY:
+                log.debug("%s bind%d: user acknowledgement (esm_class 0x%02X) answered, not "
+                          "recorded", self.name, b.index, fields.esm_class)
+                self.counters.acknowledgements += 1
+                self._answer(session, pdu)
+                return
             event = self._to_event(fields, ack)
         except Exception:  # it can never be recorded: say so, or it comes back forever
             log.warning("%s bind%d: unreadable %s refused", self.name, b.index,
@@ -525,7 +538,7 @@ class SmppGateway:
             elif tag == _TLV_NETWORK_ERROR_CODE and len(tlv.value) == 3:
                 net_err = f"{int.from_bytes(tlv.value[1:], 'big'):03d}"
         # SMSC delivery receipt, or intermediate notification
-        if pdu.esm_class & 0x3C in (0x04, 0x20):
+        if pdu.esm_class & 0x3C in _RECEIPT_TYPES:
             self.counters.receipts += 1
             parsed = parse_receipt_text(body.decode("latin-1"))
             return GatewayReceipt(

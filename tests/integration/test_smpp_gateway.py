@@ -465,6 +465,43 @@ def test_unreadable_deliver_sm_is_refused_at_once() -> None:
     run(body)
 
 
+def test_user_acknowledgements_are_answered_and_not_taken_for_replies() -> None:
+    """Regression: a deliver_sm with esm_class "SME manual/user acknowledgement" (0x10) was
+    recorded as a customer's reply. It is answered and dropped; an SME delivery
+    acknowledgement (0x08) is a receipt, a normal message (0x00) a reply."""
+    from connectors import smpp_session
+
+    answers: list[tuple[int, int]] = []
+
+    async def on_bound(session: smpp_session.SmppSession) -> None:
+        for esm_class, text in ((0x10, b"user ack"), (0x08, b"id:7 stat:DELIVRD"),
+                                (0x00, b"STOP")):
+            pdu = smpp34.DeliverSm(source_addr="79161234567", destination_addr="Shop",
+                                   short_message=text, source_addr_ton=1, esm_class=esm_class)
+            answer = session.send_request(smpp_session.DELIVER_SM,
+                                          smpp_session.pdu_body(pdu.encode()))
+            if esm_class == 0x10:
+                got = await asyncio.wait_for(answer, 5)
+                answers.append((got.command_id, got.status))
+        await session.wait_closed()
+
+    async def body() -> None:
+        server, port = await fake_smsc(on_bound)
+        route = SmppRoute("127.0.0.1", port, "rassylka", "secret", binds=1)
+        async with SmppGateway(route) as gw:
+            seen: list[GatewayEvent] = []
+            await wait_event(gw, lambda e: seen.append(e) or len(seen) == 2)
+            assert [type(e).__name__ for e in seen] == ["GatewayReceipt", "GatewayInbound"]
+            receipt, reply = seen
+            assert isinstance(receipt, GatewayReceipt) and receipt.gateway_message_id == "7"
+            assert isinstance(reply, GatewayInbound) and reply.text == "STOP"
+            await wait_for(lambda: len(answers) == 1)
+            assert answers == [(0x80000005, 0)] and gw.counters.acknowledgements == 1
+        server.close()
+
+    run(body)
+
+
 def test_silent_smsc_is_detected_by_enquire_link_and_rebound() -> None:
     from connectors.smpp_session import Pdu, take_pdus
 
