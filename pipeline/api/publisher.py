@@ -123,7 +123,12 @@ class Publisher:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(5)
-        return int(self._producer.flush(timeout))
+        left = int(self._producer.flush(timeout))
+        # The producer holds this object (its error_cb): dropped here, it is freed now, its
+        # connections closed, not at some later garbage collection (a stopped API's
+        # producer went on reconnecting to its broker for minutes).
+        self._producer = None  # type: ignore[assignment]
+        return left
 
     async def publish(self, records: Sequence[Record]) -> None:
         """Produce `records` and return once the broker acknowledged every one.
