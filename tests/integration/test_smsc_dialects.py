@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from sendkit import (
+    Simulator,
     config_with,
     make_request,
     one_outcome_per_request,
@@ -39,6 +40,22 @@ def route_config(ns: Settings, tmp_path: Path, **route: object) -> Settings:
     return replace(ns, config_dir=config)
 
 
+def payments(base: int) -> list[dict[str, object]]:
+    return [make_request(phone=phone(base + i), text=f"Оплатите счёт {i}") for i in range(40)]
+
+
+def all_sent_and_receipted(cfg: Settings, sim: Simulator, requests: list[dict[str, object]]) -> None:
+    """Publish `requests` and assert each was submitted once and each part has one receipt
+    that names its message."""
+    publish_requests(cfg, requests)
+    outcomes(cfg, len(requests), timeout=60)
+    got = one_outcome_per_request(cfg, requests)
+    assert Counter(o["status"] for o in got.values()) == Counter({"submitted": len(requests)})
+    assert sum(one_receipt_per_part(cfg, sim, timeout=45).values()) == len(requests)
+    receipts = kafka_io.read_topic(cfg, topics.RECEIPTS, None, 10, idle=2.0)
+    assert all(m.record["message_id"] for m in receipts if m.record), "every receipt matched"
+
+
 def test_receipts_with_decimal_ids_meet_their_hex_submit_answers(
         ns: Settings, tmp_path: Path) -> None:
     """Regression: the sender compared ids verbatim, so every receipt of such an SMSC
@@ -46,8 +63,7 @@ def test_receipts_with_decimal_ids_meet_their_hex_submit_answers(
     recorded without its message: no message counted delivered."""
     cfg = route_config(ns, tmp_path,
                        message_ids={"submit_sm_resp": "hex", "deliver_sm": "decimal"})
-    requests = [make_request(phone=phone(180_000 + i), text=f"Оплатите счёт {i}")
-                for i in range(40)]
+    requests = payments(180_000)
     # the shortest uncorrelated wait the sender takes: an unmatched receipt shows quickly
     env = {"RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S": "30"}
     with simulator(tmp_path, "--latency-ms", "2-10", "--receipt-delay-ms", "50-300",
@@ -74,39 +90,24 @@ def test_receipts_in_data_sm_are_recorded_and_answered(ns: Settings, tmp_path: P
     """SMPP 3.4 (4.7) lets an SMSC deliver receipts in data_sm. Before, the sender answered
     data_sm with generic_nack: no receipt was recorded, and the SMSC kept trying."""
     cfg = route_config(ns, tmp_path)
-    requests = [make_request(phone=phone(195_000 + i), text=f"Оплатите счёт {i}")
-                for i in range(40)]
+    requests = payments(195_000)
     with simulator(tmp_path, "--latency-ms", "2-10", "--receipt-delay-ms", "50-300",
                    "--receipts-as-data-sm") as sim, sender(cfg, sim, tmp_path):
-        publish_requests(cfg, requests)
-        outcomes(cfg, len(requests), timeout=60)
-        got = one_outcome_per_request(cfg, requests)
-        states = one_receipt_per_part(cfg, sim, timeout=45)
+        all_sent_and_receipted(cfg, sim, requests)
         health = sim.health()
-    assert Counter(o["status"] for o in got.values()) == Counter({"submitted": len(requests)})
-    assert sum(states.values()) == len(requests)
-    receipts = kafka_io.read_topic(cfg, topics.RECEIPTS, None, 10, idle=2.0)
-    assert all(m.record["message_id"] for m in receipts if m.record), "every receipt matched"
     assert health["delivered"] == len(requests) and health["refused"] == 0, health
+
 
 def test_a_split_bind_route_sends_and_gets_every_receipt_and_reply(
         ns: Settings, tmp_path: Path) -> None:
     cfg = route_config(ns, tmp_path, bind="transmitter_and_receiver")
-    requests = [make_request(phone=phone(190_000 + i), text=f"Оплатите счёт {i}")
-                for i in range(40)]
+    requests = payments(190_000)
     with simulator(tmp_path, "--latency-ms", "2-10", "--receipt-delay-ms", "50-300",
                    "--no-transceiver") as sim, sender(cfg, sim, tmp_path):
-        publish_requests(cfg, requests)
-        outcomes(cfg, len(requests), timeout=60)
-        got = one_outcome_per_request(cfg, requests)
-        states = one_receipt_per_part(cfg, sim, timeout=45)
-        sim.mo(requests[0]["phone"], requests[0]["sender_id"], "STOP")
+        all_sent_and_receipted(cfg, sim, requests)
+        sim.mo(str(requests[0]["phone"]), str(requests[0]["sender_id"]), "STOP")
         replies = kafka_io.read_topic(cfg, topics.INBOUND, lambda m: len(m) >= 1, 30)
         sessions = sim.sessions()
-    assert Counter(o["status"] for o in got.values()) == Counter({"submitted": len(requests)})
-    assert sum(states.values()) == len(requests)
-    receipts = kafka_io.read_topic(cfg, topics.RECEIPTS, None, 10, idle=2.0)
-    assert all(m.record["message_id"] for m in receipts if m.record), "every receipt matched"
     assert [m.record["text"] for m in replies if m.record] == ["STOP"]
     assert sessions == 4, "two transmitters and two receivers"
 
