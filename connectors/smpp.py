@@ -211,6 +211,14 @@ class SmppRoute:
     # transmitter (submits) and a receiver (receipts, replies) per bind, for SMSCs
     # without bind_transceiver.
     bind_mode: str = "transceiver"
+    # TON/NPI of a numeric sender id written without "+" (a short code, a long number):
+    # international (1/1) unless the SMSC wants e.g. 3/0 for short codes. An alphanumeric
+    # sender is always 5/0, a "+" number 1/1.
+    source_addr_ton: int = 1
+    source_addr_npi: int = 1
+    # TON/NPI of the destination, written in E.164 digits.
+    dest_addr_ton: int = 1
+    dest_addr_npi: int = 1
 
 
 @dataclass(slots=True)
@@ -611,6 +619,8 @@ class SmppGateway:
             return SubmitResult(sms.message_id, [], False, 0, "not_bound", True)
         validity = "" if sms.valid_until_ms is None else absolute_time(sms.valid_until_ms)
         source = _address(sms.source)
+        if source[1:] == (1, 1) and not sms.source.startswith("+"):
+            source = (source[0], self.route.source_addr_ton, self.route.source_addr_npi)
         counters = self.counters
         ids: list[str] = []
         b.inflight += 1  # lets close() wait for messages under way
@@ -651,9 +661,8 @@ class SmppGateway:
         finally:
             b.inflight -= 1
 
-    @staticmethod
     def _submit_body(
-        sms: OutboundSms, part: bytes, source: tuple[str, int, int], validity: str
+        self, sms: OutboundSms, part: bytes, source: tuple[str, int, int], validity: str
     ) -> bytes:
         pdu = smpp34.SubmitSm(
             source[0],
@@ -661,8 +670,8 @@ class SmppGateway:
             part,
             source_addr_ton=source[1],
             source_addr_npi=source[2],
-            dest_addr_ton=1,
-            dest_addr_npi=1,
+            dest_addr_ton=self.route.dest_addr_ton,
+            dest_addr_npi=self.route.dest_addr_npi,
             esm_class=sms.esm_class,
             priority_flag=min(max(sms.priority, 0), 3),
             validity_period=validity,

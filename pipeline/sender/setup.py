@@ -29,8 +29,11 @@ from pipeline.sender.core import SenderPolicy
 from pipeline.sender.limits import Limits, load_limits
 from pipeline.settings import Settings
 
+# TON / NPI of an SMPP route's numeric sender ids and destinations (SMPP 3.4, 5.2.5-6)
+ADDRESS_KEYS = ("source_addr_ton", "source_addr_npi", "dest_addr_ton", "dest_addr_npi")
 ROUTE_KEYS = {"type", "host", "port", "system_id", "password_env", "binds", "window",
-              "rate_per_bind", "currency", "tariff", "message_ids", "bind", "system_type"}
+              "rate_per_bind", "currency", "tariff", "message_ids", "bind", "system_type",
+              *ADDRESS_KEYS}
 # `message_ids:` of an SMPP route: how its SMSC writes message ids in each PDU.
 MESSAGE_ID_PDUS = ("submit_sm_resp", "deliver_sm")
 # `type: http`: a JSON provider; secrets come from the variables the *_env fields name.
@@ -103,6 +106,11 @@ def read_routes(config_dir: Path) -> RoutesConfig:
         if route.get("type") != "smpp":
             problems.append(f"{path}: routes.{name}: type must be 'smpp' or 'http'")
         problems += _message_id_problems(route.get("message_ids"), f"{path}: routes.{name}")
+        for key in ADDRESS_KEYS:
+            value = route.get(key, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 18:
+                problems.append(f"{path}: routes.{name}.{key}: {value!r} is not a TON/NPI "
+                                f"value (a whole number 0-18, e.g. 1 international)")
         if route.get("bind", BIND_MODES[0]) not in BIND_MODES:
             problems.append(f"{path}: routes.{name}.bind: {route['bind']!r} is not one of "
                             f"{', '.join(BIND_MODES)}")
@@ -205,6 +213,7 @@ def build_route(name: str, conf: dict[str, Any], limits: Limits, env: Mapping[st
         submit_id_format=(conf.get("message_ids") or {}).get("submit_sm_resp", "text"),
         receipt_id_format=(conf.get("message_ids") or {}).get("deliver_sm", "text"),
         bind_mode=conf.get("bind", BIND_MODES[0]),
+        **{key: int(conf[key]) for key in ADDRESS_KEYS if key in conf},
     )
     return SmppGateway(route), binds * per_bind
 

@@ -124,6 +124,22 @@ def test_single_part_submit() -> None:
     run(body)
 
 
+def test_a_route_sets_the_ton_and_npi_of_short_codes_and_destinations() -> None:
+    async def body() -> None:
+        async with rig(source_addr_ton=3, source_addr_npi=0, dest_addr_ton=2,
+                       dest_addr_npi=1) as (sim, gw):
+            for source in ("7522", "Shop", "+79990001122"):
+                assert (await gw.send(sms(source=source))).ok
+            short, alpha, plus = sim.submits
+            assert (short.source, short.source_ton, short.source_npi) == ("7522", 3, 0)
+            assert (alpha.source_ton, alpha.source_npi) == (5, 0)  # alphanumeric: always
+            assert (plus.source_ton, plus.source_npi) == (1, 1)  # "+": international
+            assert {(r.destination, r.dest_ton, r.dest_npi) for r in sim.submits} == {
+                ("79161234567", 2, 1)}
+
+    run(body)
+
+
 def test_multipart_goes_in_order_on_one_bind() -> None:
     udh = bytes.fromhex("050003ab03")
     parts = [udh + bytes([i]) + "Ч".encode("utf-16-be") * 60 for i in (1, 2, 3)]

@@ -94,6 +94,7 @@ def test_routes_yaml_is_validated_as_a_whole(tmp_path: Path) -> None:
     routes["smsc-sim"]["tariff"] = {"per_segment": -1, "currency": "USD", "vat": 20}
     routes["smsc-sim"]["message_ids"] = {"submit_sm_resp": "hexadecimal", "receipt": "hex"}
     routes["smsc-sim"]["bind"] = "receiver"
+    routes["smsc-sim"]["dest_addr_ton"] = "international"
     config = _config(tmp_path, routes=routes, routing=[{"routes": ["gone"]}],
                      failover={"throttled_for_s": 0}, extra={})
     with pytest.raises(ConfigError) as caught:
@@ -107,7 +108,8 @@ def test_routes_yaml_is_validated_as_a_whole(tmp_path: Path) -> None:
                    "routes.smsc-sim.message_ids.submit_sm_resp: 'hexadecimal' is not one of "
                    "text, decimal, hex", "routes.smsc-sim.message_ids: unknown PDU 'receipt'",
                    "routes.smsc-sim.bind: 'receiver' is not one of transceiver, "
-                   "transmitter_and_receiver"):
+                   "transmitter_and_receiver",
+                   "routes.smsc-sim.dest_addr_ton: 'international' is not a TON/NPI value"):
         assert needle in text, (needle, caught.value.problems)
 
 
@@ -116,7 +118,8 @@ def test_build_gateway_gives_each_route_its_own_address_and_rate(tmp_path: Path)
     routes["backup"] = dict(routes["smsc-sim"], port=2999, rate_per_bind=50,
                             tariff={"per_segment": 4.0},
                             message_ids={"submit_sm_resp": "hex", "deliver_sm": "decimal"},
-                            bind="transmitter_and_receiver", system_type="VMA")
+                            bind="transmitter_and_receiver", system_type="VMA",
+                            source_addr_ton=3, source_addr_npi=0)
     config = _config(tmp_path, routes=routes,
                      routing=[{"match": {"lane": "marketing"}, "routes": ["backup"]},
                               {"routes": ["smsc-sim", "backup"]}])
@@ -132,6 +135,7 @@ def test_build_gateway_gives_each_route_its_own_address_and_rate(tmp_path: Path)
     assert formats == {"smsc-sim": ("text", "text"), "backup": ("hex", "decimal")}
     backup = gateway.gateways["backup"].route  # type: ignore[attr-defined]
     assert (backup.bind_mode, backup.system_type) == ("transmitter_and_receiver", "VMA")
+    assert (backup.source_addr_ton, backup.source_addr_npi, backup.dest_addr_ton) == (3, 0, 1)
     assert rate == 2 * 500 + 2 * 50
     assert gateway.tariffs["backup"] == Tariff(4.0, "RUB")
     assert gateway.route.window == 2 * 32 + 2 * 32
