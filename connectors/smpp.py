@@ -1,8 +1,9 @@
-"""SMPP 3.4 gateway: several transceiver binds to one SMSC, windowed and rate-limited.
+"""SMPP 3.4 gateway: several binds to one SMSC, windowed and rate-limited.
 
 Shape:
 
-* one ``_Bind`` per TRX session (``connectors.smpp_session``: our own SMPP session over
+* one ``_Bind`` per TRX session (with ``bind_mode="transmitter_and_receiver"``, for SMSCs
+  without ``bind_transceiver``: a TX session per bind, and as many receive-only RX ones) (``connectors.smpp_session``: our own SMPP session over
   asyncio TCP, smpp34 only as the PDU codec); each has a supervisor task that connects
   and binds (exponential backoff with jitter, ``reconnect_min_s`` -> ``reconnect_max_s``),
   waits until the session ends, and reconnects. The session answers the SMSC's
@@ -17,12 +18,14 @@ Shape:
 * ``submit_sm`` carries ``validity_period`` from ``OutboundSms.valid_until_ms`` (SMPP
   absolute time, UTC), so the SMSC stops trying when the pipeline's time-to-live ends.
 
-Inbound, ``deliver_sm`` becomes a ``GatewayReceipt`` (``esm_class`` says SMSC delivery
-receipt or intermediate notification) or a ``GatewayInbound`` (an MO reply), and is *not*
-answered: its ``deliver_sm_resp`` goes out only when the consumer calls the event's
+Inbound, ``deliver_sm`` (or ``data_sm``, text in ``message_payload``) becomes a
+``GatewayReceipt`` (``esm_class`` says SMSC delivery receipt, SME delivery acknowledgement
+or intermediate notification) or a ``GatewayInbound`` (an MO reply), and is *not* answered: its ``deliver_sm_resp`` goes out only when the consumer calls the event's
 ``ack()`` (after recording it). A session that dies first never answers it, so the SMSC
-delivers it again on a later bind. Only a ``deliver_sm`` that can never be recorded is
-answered at once: unreadable ones with ``ESME_RX_P_APPN``, and, when a bind already holds
+delivers it again on a later bind. SME user acknowledgements are answered and dropped.
+Message ids are kept as the SMSC writes them, or, per ``submit_id_format`` /
+``receipt_id_format``, as decimal numbers (``canonical_id``). Only a ``deliver_sm`` that
+can never be recorded is answered at once: unreadable ones with ``ESME_RX_P_APPN``, and, when a bind already holds
 ``inbound_capacity`` unanswered ones, new ones with ``ESME_RX_T_APPN`` (try later).
 
 Nothing here logs per message; counters live in ``SmppCounters``.
@@ -120,13 +123,13 @@ _TLV_MESSAGE_STATE = 0x0427
 _TLV_MESSAGE_PAYLOAD = 0x0424
 _TLV_NETWORK_ERROR_CODE = 0x0423
 
-_DELIVER_SM_RESP_BODY = b"\x00"
+_DELIVER_SM_RESP_BODY = b"\x00"  # message_id, unused in deliver_sm_resp / data_sm_resp: NULL
 # esm_class message types (bits 2-5) of a deliver_sm / data_sm from the SMSC: 0x00 a reply
 # (MO); a delivery receipt, an SME delivery acknowledgement, an intermediate notification
 # are receipts; an SME manual/user acknowledgement or a conversation abort is neither, and
 # is answered and dropped (before, it was recorded as a customer's reply).
 _RECEIPT_TYPES = (0x04, 0x08, 0x20)
-_ACKNOWLEDGED_ONLY = (0x10, 0x18)  # message_id, unused in deliver_sm_resp: NULL
+_ACKNOWLEDGED_ONLY = (0x10, 0x18)
 
 
 # How an SMSC writes its message ids (route key `message_ids`): as it pleases ("text",
