@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +51,9 @@ def stage(settings: Settings, args: list[str], log_dir: Path,
     The log's end is printed (pytest shows it with the failure) when the stage failed or
     the block raised: a test's temporary folder does not outlive a CI run."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{args[0]}-{int(time.time() * 1000)}.log"
+    # by start time (sorted names keep the order), and unique: two stages started in the
+    # same millisecond wrote into one file
+    log = log_dir / f"{args[0]}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}.log"
     proc = start_stage(settings, args, log, extra_env)
     failed = False
     try:
