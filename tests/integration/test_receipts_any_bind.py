@@ -58,7 +58,7 @@ def test_receipts_over_the_other_senders_bind_are_recorded_with_their_message(
             publish_requests(cfg, requests)
             outcomes(cfg, len(requests), timeout=90)
             got = one_outcome_per_request(cfg, requests)
-            states = one_receipt_per_part(cfg, sim, timeout=25)
+            states = one_receipt_per_part(cfg, sim, timeout=60)
         submits = sim.submits()
     assert Counter(o["status"] for o in got.values()) == Counter({"submitted": len(requests)})
     receipts = kafka_io.read_topic(cfg, topics.RECEIPTS, None, 10, idle=2.0)
