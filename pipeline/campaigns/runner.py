@@ -28,19 +28,20 @@ import logging
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer
 
 from pipeline import avro, kafka_io, metrics, topics
 from pipeline.campaigns.decision import DecisionRule, VariantResult, decide
 from pipeline.campaigns.facts import reactions
 from pipeline.campaigns.model import Campaign, assign, duration_s, split_variant
 from pipeline.settings import Settings
-from pipeline.state.store import read_partitions, watermarks
+from pipeline.state.store import read_partitions, read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,15 @@ def now_ms() -> int:
 # ---------------------------------------------------------------- commands
 def read_latest(settings: Settings, name: str) -> dict[str, dict[str, Any]]:
     """The newest JSON value per key of a compacted catalog topic (tombstones removed)."""
-    out: dict[str, dict[str, Any]] = {}
     topic = settings.topic(name)
-    for _p, key, value in read_partitions(settings.kafka_bootstrap, topic, [0]):
+    return _newest(topic, read_partitions(settings.kafka_bootstrap, topic, [0]))
+
+
+def _newest(topic: str, records: Iterable[tuple[int, bytes, bytes | None]]) -> dict[str, dict[str, Any]]:
+    """The newest JSON object per key of `records` ((partition, key, value)); a tombstone
+    removes its key, a value that is not a JSON object is logged and skipped."""
+    out: dict[str, dict[str, Any]] = {}
+    for _p, key, value in records:
         if value is None:
             out.pop(key.decode(), None)
         elif (record := _json_object(topic, key, value)) is not None:
@@ -448,8 +455,7 @@ def test_results(settings: Settings, run: Running) -> list[VariantResult]:
             for v in run.variants]
 
 
-def _follow(settings: Settings, name: str,
-            timeout_s: float = 60.0) -> tuple[Consumer, dict[str, dict[str, Any]]]:
+def _follow(settings: Settings, name: str) -> tuple[Consumer, dict[str, dict[str, Any]]]:
     """A consumer of a one-partition catalog topic, and the newest value per key it read
     up to the topic's end now; the consumer goes on right after what it read.
 
@@ -459,22 +465,9 @@ def _follow(settings: Settings, name: str,
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
                          "group.id": f"campaigns-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "isolation.level": "read_committed"})
-    latest: dict[str, dict[str, Any]] = {}
-    low, high = watermarks(consumer, topic, 0)
-    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING if high > low else high)])
-    deadline = time.monotonic() + timeout_s
-    tp = [TopicPartition(topic, 0)]
-    while high > low and consumer.position(tp)[0].offset < high:
-        if time.monotonic() > deadline:
-            consumer.close()
-            raise KafkaException(f"{topic} was not read to its end ({high}) within {timeout_s:.0f} s; "
-                                 f"is the broker at {settings.kafka_bootstrap} up?")
-        for msg in consumer.consume(500, 1.0):
-            command = _command(msg)
-            if command is not None:
-                latest[msg.key().decode()] = command
-            elif msg.error() is None and msg.key() is not None and msg.value() is None:
-                latest.pop(msg.key().decode(), None)
+    latest = _newest(topic, ((m.partition(), m.key(), m.value())
+                             for batch in read_to_end(consumer, topic, [0]) for m in batch
+                             if m.error() is None and m.key() is not None))
     return consumer, latest
 
 

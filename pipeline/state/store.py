@@ -117,25 +117,37 @@ def read_batches(
         **_BULK_READ,
     })
     try:
-        ends: dict[int, int] = {}
-        for p in partitions:
-            low, high = watermarks(consumer, topic, p)
-            if high > low:
-                ends[p] = high
-        if not ends:
-            return
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        pending = [TopicPartition(topic, p) for p in ends]
-        while pending:
-            batch = consumer.consume(_BATCH, 1.0)
-            if batch:
-                yield batch
-            # Positions, not offsets, tell the end: transaction markers occupy the last offsets.
-            positions = consumer.position(pending)
-            pending = [TopicPartition(topic, tp.partition) for tp in positions
-                       if tp.offset < ends[tp.partition]]
+        yield from read_to_end(consumer, topic, partitions)
     finally:
         consumer.close()
+
+
+def read_to_end(consumer: Consumer, topic: str,
+                partitions: Iterable[int]) -> Iterator[list[Message]]:
+    """Assign `partitions` of `topic` to `consumer` from their beginning and yield what it
+    returns up to their end now; the consumer stays open, right after what it read (a
+    follower that goes on from there misses nothing published meanwhile)."""
+    ends: dict[int, int] = {}
+    empty: dict[int, int] = {}
+    for p in partitions:
+        low, high = watermarks(consumer, topic, p)
+        if high > low:
+            ends[p] = high
+        else:
+            empty[p] = high
+    if not ends:  # nothing to read: the consumer stands at the end
+        consumer.assign([TopicPartition(topic, p, high) for p, high in empty.items()])
+        return
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+    pending = [TopicPartition(topic, p) for p in ends]
+    while pending:
+        batch = consumer.consume(_BATCH, 1.0)
+        if batch:
+            yield batch
+        # Positions, not offsets, tell the end: transaction markers occupy the last offsets.
+        positions = consumer.position(pending)
+        pending = [TopicPartition(topic, tp.partition) for tp in positions
+                   if tp.offset < ends[tp.partition]]
 
 
 @contextmanager
