@@ -275,7 +275,10 @@ class RoutingGateway:
                 gw_id = event.gateway_message_id
                 if self.qualify and gw_id:
                     gw_id = f"{name}/{gw_id}"
-                self._events.put_nowait(replace(event, gateway_message_id=gw_id, route=name))
+                # built directly: dataclasses.replace cost more than the rest of the pump
+                self._events.put_nowait(GatewayReceipt(
+                    gw_id, event.state, event.error_code, event.destination,
+                    event.received_at_ms, event.ack, name))
             else:
                 ref = event.gateway_ref
                 if self.qualify and ref:

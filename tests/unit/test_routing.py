@@ -274,7 +274,7 @@ def test_receipts_of_every_route_are_merged_with_qualified_ids() -> None:
         a, b = FakeGateway("a"), FakeGateway("b")
         gw = rig(a, b)
         await gw.start()
-        a.queue.put_nowait(GatewayReceipt("7", "DELIVRD", "000", "+7916", 1))
+        a.queue.put_nowait(GatewayReceipt("7", "DELIVRD", "000", "+7916", 1, ack))
         b.queue.put_nowait(GatewayReceipt("7", "UNDELIV", "001", "+7916", 2))
         got = []
         async for event in gw.events():
@@ -283,8 +283,14 @@ def test_receipts_of_every_route_are_merged_with_qualified_ids() -> None:
                 await gw.close()
         return got
 
+    def ack() -> None:
+        pass
+
     got = run(scenario())
     assert sorted((e.gateway_message_id, e.route) for e in got) == [("a/7", "a"), ("b/7", "b")]
+    # everything else the route said is kept as it was, the acknowledgement too
+    assert sorted((e.state, e.error_code, e.destination, e.received_at_ms, e.ack) for e in got) == [
+        ("DELIVRD", "000", "+7916", 1, ack), ("UNDELIV", "001", "+7916", 2, None)]
 
 
 def test_one_route_keeps_the_smsc_ids_as_they_are() -> None:
