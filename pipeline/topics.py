@@ -6,7 +6,13 @@ import logging
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from pipeline.settings import Settings
 
@@ -108,12 +114,9 @@ def new_topics(settings: Settings) -> list[NewTopic]:
     """The catalog as admin-client topic definitions for `settings`."""
     topics = []
     for spec in CATALOG:
-        config = {"cleanup.policy": "compact" if spec.compacted else "delete"}
+        config = {"cleanup.policy": "delete", **owned_configs(spec)}
         if spec.compacted:
             config["min.cleanable.dirty.ratio"] = "0.1"
-            if spec.retention_ms is not None:
-                config["cleanup.policy"] = "compact,delete"
-                config["retention.ms"] = str(spec.retention_ms)
         topics.append(
             NewTopic(
                 settings.topic(spec.name),
@@ -125,8 +128,22 @@ def new_topics(settings: Settings) -> list[NewTopic]:
     return topics
 
 
+def owned_configs(spec: TopicSpec) -> dict[str, str]:
+    """The configs of an existing topic that the catalog keeps as it says: a compacted
+    topic's cleanup policy and its retention. A table topic that Kafka created itself on a
+    first write (auto.create.topics.enable) has `delete` and would lose its keys, opt-outs
+    among them, after the broker's retention; an older catalog's forwarded receipts had no
+    retention. Everything else (plain topics' retention, ...) stays the operator's."""
+    if not spec.compacted:
+        return {}
+    if spec.retention_ms is None:
+        return {"cleanup.policy": "compact"}
+    return {"cleanup.policy": "compact,delete", "retention.ms": str(spec.retention_ms)}
+
+
 def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
-    """Create every catalog topic that does not exist yet; returns name -> 'created'/'exists'.
+    """Create every catalog topic that does not exist yet and set the `owned_configs` of
+    those that do; returns name -> 'created', 'exists' or 'updated: <what changed>'.
 
     Idempotent: running it twice changes nothing. Raises RuntimeError on any other failure.
     """
@@ -134,6 +151,7 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [t for t in new_topics(settings) if t.topic not in existing]
     result = {t.topic: "exists" for t in new_topics(settings) if t.topic in existing}
+    result.update(_align_configs(admin, settings, existing, timeout))
     if wanted:
         futures = admin.create_topics(wanted, request_timeout=timeout)
         for name, future in futures.items():
@@ -146,6 +164,41 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
                 else:
                     raise RuntimeError(f"could not create topic {name}: {exc}") from exc
     return result
+
+
+def _align_configs(admin: AdminClient, settings: Settings, existing: set[str],
+                   timeout: float) -> dict[str, str]:
+    """Set the `owned_configs` that differ on existing catalog topics; name -> what changed."""
+    owned = {settings.topic(spec.name): owned_configs(spec) for spec in CATALOG}
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name)
+                 for name, configs in owned.items() if configs and name in existing]
+    if not resources:
+        return {}
+    changes: dict[str, dict[str, tuple[str | None, str]]] = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        try:
+            current = future.result(timeout=timeout)
+        except Exception as exc:
+            raise RuntimeError(f"could not read the configs of topic {resource.name}: {exc}") from exc
+        diff = {key: (current[key].value if key in current else None, value)
+                for key, value in owned[resource.name].items()
+                if key not in current or current[key].value != value}
+        if diff:
+            changes[resource.name] = diff
+    if not changes:
+        return {}
+    alter = [ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+        ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+        for key, (_was, value) in diff.items()]) for name, diff in changes.items()]
+    for resource, future in admin.incremental_alter_configs(alter, request_timeout=timeout).items():
+        try:
+            future.result(timeout=timeout)
+        except Exception as exc:
+            raise RuntimeError(f"could not set {', '.join(changes[resource.name])} of topic "
+                               f"{resource.name}: {exc}") from exc
+    return {name: "updated: " + "; ".join(f"{key} {value} (was {was})"
+                                          for key, (was, value) in diff.items())
+            for name, diff in changes.items()}
 
 
 def ensure_topics(settings: Settings, names: list[str], partitions: int | None = None) -> None:
