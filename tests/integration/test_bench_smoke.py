@@ -35,6 +35,9 @@ def test_the_bench_runs_every_section_and_counts_each_event_once(settings: Setti
         assert r["cpu_us_per_event"][name] > 0, name
     assert sorted(r["latency_ms"]) == ["100", "50"]
     assert all(lat["measured"] == lat["offered"] for lat in r["latency_ms"].values())
+    # each rate runs as many times as the throughput: the percentiles are their medians
+    assert all(len(lat["p99_runs"]) == 2 and lat["offered"] == 2 * int(rate)
+               for rate, lat in r["latency_ms"].items())
     assert r["kannel"]["reached"] == 300 and r["kannel"]["duplicates"] == 0
     assert r["kannel"]["ratio_throughput"] > 0 and r["kannel"]["ratio_cpu"] > 0
     assert r["faust_floor"]["events"] >= 600
