@@ -64,22 +64,38 @@ def read_latest(settings: Settings, name: str) -> dict[str, dict[str, Any]]:
     return _newest(topic, read_partitions(settings.kafka_bootstrap, topic, [0]))
 
 
-def _newest(topic: str, records: Iterable[tuple[int, bytes, bytes | None]]) -> dict[str, dict[str, Any]]:
+def _newest(topic: str, records: Iterable[tuple[int, bytes, bytes | None]],
+            starts: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """The newest JSON object per key of `records` ((partition, key, value)); a tombstone
-    removes its key, a value that is not a JSON object is logged and skipped."""
+    removes its key, a value that is not a JSON object is logged and skipped. `starts`,
+    when given, gets the newest start command per key as well."""
     out: dict[str, dict[str, Any]] = {}
     for _p, key, value in records:
         if value is None:
             out.pop(key.decode(), None)
+            if starts is not None:
+                starts.pop(key.decode(), None)
         elif (record := _json_object(topic, key, value)) is not None:
             out[key.decode()] = record
+            if starts is not None and record.get("command") == "start":
+                starts[key.decode()] = record
     return out
+
+
+START_FIELDS = ("snapshot", "members", "variants", "phases")
+"""What a start command says about the campaign's audience. The control topic keeps only
+the newest command per campaign, so every later command carries these forward: a worker
+that starts after a pause or a resume still finds the audience to run."""
 
 
 def send_command(settings: Settings, campaign_id: str, command: str, **extra: Any) -> None:
     """Publish a control command (pause, resume, cancel); the worker applies it."""
+    carried: dict[str, Any] = {}
+    if command != "start":
+        newest = read_latest(settings, topics.CAMPAIGN_CONTROL).get(campaign_id) or {}
+        carried = {k: newest[k] for k in START_FIELDS if k in newest}
     producer = kafka_io.producer(settings)
-    value = {"command": command, "at_ms": now_ms(), **extra}
+    value = {**carried, "command": command, "at_ms": now_ms(), **extra}
     producer.produce(settings.topic(topics.CAMPAIGN_CONTROL), key=campaign_id.encode(),
                      value=json.dumps(value).encode())
     if producer.flush(30):
@@ -224,25 +240,26 @@ class CampaignRunner:
 
     # ------------------------------------------------------------ commands
     def _apply(self, campaign_id: str, command: dict[str, Any], state: dict[str, Any] | None) -> None:
+        """Apply the newest command of a campaign; `state` is its saved progress, if read.
+
+        A campaign this worker does not run yet is loaded from any command that carries
+        the start's audience (`START_FIELDS`): the start itself, or a later command when
+        the worker starts after a pause or a resume. Before, such a campaign was never
+        run again once its newest command was not the start."""
         run = self.running.get(campaign_id)
         kind = command.get("command")
-        if kind == "start" and run is None:
-            campaign = self.campaigns.get(campaign_id)
-            if campaign is None:
-                log.error("campaign %s was started but config/campaigns/%s.yaml is not here",
-                          campaign_id, campaign_id)
+        if run is None:
+            if not command.get("snapshot"):
+                if kind != "start":
+                    log.error("campaign %s: %s without the start's audience; not run by this "
+                              "worker", campaign_id, kind)
                 return
-            state = state if state and state.get("snapshot") == command["snapshot"] \
-                else initial_state(campaign_id, command)
-            members = self._snapshot(campaign_id, command["snapshot"])
-            by_phase: dict[str, dict[str, list[Member]]] = defaultdict(lambda: defaultdict(list))
-            for member in sorted(members.values(), key=lambda m: m.customer_id):
-                by_phase[member.phase][member.zone or DEFAULT_ZONE].append(member)
-            self.running[campaign_id] = Running(campaign, tuple(command["variants"]),
-                                                by_phase, state, size=len(members))
-            log.info("campaign %s: %d members, status %s", campaign_id, len(members),
-                     state["status"])
-        elif run is not None and run.state["status"] not in TERMINAL:
+            if kind != "start" and state is None:  # a live command: its progress so far
+                state = read_latest(self.settings, topics.CAMPAIGN_PROGRESS).get(campaign_id)
+            run = self._load(campaign_id, command, state)
+            if run is None or kind == "start":
+                return
+        if run.state["status"] not in TERMINAL:
             if kind == "pause" and run.state["status"] != "paused":
                 run.state["resume_to"] = run.state["status"]
                 self._save(run, "paused", [])
@@ -250,6 +267,27 @@ class CampaignRunner:
                 self._save(run, run.state.pop("resume_to", "running"), [])
             elif kind == "cancel":
                 self._save(run, "cancelled", [], reason="cancelled by an operator")
+
+    def _load(self, campaign_id: str, command: dict[str, Any],
+              state: dict[str, Any] | None) -> Running | None:
+        """Run the campaign `command` started, from `state` when it belongs to the same
+        audience snapshot; None when its definition is not in this worker's config."""
+        campaign = self.campaigns.get(campaign_id)
+        if campaign is None:
+            log.error("campaign %s was started but config/campaigns/%s.yaml is not here",
+                      campaign_id, campaign_id)
+            return None
+        state = state if state and state.get("snapshot") == command["snapshot"] \
+            else initial_state(campaign_id, command)
+        members = self._snapshot(campaign_id, command["snapshot"])
+        by_phase: dict[str, dict[str, list[Member]]] = defaultdict(lambda: defaultdict(list))
+        for member in sorted(members.values(), key=lambda m: m.customer_id):
+            by_phase[member.phase][member.zone or DEFAULT_ZONE].append(member)
+        run = self.running[campaign_id] = Running(campaign, tuple(command["variants"]),
+                                                  by_phase, state, size=len(members))
+        log.info("campaign %s: %d members, status %s", campaign_id, len(members),
+                 state["status"])
+        return run
 
     def _snapshot(self, campaign_id: str, snapshot: str) -> dict[str, Member]:
         members: dict[str, Member] = {}
@@ -465,9 +503,16 @@ def _follow(settings: Settings, name: str) -> tuple[Consumer, dict[str, dict[str
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
                          "group.id": f"campaigns-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "isolation.level": "read_committed"})
+    starts: dict[str, dict[str, Any]] = {}
     latest = _newest(topic, ((m.partition(), m.key(), m.value())
                              for batch in read_to_end(consumer, topic, [0]) for m in batch
-                             if m.error() is None and m.key() is not None))
+                             if m.error() is None and m.key() is not None), starts)
+    # commands written before they carried the start's audience: the newest start still
+    # in the topic (not compacted away yet) gives it
+    for key, command in latest.items():
+        if not command.get("snapshot") and key in starts:
+            latest[key] = {**{k: starts[key][k] for k in START_FIELDS if k in starts[key]},
+                           **command}
     return consumer, latest
 
 

@@ -162,6 +162,41 @@ def test_pause_resume_cancel_and_a_campaign_starts_once(ns: Settings, tmp_path: 
     assert final["sent"]["test"] == cancelled
 
 
+def test_a_paused_or_resumed_campaign_runs_on_after_its_worker_restarts(
+        ns: Settings, tmp_path: Path) -> None:
+    """The control topic keeps the newest command per campaign. Before, a worker that
+    started after a pause or a resume found no start there and never ran the campaign
+    again: a resumed campaign stopped for good at the worker's next restart. Every command
+    now carries the start's audience, and a command written before that is completed from
+    the start still in the topic."""
+    cfg, campaign, customers = started(ns, tmp_path, 300, pacing={"per_minute": 1200})
+    sendable = {c for c in customers if assign(campaign, ("a", "b"), c)[0] != "holdout"}
+    with stage(cfg, ["campaign", "worker"], tmp_path):
+        campaign_events(cfg, 20)
+        send_command(cfg, "spring", "pause")
+        deadline = time.monotonic() + 15
+        while status(cfg).get("status") != "paused" and time.monotonic() < deadline:
+            time.sleep(0.2)
+    paused = len(settle(cfg, topics.PROMOTION, idle=1.0))
+    assert status(cfg)["status"] == "paused" and paused < len(sendable)
+    with stage(cfg, ["campaign", "worker"], tmp_path):  # a new worker, the campaign paused
+        time.sleep(2.0)
+        assert len(settle(cfg, topics.PROMOTION, idle=1.0)) == paused, "still paused"
+        send_command(cfg, "spring", "resume")
+        campaign_events(cfg, paused + 20)
+    # the newest command is now a resume; a resume as older workers wrote it (without the
+    # start's audience) as well: the worker after them runs the campaign to its end
+    legacy = kafka_io.producer(cfg)
+    legacy.produce(cfg.topic(topics.CAMPAIGN_CONTROL), key=b"spring",
+                   value=b'{"command": "resume", "at_ms": 1}')
+    legacy.flush(30)
+    with stage(cfg, ["campaign", "worker"], tmp_path):
+        campaign_events(cfg, len(sendable), timeout=60)
+    events = [m.record for m in settle(cfg, topics.PROMOTION, idle=2.0)]
+    per_customer = Counter(e["customer_id"] for e in events)
+    assert set(per_customer) == sendable and set(per_customer.values()) == {1}
+
+
 def test_campaign_decides_from_the_test_group_and_rolls_out_the_winner(
         ns: Settings, tmp_path: Path) -> None:
     """Through the real router, sender and SMSC simulator: customers of the test group
