@@ -256,6 +256,9 @@ class CampaignRunner:
                 return
             if kind != "start" and state is None:  # a live command: its progress so far
                 state = read_latest(self.settings, topics.CAMPAIGN_PROGRESS).get(campaign_id)
+            if (kind != "start" and state and state.get("snapshot") == command["snapshot"]
+                    and state.get("status") in TERMINAL):
+                return  # cancelled or over: its audience need not be read again
             run = self._load(campaign_id, command, state)
             if run is None or kind == "start":
                 return

@@ -64,6 +64,14 @@ def status(cfg: Settings) -> dict:
     return read_latest(cfg, topics.CAMPAIGN_PROGRESS).get("spring") or {}
 
 
+def command_and_wait(cfg: Settings, command: str, wanted: str, timeout: float = 15.0) -> None:
+    """Send `command` to the campaign and wait (bounded) until its status is `wanted`."""
+    send_command(cfg, "spring", command)
+    deadline = time.monotonic() + timeout
+    while status(cfg).get("status") != wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def test_campaign_sends_each_member_once_across_a_sigkill_at_its_pace(
         ns: Settings, tmp_path: Path) -> None:
     cfg, campaign, customers = started(ns, tmp_path, 400)
@@ -138,19 +146,13 @@ def test_pause_resume_cancel_and_a_campaign_starts_once(ns: Settings, tmp_path: 
         assert "already started" in str(exc)
     with stage(cfg, ["campaign", "worker"], tmp_path):
         campaign_events(cfg, 40)
-        send_command(cfg, "spring", "pause")
-        deadline = time.monotonic() + 15
-        while status(cfg).get("status") != "paused" and time.monotonic() < deadline:
-            time.sleep(0.2)
+        command_and_wait(cfg, "pause", "paused")
         paused = len(settle(cfg, topics.PROMOTION, idle=2.0))
         time.sleep(2.0)
         assert len(settle(cfg, topics.PROMOTION, idle=1.0)) == paused, "nothing while paused"
         send_command(cfg, "spring", "resume")
         campaign_events(cfg, paused + 20)
-        send_command(cfg, "spring", "cancel")
-        deadline = time.monotonic() + 15
-        while status(cfg).get("status") != "cancelled" and time.monotonic() < deadline:
-            time.sleep(0.2)
+        command_and_wait(cfg, "cancel", "cancelled")
         cancelled = len(settle(cfg, topics.PROMOTION, idle=2.0))
         time.sleep(2.0)
         assert len(settle(cfg, topics.PROMOTION, idle=1.0)) == cancelled, "nothing once cancelled"
@@ -173,10 +175,7 @@ def test_a_paused_or_resumed_campaign_runs_on_after_its_worker_restarts(
     sendable = {c for c in customers if assign(campaign, ("a", "b"), c)[0] != "holdout"}
     with stage(cfg, ["campaign", "worker"], tmp_path):
         campaign_events(cfg, 20)
-        send_command(cfg, "spring", "pause")
-        deadline = time.monotonic() + 15
-        while status(cfg).get("status") != "paused" and time.monotonic() < deadline:
-            time.sleep(0.2)
+        command_and_wait(cfg, "pause", "paused")
     paused = len(settle(cfg, topics.PROMOTION, idle=1.0))
     assert status(cfg)["status"] == "paused" and paused < len(sendable)
     with stage(cfg, ["campaign", "worker"], tmp_path):  # a new worker, the campaign paused
