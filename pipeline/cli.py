@@ -137,10 +137,15 @@ def topics_create() -> None:
         table.add_row(
             name, status, str(spec.partitions or settings.partitions),
             ("compact" if spec.compacted else "delete")
-            + (f", deleted after {spec.retention_ms // 3_600_000} h" if spec.retention_ms else ""),
+            + (f", deleted after {_age(spec.retention_ms)}" if spec.retention_ms else ""),
             spec.key, spec.schema,
         )
     console.print(table)
+
+
+def _age(ms: int) -> str:
+    hours = ms // 3_600_000
+    return f"{hours // 24} days" if hours >= 48 and hours % 24 == 0 else f"{hours} h"
 
 
 @rules_cli.command("weights")

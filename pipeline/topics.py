@@ -29,7 +29,7 @@ class TopicSpec:
     compacted: bool = False
     partitions: int | None = None  # None: the deployment's default partition count
     doc: str = ""
-    retention_ms: int | None = None  # compacted and also deleted after this long
+    retention_ms: int | None = None  # kept this long (compacted ones: compact,delete)
 
 
 ORDER_STATUS = "events.order_status"
@@ -57,6 +57,11 @@ CAMPAIGN_DECISIONS = "campaigns.decisions"
 VARIANT_WEIGHTS = "rules.variant_weights"
 FOLLOW_UPS = "followups.pending"
 OUTBOX_CHANGES = "outbox.changes"
+
+AUDIENCE_RETENTION_MS = 90 * 24 * 3600 * 1000
+"""How long an audience snapshot is kept: the broker's own retention (a day on the local
+broker, a week by Kafka's default) took a campaign's audience from under a worker that
+restarted later, and it declared the campaign done with most members never sent to."""
 
 CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(ORDER_STATUS, "order_status_changed", "customer_id", doc="Order status changes"),
@@ -87,7 +92,9 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(CAMPAIGN_CONTROL, "json: campaign command", "campaign id", compacted=True,
               partitions=1, doc="start / pause / resume / cancel, newest wins"),
     TopicSpec(CAMPAIGN_AUDIENCE, "json: audience member", "<campaign>|<customer>", partitions=1,
-              doc="Audience snapshots frozen at start, with each member's phase and variant"),
+              retention_ms=AUDIENCE_RETENTION_MS,
+              doc="Audience snapshots frozen at start, with each member's phase and variant"
+                  " (kept 90 days: a restarted campaign worker reads its campaigns' back)"),
     TopicSpec(CAMPAIGN_PROGRESS, "json: campaign state", "campaign id", compacted=True,
               partitions=1, doc="Fan-out cursors and status, in the fan-out's transactions"),
     TopicSpec(CAMPAIGN_DECISIONS, "json: decision with its inputs", "campaign id or rule id",
@@ -130,15 +137,17 @@ def new_topics(settings: Settings) -> list[NewTopic]:
 
 def owned_configs(spec: TopicSpec) -> dict[str, str]:
     """The configs of an existing topic that the catalog keeps as it says: a compacted
-    topic's cleanup policy and its retention. A table topic that Kafka created itself on a
-    first write (auto.create.topics.enable) has `delete` and would lose its keys, opt-outs
-    among them, after the broker's retention; an older catalog's forwarded receipts had no
-    retention. Everything else (plain topics' retention, ...) stays the operator's."""
-    if not spec.compacted:
-        return {}
-    if spec.retention_ms is None:
-        return {"cleanup.policy": "compact"}
-    return {"cleanup.policy": "compact,delete", "retention.ms": str(spec.retention_ms)}
+    topic's cleanup policy, and the retention of a topic whose spec sets one. A table
+    topic that Kafka created itself on a first write (auto.create.topics.enable) has
+    `delete` and would lose its keys, opt-outs among them, after the broker's retention; an
+    older catalog's forwarded receipts had no retention, its audience snapshots the
+    broker's. Everything else (other plain topics' retention, ...) stays the operator's."""
+    configs: dict[str, str] = {}
+    if spec.compacted:
+        configs["cleanup.policy"] = "compact" if spec.retention_ms is None else "compact,delete"
+    if spec.retention_ms is not None:
+        configs["retention.ms"] = str(spec.retention_ms)
+    return configs
 
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:

@@ -129,7 +129,8 @@ def start_campaign(settings: Settings, campaign: Campaign, variants: tuple[str, 
                 producer.poll(0.1)
     if producer.flush(120):
         raise KafkaException("the audience snapshot was not acknowledged within 120 s")
-    send_command(settings, campaign.id, "start", snapshot=snapshot, members=len(set(members)),
+    send_command(settings, campaign.id, "start", snapshot=snapshot,
+                 members=len({customer_id for customer_id, _zone in members}),
                  variants=list(variants), phases=dict(phases))
     return dict(phases)
 
@@ -283,6 +284,15 @@ class CampaignRunner:
         state = state if state and state.get("snapshot") == command["snapshot"] \
             else initial_state(campaign_id, command)
         members = self._snapshot(campaign_id, command["snapshot"])
+        expected = command.get("members")
+        if isinstance(expected, int) and len(members) < expected:
+            # Run with what is left and the cursors point at other members, or with none
+            # and the campaign looks done: say so and leave it as it is instead.
+            log.error("campaign %s: its audience snapshot on %s holds %d of its %d members "
+                      "(deleted by the topic's retention?); not running it: start the "
+                      "campaign again under a new id", campaign_id,
+                      self.settings.topic(topics.CAMPAIGN_AUDIENCE), len(members), expected)
+            return None
         by_phase: dict[str, dict[str, list[Member]]] = defaultdict(lambda: defaultdict(list))
         for member in sorted(members.values(), key=lambda m: m.customer_id):
             by_phase[member.phase][member.zone or DEFAULT_ZONE].append(member)

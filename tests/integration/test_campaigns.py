@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import yaml
 from stages import kill, settle, stage
 
@@ -194,6 +195,39 @@ def test_a_paused_or_resumed_campaign_runs_on_after_its_worker_restarts(
     events = [m.record for m in settle(cfg, topics.PROMOTION, idle=2.0)]
     per_customer = Counter(e["customer_id"] for e in events)
     assert set(per_customer) == sendable and set(per_customer.values()) == {1}
+
+
+def test_a_campaign_whose_audience_the_retention_took_is_not_declared_done(
+        ns: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The audience topic had the broker's retention (a day on the local broker): a worker
+    that started after it found no members and declared the campaign done, every member
+    "sent to". The topic now keeps snapshots 90 days, and a snapshot short of its members
+    is reported and the campaign left as it is."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": ns.kafka_bootstrap})
+    audience = ns.topic(topics.CAMPAIGN_AUDIENCE)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, audience)
+    config = admin.describe_configs([resource])[resource].result(timeout=30)
+    assert int(config["retention.ms"].value) == 90 * 24 * 3600 * 1000
+    cfg, campaign, _customers = started(ns, tmp_path, 50)
+    # what the broker's retention does to old segments
+    cut = admin.delete_records([TopicPartition(audience, 0, 40)])
+    for future in cut.values():
+        future.result(timeout=30)
+    runner = CampaignRunner(cfg, {"spring": campaign}, worker_id="retention")
+    worker = threading.Thread(target=runner.run, daemon=True)
+    with caplog.at_level("ERROR", logger="pipeline.campaigns.runner"):
+        worker.start()
+        try:
+            time.sleep(3.0)
+        finally:
+            runner.stop()
+            worker.join(30)
+    assert "holds 10 of its 50 members" in caplog.text
+    assert status(cfg) == {}, "left as it was, not done"
+    assert not kafka_io.read_topic(cfg, topics.PROMOTION, None, 3, idle=1.0)
 
 
 def test_campaign_decides_from_the_test_group_and_rolls_out_the_winner(
