@@ -164,7 +164,8 @@ class Running:
 
 def initial_state(campaign_id: str, command: dict[str, Any]) -> dict[str, Any]:
     return {"campaign_id": campaign_id, "status": "running", "phase": "test",
-            "snapshot": command["snapshot"], "cursors": {}, "sent": {},
+            "snapshot": command["snapshot"], "members": command.get("members"),
+            "cursors": {}, "sent": {},
             "test_done_at_ms": None, "decision": None, "winner": None,
             "reason": None, "updated_at_ms": now_ms()}
 
@@ -281,10 +282,17 @@ class CampaignRunner:
             log.error("campaign %s was started but config/campaigns/%s.yaml is not here",
                       campaign_id, campaign_id)
             return None
-        state = state if state and state.get("snapshot") == command["snapshot"] \
-            else initial_state(campaign_id, command)
-        members = self._snapshot(campaign_id, command["snapshot"])
-        expected = command.get("members")
+        snapshot, expected = command["snapshot"], command.get("members")
+        if state and state.get("snapshot") and state["snapshot"] != snapshot:
+            # Started twice at once (both starts passed the check before either landed):
+            # go on with the snapshot this campaign has been sending from, not the newer.
+            log.warning("campaign %s was started twice; it goes on with snapshot %s, the "
+                        "one it has been sending from (not %s)", campaign_id,
+                        state["snapshot"], snapshot)
+            snapshot, expected = state["snapshot"], state.get("members")
+        elif not (state and state.get("snapshot") == snapshot):
+            state = initial_state(campaign_id, command)
+        members = self._snapshot(campaign_id, snapshot)
         if isinstance(expected, int) and len(members) < expected:
             # Run with what is left and the cursors point at other members, or with none
             # and the campaign looks done: say so and leave it as it is instead.

@@ -230,6 +230,29 @@ def test_a_campaign_whose_audience_the_retention_took_is_not_declared_done(
     assert not kafka_io.read_topic(cfg, topics.PROMOTION, None, 3, idle=1.0)
 
 
+def test_a_campaign_started_twice_at_once_goes_on_with_its_first_snapshot(
+        ns: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two operators start one campaign at the same moment: both pass the "already
+    started" check before either start lands. Before, a worker restarted after that took
+    the newer snapshot, found no progress for it and began the campaign again: every member
+    it had reached got a second event. The progress's snapshot now wins."""
+    from pipeline.campaigns import runner as runner_module
+
+    cfg, campaign, customers = started(ns, tmp_path, 300, pacing={"per_minute": 1200})
+    sendable = {c for c in customers if assign(campaign, ("a", "b"), c)[0] != "holdout"}
+    with stage(cfg, ["campaign", "worker"], tmp_path):
+        campaign_events(cfg, 40)
+    # the second operator's start, as if its check had run before the first start landed
+    monkeypatch.setattr(runner_module, "read_latest", lambda settings, name: {})
+    start_campaign(cfg, campaign, ("a", "b"), [(c, "Europe/Moscow") for c in customers])
+    monkeypatch.undo()
+    with stage(cfg, ["campaign", "worker"], tmp_path):
+        campaign_events(cfg, len(sendable), timeout=60)
+    events = [m.record for m in settle(cfg, topics.PROMOTION, idle=2.0)]
+    per_customer = Counter(e["customer_id"] for e in events)
+    assert set(per_customer) == sendable and set(per_customer.values()) == {1}
+
+
 def test_campaign_decides_from_the_test_group_and_rolls_out_the_winner(
         ns: Settings, tmp_path: Path) -> None:
     """Through the real router, sender and SMSC simulator: customers of the test group
