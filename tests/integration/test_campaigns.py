@@ -65,6 +65,20 @@ def status(cfg: Settings) -> dict:
     return read_latest(cfg, topics.CAMPAIGN_PROGRESS).get("spring") or {}
 
 
+def sendable_of(campaign: Campaign, customers: list[str]) -> set[str]:
+    """The members a campaign testing a and b sends to: all but its hold-out."""
+    return {c for c in customers if assign(campaign, ("a", "b"), c)[0] != "holdout"}
+
+
+def finish_and_count_once(cfg: Settings, tmp_path: Path, sendable: set[str]) -> None:
+    """Run a worker until every sendable member has an event; each has exactly one."""
+    with stage(cfg, ["campaign", "worker"], tmp_path):
+        campaign_events(cfg, len(sendable), timeout=60)
+    events = [m.record for m in settle(cfg, topics.PROMOTION, idle=2.0)]
+    per_customer = Counter(e["customer_id"] for e in events)
+    assert set(per_customer) == sendable and set(per_customer.values()) == {1}
+
+
 def command_and_wait(cfg: Settings, command: str, wanted: str, timeout: float = 15.0) -> None:
     """Send `command` to the campaign and wait (bounded) until its status is `wanted`."""
     send_command(cfg, "spring", command)
@@ -115,7 +129,7 @@ def test_a_campaign_started_while_its_worker_starts_is_run(ns: Settings, tmp_pat
     junk.flush(30)
     campaign = load_campaigns(cfg.config_dir)["spring"]
     customers = [f"c{i:05d}" for i in range(40)]
-    sendable = {c for c in customers if assign(campaign, ("a", "b"), c)[0] != "holdout"}
+    sendable = sendable_of(campaign, customers)
     runner = CampaignRunner(cfg, {"spring": campaign}, worker_id="race")
     new_producer = runner._new_producer
 
@@ -173,7 +187,7 @@ def test_a_paused_or_resumed_campaign_runs_on_after_its_worker_restarts(
     now carries the start's audience, and a command written before that is completed from
     the start still in the topic."""
     cfg, campaign, customers = started(ns, tmp_path, 300, pacing={"per_minute": 1200})
-    sendable = {c for c in customers if assign(campaign, ("a", "b"), c)[0] != "holdout"}
+    sendable = sendable_of(campaign, customers)
     with stage(cfg, ["campaign", "worker"], tmp_path):
         campaign_events(cfg, 20)
         command_and_wait(cfg, "pause", "paused")
@@ -190,11 +204,7 @@ def test_a_paused_or_resumed_campaign_runs_on_after_its_worker_restarts(
     legacy.produce(cfg.topic(topics.CAMPAIGN_CONTROL), key=b"spring",
                    value=b'{"command": "resume", "at_ms": 1}')
     legacy.flush(30)
-    with stage(cfg, ["campaign", "worker"], tmp_path):
-        campaign_events(cfg, len(sendable), timeout=60)
-    events = [m.record for m in settle(cfg, topics.PROMOTION, idle=2.0)]
-    per_customer = Counter(e["customer_id"] for e in events)
-    assert set(per_customer) == sendable and set(per_customer.values()) == {1}
+    finish_and_count_once(cfg, tmp_path, sendable)
 
 
 def test_a_campaign_whose_audience_the_retention_took_is_not_declared_done(
@@ -239,18 +249,14 @@ def test_a_campaign_started_twice_at_once_goes_on_with_its_first_snapshot(
     from pipeline.campaigns import runner as runner_module
 
     cfg, campaign, customers = started(ns, tmp_path, 300, pacing={"per_minute": 1200})
-    sendable = {c for c in customers if assign(campaign, ("a", "b"), c)[0] != "holdout"}
+    sendable = sendable_of(campaign, customers)
     with stage(cfg, ["campaign", "worker"], tmp_path):
         campaign_events(cfg, 40)
     # the second operator's start, as if its check had run before the first start landed
     monkeypatch.setattr(runner_module, "read_latest", lambda settings, name: {})
     start_campaign(cfg, campaign, ("a", "b"), [(c, "Europe/Moscow") for c in customers])
     monkeypatch.undo()
-    with stage(cfg, ["campaign", "worker"], tmp_path):
-        campaign_events(cfg, len(sendable), timeout=60)
-    events = [m.record for m in settle(cfg, topics.PROMOTION, idle=2.0)]
-    per_customer = Counter(e["customer_id"] for e in events)
-    assert set(per_customer) == sendable and set(per_customer.values()) == {1}
+    finish_and_count_once(cfg, tmp_path, sendable)
 
 
 def test_campaign_decides_from_the_test_group_and_rolls_out_the_winner(
