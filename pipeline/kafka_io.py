@@ -293,14 +293,21 @@ def abort_or_renew(producer: Producer, renew: Callable[[], Producer], who: str) 
     while the transaction's first records are still in flight, right after a commit, is
     answered INVALID_TXN_STATE, which librdkafka makes fatal (a third of such aborts here;
     tests/integration/test_abort_or_renew.py provokes it).
-    A retriable failure (the broker away) is raised: the caller retries on its next cycle.
+    An abort that does not finish within its timeout is given up the same way: after a
+    broker outage an abort could wait on the old connection's requests for good (every
+    30 s "retry call to resume", minutes after the broker was back: the stage sent
+    nothing more). If the broker is still away, the new producer's `init_transactions`
+    raises, and the caller retries on its next cycle.
+    Another retriable failure (the broker away) is raised: the caller retries on its next
+    cycle.
     """
     try:
-        abort_transaction(producer)
+        abort_transaction(producer, attempts=1)
         return producer
     except KafkaException as exc:
         err = exc.args[0] if exc.args else None
-        if err is not None and err.retriable() and not err.fatal():
+        if (err is not None and err.retriable() and not err.fatal()
+                and err.code() != KafkaError._TIMED_OUT):
             raise
         logging.getLogger(__name__).warning("%s: producer unusable after an abort (%s); "
                                             "starting a new one", who, err or exc)

@@ -21,6 +21,8 @@ from pipeline.settings import Settings
 
 FATAL = KafkaError(KafkaError.INVALID_TXN_STATE, "Failed to end transaction", fatal=True)
 AWAY = KafkaError(KafkaError._TRANSPORT, "broker away", retriable=True)
+TIMED_OUT = KafkaError(KafkaError._TIMED_OUT, "Timed out waiting for operation to finish, "
+                       "retry call to resume", retriable=True)
 
 
 class Doomed:
@@ -62,6 +64,16 @@ def test_abort_or_renew_keeps_a_producer_whose_abort_worked() -> None:
 def test_abort_or_renew_replaces_a_producer_a_fatal_abort_left() -> None:
     fresh = object()
     assert kafka_io.abort_or_renew(Doomed(FATAL), lambda: fresh, "test") is fresh
+
+
+def test_abort_or_renew_replaces_a_producer_whose_abort_does_not_finish() -> None:
+    """Regression (a CI run of the broker-outage fault test): after the broker came back,
+    the sender's abort timed out every 30 s ("retry call to resume") for minutes, and the
+    sender sent nothing more. Such a producer is now replaced after one timed-out abort."""
+    stuck = Doomed(TIMED_OUT)
+    fresh = object()
+    assert kafka_io.abort_or_renew(stuck, lambda: fresh, "test") is fresh
+    assert stuck.aborts == 1
 
 
 def test_abort_or_renew_raises_while_the_broker_is_away() -> None:
