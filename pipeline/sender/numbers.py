@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import phonenumbers
@@ -158,29 +158,24 @@ def _from_e164(phone: str) -> PhoneNumber | None:
     if national[0] == "0" or len(national) < 2:
         return None
     prefix = _national_prefix(country_code, regions[0])
-    if prefix is False or (prefix is not None and prefix(national) is not None):
+    if prefix is not None and prefix(national) is not None:
         return None
     return PhoneNumber(country_code=country_code, national_number=int(national))
 
 
-_PREFIXES: dict[int, Any] = {}
+_ANY = re.compile("").match  # matches every number: leaves it to the general parse
 
 
-def _national_prefix(country_code: int, region: str) -> Any:
+@cache
+def _national_prefix(country_code: int, region: str) -> Callable[[str], object] | None:
     """The compiled `match` of the calling code's national prefix for parsing (its first
-    region's), None when it has none, False when phonenumbers has no metadata for it."""
-    try:
-        return _PREFIXES[country_code]
-    except KeyError:
-        pass
+    region's), None when it has none; one that matches everything when phonenumbers has no
+    metadata for the code."""
     metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
     if metadata is None:
-        prefix: Any = False
-    else:
-        pattern = metadata.national_prefix_for_parsing
-        prefix = re.compile(pattern).match if pattern else None
-    _PREFIXES[country_code] = prefix
-    return prefix
+        return _ANY
+    pattern = metadata.national_prefix_for_parsing
+    return re.compile(pattern).match if pattern else None
 
 
 def _region_and_type(country_code: int, national_number: str) -> tuple[str, int]:
@@ -272,17 +267,10 @@ def _matches(matcher: Matcher | None, national_number: str) -> bool:
     return fullmatch(national_number) is not None
 
 
-_PLANS: dict[str, _TypePlan] = {}
-
-
+@cache
 def _type_plan(country_code: int, region: str) -> _TypePlan:
     """The region's plan ("001": the calling code's non-geographic one), built once."""
-    key = region if region != "001" else f"+{country_code}"
-    plan = _PLANS.get(key)
-    if plan is None:
-        metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
-        plan = _PLANS[key] = _TypePlan(metadata)
-    return plan
+    return _TypePlan(PhoneMetadata.metadata_for_region_or_calling_code(country_code, region))
 
 
 def _describe_garbage(phone: object) -> str:
