@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
     NewTopic,
+    TopicMetadata,
 )
 
 from pipeline.settings import Settings
@@ -152,7 +154,8 @@ def owned_configs(spec: TopicSpec) -> dict[str, str]:
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
     """Create every catalog topic that does not exist yet and set the `owned_configs` of
-    those that do; returns name -> 'created', 'exists' or 'updated: <what changed>'.
+    those that do; returns name -> 'created', 'exists' or 'updated: <what changed>', once
+    every topic it created has a leader for each partition (usable at once).
 
     Idempotent: running it twice changes nothing. Raises RuntimeError on any other failure.
     """
@@ -160,7 +163,6 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [t for t in new_topics(settings) if t.topic not in existing]
     result = {t.topic: "exists" for t in new_topics(settings) if t.topic in existing}
-    result.update(_align_configs(admin, settings, existing, timeout))
     if wanted:
         futures = admin.create_topics(wanted, request_timeout=timeout)
         for name, future in futures.items():
@@ -168,32 +170,25 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
                 future.result(timeout=timeout)
                 result[name] = "created"
             except Exception as exc:  # KafkaException wraps TOPIC_ALREADY_EXISTS races
-                if "TOPIC_ALREADY_EXISTS" in str(exc):
-                    result[name] = "exists"
-                else:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise RuntimeError(f"could not create topic {name}: {exc}") from exc
+                # made meanwhile (by the broker on a first write, or a topic just created
+                # that the listing did not show yet): its configs are aligned below
+                result[name] = "exists"
+                existing.add(name)
+        wait_until_ready(settings, [t.topic for t in wanted], timeout)
+    result.update(_align_configs(admin, settings, existing, timeout))
     return result
 
 
 def _align_configs(admin: AdminClient, settings: Settings, existing: set[str],
                    timeout: float) -> dict[str, str]:
-    """Set the `owned_configs` that differ on existing catalog topics; name -> what changed."""
+    """Set the `owned_configs` that differ on existing catalog topics; name -> what changed.
+    Returns once the broker describes the new values (it answers the change before it
+    applies it, and a second run would otherwise set it again)."""
     owned = {settings.topic(spec.name): owned_configs(spec) for spec in CATALOG}
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, name)
-                 for name, configs in owned.items() if configs and name in existing]
-    if not resources:
-        return {}
-    changes: dict[str, dict[str, tuple[str | None, str]]] = {}
-    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
-        try:
-            current = future.result(timeout=timeout)
-        except Exception as exc:
-            raise RuntimeError(f"could not read the configs of topic {resource.name}: {exc}") from exc
-        diff = {key: (current[key].value if key in current else None, value)
-                for key, value in owned[resource.name].items()
-                if key not in current or current[key].value != value}
-        if diff:
-            changes[resource.name] = diff
+    changes = _config_diff(admin, {name: configs for name, configs in owned.items()
+                                   if configs and name in existing}, timeout)
     if not changes:
         return {}
     alter = [ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
@@ -205,9 +200,35 @@ def _align_configs(admin: AdminClient, settings: Settings, existing: set[str],
         except Exception as exc:
             raise RuntimeError(f"could not set {', '.join(changes[resource.name])} of topic "
                                f"{resource.name}: {exc}") from exc
+    deadline = time.monotonic() + timeout
+    while pending := _config_diff(admin, {name: owned[name] for name in changes}, timeout):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the broker still describes the old configs of "
+                               f"{', '.join(pending)} {timeout:.0f} s after setting them")
+        time.sleep(0.2)
     return {name: "updated: " + "; ".join(f"{key} {value} (was {was})"
                                           for key, (was, value) in diff.items())
             for name, diff in changes.items()}
+
+
+def _config_diff(admin: AdminClient, wanted: dict[str, dict[str, str]],
+                 timeout: float) -> dict[str, dict[str, tuple[str | None, str]]]:
+    """Topic -> key -> (value now, value wanted), for the keys of `wanted` that differ."""
+    if not wanted:
+        return {}
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in wanted]
+    changes: dict[str, dict[str, tuple[str | None, str]]] = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        try:
+            current = future.result(timeout=timeout)
+        except Exception as exc:
+            raise RuntimeError(f"could not read the configs of topic {resource.name}: {exc}") from exc
+        diff = {key: (current[key].value if key in current else None, value)
+                for key, value in wanted[resource.name].items()
+                if key not in current or current[key].value != value}
+        if diff:
+            changes[resource.name] = diff
+    return changes
 
 
 def ensure_topics(settings: Settings, names: list[str], partitions: int | None = None) -> None:
@@ -228,6 +249,7 @@ def ensure_topics(settings: Settings, names: list[str], partitions: int | None =
         except Exception as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise RuntimeError(f"could not create topic {name}: {exc}") from exc
+    wait_until_ready(settings, [t.topic for t in wanted])
 
 
 def wait_until_ready(settings: Settings, names: list[str], timeout: float = 60.0) -> None:
@@ -238,25 +260,42 @@ def wait_until_ready(settings: Settings, names: list[str], timeout: float = 60.0
     topic"), so a stage started right after the broker or the topics would otherwise sit
     idle. Raises RuntimeError naming the topics still missing after `timeout` seconds.
     """
-    import time
-
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     deadline = time.monotonic() + timeout
-    missing = list(names)
     while True:
         meta = admin.list_topics(timeout=10)
-        missing = [
-            n for n in names
-            if n not in meta.topics or meta.topics[n].error is not None
-            or not meta.topics[n].partitions
-            or any(p.leader < 0 for p in meta.topics[n].partitions.values())
-        ]
+        missing = [n for n in names if not _led(meta.topics.get(n))]
         if not missing:
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"topics not ready after {timeout:.0f} s: {missing}; "
                                f"run `rassylka topics create` against {settings.kafka_bootstrap}")
         time.sleep(0.2)
+
+
+def ready_partitions(client: Consumer | AdminClient, name: str,
+                     timeout: float = 60.0) -> list[int]:
+    """The partitions of topic `name`, once the metadata shows a leader for each of them.
+
+    A broker answers a topic it has just created before every part of it knows the topic:
+    asked at once, it can still say "unknown topic" or have no leader, and a reader that
+    took the empty partition list would follow nothing. Raises RuntimeError after `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        topic = client.list_topics(name, timeout=10).topics.get(name)
+        if _led(topic):
+            return sorted(topic.partitions)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {name} has no partitions with a leader after "
+                               f"{timeout:.0f} s; run `rassylka topics create`")
+        time.sleep(0.2)
+
+
+def _led(topic: TopicMetadata | None) -> bool:
+    """The topic is known, without error, and every partition of it has a leader."""
+    return (topic is not None and topic.error is None and bool(topic.partitions)
+            and all(p.leader >= 0 for p in topic.partitions.values()))
 
 
 def drop_namespace(settings: Settings) -> int:

@@ -130,8 +130,7 @@ class ProfileTable:
             "enable.partition.eof": False,
             "fetch.wait.max.ms": 20,
         })
-        meta = consumer.list_topics(self.topic, timeout=15).topics[self.topic]
-        self.partitions = sorted(meta.partitions)
+        self.partitions = topics.ready_partitions(consumer, self.topic)
         consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self.partitions])
         self.consumer = consumer
         if not self.catch_up(timeout=300.0):

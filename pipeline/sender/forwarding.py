@@ -30,6 +30,7 @@ from connectors.gateway import GatewayReceipt
 from pipeline import topics
 from pipeline.settings import Settings
 from pipeline.state.store import watermarks
+from pipeline.topics import ready_partitions
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,14 @@ class ForwardedReceipts:
             "isolation.level": "read_committed",
             "enable.partition.eof": False,
         })
-        meta = consumer.list_topics(self.topic, timeout=15).topics[self.topic]
+        partitions = ready_partitions(consumer, self.topic)
         # Where each partition ends now, taken first: a partition with nothing of the last
         # `lookback_ms` is read from there (OFFSET_END, resolved later, would skip what is
         # forwarded meanwhile).
-        ends = {p: watermarks(consumer, self.topic, p)[1] for p in meta.partitions}
+        ends = {p: watermarks(consumer, self.topic, p)[1] for p in partitions}
         since = int(time.time() * 1000) - lookback_ms
         starts = consumer.offsets_for_times(
-            [TopicPartition(self.topic, p, since) for p in meta.partitions], timeout=15)
+            [TopicPartition(self.topic, p, since) for p in partitions], timeout=15)
         consumer.assign([TopicPartition(self.topic, tp.partition,
                                         tp.offset if tp.offset >= 0 else ends[tp.partition])
                          for tp in starts])

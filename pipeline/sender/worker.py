@@ -181,8 +181,7 @@ class ConsentView:
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
         })
-        meta = consumer.list_topics(self.topic, timeout=15).topics[self.topic]
-        partitions = list(meta.partitions)
+        partitions = topics.ready_partitions(consumer, self.topic)
         ends = {}
         for p in partitions:
             ends[p] = watermarks(consumer, self.topic, p)[1]

@@ -27,6 +27,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from pipeline.topics import ready_partitions
+
 log = logging.getLogger(__name__)
 
 
@@ -36,15 +38,7 @@ def ensure_compacted_topic(bootstrap: str, name: str, partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     if name not in admin.list_topics(timeout=15).topics:
         _create_compacted(admin, name, partitions)
-    deadline = time.monotonic() + 60
-    while True:
-        topic = admin.list_topics(name, timeout=15).topics.get(name)
-        if (topic is not None and topic.error is None and topic.partitions
-                and all(p.leader >= 0 for p in topic.partitions.values())):
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"changelog topic {name} has no leader after 60 s")
-        time.sleep(0.2)
+    ready_partitions(admin, name)
 
 
 def _create_compacted(admin: AdminClient, name: str, partitions: int) -> None:

@@ -52,3 +52,22 @@ def test_existing_topics_get_the_catalogs_cleanup_policy_and_keep_the_rest(setti
 
     again = create_topics(settings)  # idempotent: nothing left to change
     assert {again[consent], again[forwarded], again[outcomes]} == {"exists"}
+
+
+def test_created_topics_are_usable_when_create_topics_returns(settings: Settings) -> None:
+    """Regression: a broker answers CreateTopics before its metadata knows the topic; under
+    load a test that described a topic right after `create_topics` got "unknown topic"
+    (2 tests of 1,415 in a CI run). `create_topics` now returns once every topic it
+    created has a leader for each partition."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    result = create_topics(settings)
+
+    created = [name for name, what in result.items() if what == "created"]
+    assert len(created) == len(topics.CATALOG)
+    meta = admin.list_topics(timeout=10).topics
+    for name in created:
+        assert meta[name].error is None and meta[name].partitions, name
+        assert all(p.leader >= 0 for p in meta[name].partitions.values()), name
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in created]
+    for future in admin.describe_configs(resources).values():
+        assert "cleanup.policy" in future.result(timeout=30)
