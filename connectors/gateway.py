@@ -126,6 +126,10 @@ class GatewayInbound:
     ``gateway_ref`` is whatever id the SMSC or provider gave the message (the HTTP
     provider's MO id; SMPP's ``receipted_message_id`` or ``user_message_reference`` TLV
     when present), or ``None``: a key for spotting a re-delivery.
+
+    ``part`` is (reference, segment, segments) when the message is one segment of a
+    concatenated (long) reply: the handset's reference, shared by its segments, and this
+    segment's place, 1-based. ``None`` for a message of one segment.
     """
 
     source: str
@@ -133,6 +137,7 @@ class GatewayInbound:
     text: str
     received_at_ms: int
     gateway_ref: str | None = None
+    part: tuple[int, int, int] | None = None
     ack: Callable[[], None] | None = field(default=None, compare=False, repr=False)
     route: str | None = None  # the route it came over (set by the routing gateway)
 

@@ -124,8 +124,7 @@ class LinkFeed:
             }
         )
         try:
-            meta = consumer.list_topics(self.links_topic, timeout=15).topics[self.links_topic]
-            parts = sorted(meta.partitions)
+            parts = topics.ready_partitions(consumer, self.links_topic)
             ends = {}
             for p in parts:
                 low, high = watermarks(consumer, self.links_topic, p)

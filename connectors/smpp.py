@@ -122,6 +122,11 @@ _TLV_USER_MESSAGE_REFERENCE = 0x0204
 _TLV_MESSAGE_STATE = 0x0427
 _TLV_MESSAGE_PAYLOAD = 0x0424
 _TLV_NETWORK_ERROR_CODE = 0x0423
+_TLV_SAR_MSG_REF_NUM = 0x020C
+_TLV_SAR_TOTAL_SEGMENTS = 0x020E
+_TLV_SAR_SEGMENT_SEQNUM = 0x020F
+_SAR_TAGS = frozenset({_TLV_SAR_MSG_REF_NUM, _TLV_SAR_TOTAL_SEGMENTS, _TLV_SAR_SEGMENT_SEQNUM})
+_IEI_CONCAT_8BIT, _IEI_CONCAT_16BIT = 0x00, 0x08
 
 _DELIVER_SM_RESP_BODY = b"\x00"  # message_id, unused in deliver_sm_resp / data_sm_resp: NULL
 # esm_class message types (bits 2-5) of a deliver_sm / data_sm from the SMSC: 0x00 a reply
@@ -321,14 +326,39 @@ def _now_ms() -> int:
 def decode_short_message(data: bytes, data_coding: int, esm_class: int) -> str:
     """Text of an inbound message: UCS-2 for data_coding 8, else 8-bit/GSM-ish ASCII.
 
-    A UDH (``esm_class & 0x40``) is stripped; parts of a concatenated MO are returned
-    one by one, not reassembled.
+    A UDH (``esm_class & 0x40``) is stripped; the segments of a concatenated MO are
+    returned one by one, each with its place (`concatenation`), and analytics joins them
+    (the ``replies`` view).
     """
     if esm_class & 0x40 and data:
         data = data[1 + data[0] :]
     if data_coding == 8:
         return data.decode("utf-16-be", errors="replace")
     return data.decode("latin-1")
+
+
+def concatenation(data: bytes, esm_class: int, sar: dict[int, bytes]) -> tuple[int, int, int] | None:
+    """(reference, segment, segments) of one segment of a concatenated message, from its
+    UDH (information element 0x00, 8-bit reference, or 0x08, 16-bit) or from the
+    ``sar_*`` TLVs (`sar`: tag -> value); None for a message of one segment, or when what
+    it carries is not a segment's place (a segment 0, or past the count)."""
+    found: tuple[int, int, int] | None = None
+    if esm_class & 0x40 and data:
+        udh, i = data[1:1 + data[0]], 0
+        while i + 2 <= len(udh) and found is None:
+            iei, size, value = udh[i], udh[i + 1], udh[i + 2:i + 2 + udh[i + 1]]
+            if len(value) == size and iei == _IEI_CONCAT_8BIT and size == 3:
+                found = (value[0], value[2], value[1])
+            elif len(value) == size and iei == _IEI_CONCAT_16BIT and size == 4:
+                found = (int.from_bytes(value[:2], "big"), value[3], value[2])
+            i += 2 + size
+    ref, total, seq = (sar.get(tag) for tag in (_TLV_SAR_MSG_REF_NUM, _TLV_SAR_TOTAL_SEGMENTS,
+                                                 _TLV_SAR_SEGMENT_SEQNUM))
+    if found is None and ref and total and seq:
+        found = (int.from_bytes(ref, "big"), seq[0], total[0])
+    if found is None or found[2] < 2 or not 1 <= found[1] <= found[2]:
+        return None
+    return found
 
 
 class SmppGateway:
@@ -536,6 +566,7 @@ class SmppGateway:
         user_ref: str | None = None
         state: str | None = None
         net_err: str | None = None
+        sar: dict[int, bytes] = {}
         for tlv in pdu.tlvs:
             tag = tlv.tag
             if tag == _TLV_RECEIPTED_MESSAGE_ID:
@@ -548,6 +579,8 @@ class SmppGateway:
                 body = tlv.value
             elif tag == _TLV_NETWORK_ERROR_CODE and len(tlv.value) == 3:
                 net_err = f"{int.from_bytes(tlv.value[1:], 'big'):03d}"
+            elif tag in _SAR_TAGS:
+                sar[tag] = tlv.value
         # SMSC delivery receipt, or intermediate notification
         if pdu.esm_class & 0x3C in _RECEIPT_TYPES:
             self.counters.receipts += 1
@@ -568,6 +601,7 @@ class SmppGateway:
             text=decode_short_message(body, pdu.data_coding, pdu.esm_class),
             received_at_ms=_now_ms(),
             gateway_ref=message_id or user_ref,
+            part=concatenation(body, pdu.esm_class, sar),
             ack=ack,
         )
 

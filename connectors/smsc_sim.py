@@ -25,6 +25,8 @@ Run it::
 Control channel (when ``--control-port`` is given): ``POST /mo`` with
 ``{"from": "+7916...", "to": "Shop", "text": "STOP"}`` queues an MO for a bound session
 (409 when none is bound; 200 once it is on its way, before the ESME acknowledged it);
+``"concat": "udh"`` or ``"sar"`` sends a long text as the segments of a concatenated MO,
+last segment first, their place in a UDH or in ``sar_*`` TLVs;
 ``GET /submits`` (optionally ``?since=N``) lists logged submits; ``GET /health`` says how
 many sessions are bound and how many deliveries wait.
 """
@@ -560,13 +562,19 @@ class SmscSimulator:
         self._enqueue(_Delivery(record.system_id, record.session_id, pdu_body(pdu.encode())))
 
     async def inject_mo(
-        self, source: str, destination: str, text: str, system_id: str | None = None
+        self, source: str, destination: str, text: str, system_id: str | None = None,
+        concat: str | None = None,
     ) -> str:
         """Queue an MO ``deliver_sm`` for a bound session (of ``system_id`` if given).
 
         Returns the MO's SMSC id (sent as ``receipted_message_id``). It is written at
         once when the session has room, and delivered again (see the module docstring)
         until the ESME acknowledges it. Raises ``LookupError`` when no session can receive.
+
+        ``concat`` ("udh" or "sar") sends a text longer than one segment as a concatenated
+        MO, as a handset does: segments of 153 characters (67 in UCS-2), each a
+        ``deliver_sm`` of its own, the last one first (an SMSC need not keep their order);
+        returns their ids, comma-separated, in segment order.
         """
         peer = next(
             (
@@ -578,11 +586,36 @@ class SmscSimulator:
         )
         if peer is None:
             raise LookupError("no bound session can receive")
-        mo_id = self._new_id()
         body, data_coding = encode_mo_text(text)
+        size = 134 if data_coding == 8 else 153
+        if concat not in (None, "udh", "sar"):
+            raise ValueError(f"concat is 'udh' or 'sar', not {concat!r}")
+        if concat is None or len(body) <= (140 if data_coding == 8 else 160):
+            return self._deliver_mo(peer, source, destination, body, data_coding)
+        chunks = [body[i:i + size] for i in range(0, len(body), size)]
+        ref = self._rng.randrange(256)
+        ids = [""] * len(chunks)
+        for seq in range(len(chunks), 0, -1):
+            place = (ref, len(chunks), seq)
+            ids[seq - 1] = self._deliver_mo(peer, source, destination, chunks[seq - 1],
+                                            data_coding, udh=place if concat == "udh" else None,
+                                            sar=place if concat == "sar" else None)
+        return ",".join(ids)
+
+    def _deliver_mo(self, peer: _Peer, source: str, destination: str, body: bytes,
+                    data_coding: int, udh: tuple[int, int, int] | None = None,
+                    sar: tuple[int, int, int] | None = None) -> str:
+        """Queue one MO deliver_sm; `udh` / `sar`: (reference, segments, segment)."""
+        mo_id = self._new_id()
         src, src_ton, src_npi = _addr(source)
         dst, dst_ton, dst_npi = _addr(destination)
         tlvs = [smpp34.Tlv(_TLV_RECEIPTED_MESSAGE_ID, mo_id.encode("ascii") + b"\x00")]
+        esm_class = 0
+        if udh is not None:
+            body, esm_class = bytes([5, 0x00, 3, *udh]) + body, 0x40
+        if sar is not None:
+            tlvs += [smpp34.Tlv(0x020C, sar[0].to_bytes(2, "big")),
+                     smpp34.Tlv(0x020E, bytes([sar[1]])), smpp34.Tlv(0x020F, bytes([sar[2]]))]
         if len(body) > 254:
             tlvs, body = [*tlvs, smpp34.Tlv(_TLV_MESSAGE_PAYLOAD, body)], b""
         pdu = smpp34.DeliverSm(
@@ -593,6 +626,7 @@ class SmscSimulator:
             source_addr_npi=src_npi,
             dest_addr_ton=dst_ton,
             dest_addr_npi=dst_npi,
+            esm_class=esm_class,
             data_coding=data_coding,
             tlvs=tlvs,
         )
@@ -683,10 +717,13 @@ class SmscSimulator:
             try:
                 body = await request.json()
                 source, dest, text = str(body["from"]), str(body["to"]), str(body["text"])
-            except (ValueError, KeyError, TypeError):
+                concat = body.get("concat")
+                if concat not in (None, "udh", "sar"):
+                    raise ValueError(concat)
+            except (ValueError, KeyError, TypeError, AttributeError):
                 return web.json_response({"error": "want JSON {from, to, text}"}, status=400)
             try:
-                mo_id = await self.inject_mo(source, dest, text)
+                mo_id = await self.inject_mo(source, dest, text, concat=concat)
             except LookupError as exc:
                 return web.json_response({"error": str(exc)}, status=409)
             return web.json_response({"ok": True, "id": mo_id})

@@ -108,6 +108,9 @@ INBOUND_COLUMNS = (
     "text",
     "gateway",
     "received_at",
+    "part_ref",
+    "segment",
+    "segments",
 )
 
 CONSENT_COLUMNS = (
@@ -206,6 +209,9 @@ def inbound_row(r: Record, key: str) -> Row:
         scrub(r["text"], sender),
         _s(r.get("gateway")),
         int(r["received_at_ms"]),
+        r.get("part_ref"),
+        r.get("segment", 1),
+        r.get("segments", 1),
     )
 
 

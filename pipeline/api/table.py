@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.errors import RetryableError
+from pipeline.topics import ready_partitions
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class TopicTable(Generic[V]):
             "enable.partition.eof": False,
         })
         self._consumer = consumer
-        parts = sorted(consumer.list_topics(self.topic, timeout=15).topics[self.topic].partitions)
+        parts = ready_partitions(consumer, self.topic)
         ends = {}
         for p in parts:
             low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=15)

@@ -142,11 +142,16 @@ class InboundBook:
         self.seen = _Seen()
 
     @staticmethod
-    def key(source: str, destination: str, text: str, gateway_ref: str | None) -> str:
+    def key(source: str, destination: str, text: str, gateway_ref: str | None,
+            part: tuple[int, int, int] | None = None) -> str:
+        """The reply's id: the SMSC's reference when it gave one, else what it says; a
+        segment of a concatenated reply also by its place (two segments may read alike)."""
         digest = hashlib.blake2b(digest_size=12, person=b"rassylka-mo")
-        for part in (gateway_ref or "", source, destination, text if not gateway_ref else ""):
-            digest.update(part.encode())
+        for field in (gateway_ref or "", source, destination, text if not gateway_ref else ""):
+            digest.update(field.encode())
             digest.update(b"\x00")
+        if part is not None:
+            digest.update(b"%d/%d/%d" % part)
         return digest.hexdigest()
 
     def recorded(self, key: str, now_ms: int) -> bool:

@@ -1149,7 +1149,7 @@ class SenderWorker:
                  acks: list[Callable[[], None]], after_commit: list[Callable[[], None]],
                  published: set[object]) -> None:
         key = InboundBook.key(event.source, event.destination, event.text,
-                              getattr(event, "gateway_ref", None))
+                              getattr(event, "gateway_ref", None), event.part)
         if self.replies.recorded(key, now) or key in published:
             self.stats.inbound_repeated += 1
             _add_ack(acks, event)
@@ -1165,11 +1165,18 @@ class SenderWorker:
             "text": event.text,
             "received_at_ms": event.received_at_ms,
             "gateway": event.route or getattr(self.gateway, "name", None),
+            "part_ref": event.part[0] if event.part else None,
+            "segment": event.part[1] if event.part else 1,
+            "segments": event.part[2] if event.part else 1,
         }
         producer.produce(self.settings.topic(topics.INBOUND), key=sender.encode(),
                          value=avro.encode("inbound_message", inbound))
         self.stats.inbound += 1
-        for change in consent_changes_for_stop(inbound, now, self.policy.stop_words):
+        # A segment of a long reply is not a reply: "... stop" at the start of a second
+        # segment would opt out a customer who wrote a sentence. A STOP fits one segment.
+        stops = consent_changes_for_stop(inbound, now, self.policy.stop_words) \
+            if event.part is None else []
+        for change in stops:
             producer.produce(self.settings.topic(topics.CONSENT),
                              key=f"{change['phone']}|{change['scope']}".encode(),
                              value=avro.encode("consent_change", change))

@@ -51,9 +51,11 @@ class Simulator:
                     pass  # a line being written
         return out
 
-    def mo(self, source: str, destination: str, text: str) -> None:
-        """Inject a mobile-originated SMS (a customer's reply)."""
-        body = json.dumps({"from": source, "to": destination, "text": text}).encode()
+    def mo(self, source: str, destination: str, text: str, concat: str | None = None) -> None:
+        """Inject a mobile-originated SMS (a customer's reply); `concat` ("udh" or "sar"):
+        a long text as the segments of a concatenated MO."""
+        body = json.dumps({"from": source, "to": destination, "text": text,
+                           **({"concat": concat} if concat else {})}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.control_port}/mo", data=body,
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=15) as resp:

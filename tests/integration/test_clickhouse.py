@@ -46,7 +46,7 @@ def client(chdb_client: Client) -> Client:
 def db(client: Client) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     assert migrate(client, name) == ["001_facts", "002_funnel", "003_redeliveries", "004_segments",
-                                     "005_campaigns", "006_releases"]
+                                     "005_campaigns", "006_releases", "007_replies"]
     yield name
     client.command(f"DROP DATABASE IF EXISTS {name}")
 
@@ -165,6 +165,7 @@ def test_migrations_are_idempotent(client: Client, db: str) -> None:
         "clicks",
         "conversions",
         "inbound",
+        "replies",
         "consent_changes",
         "funnel_daily",
         "redeliveries",
@@ -172,7 +173,7 @@ def test_migrations_are_idempotent(client: Client, db: str) -> None:
         "orders",
         "schema_migrations",
     } <= tables
-    assert client.command(f"SELECT count() FROM {db}.schema_migrations") == 6
+    assert client.command(f"SELECT count() FROM {db}.schema_migrations") == 7
 
 
 def test_funnel_counts_messages_once_each(client: Client, db: str) -> None:

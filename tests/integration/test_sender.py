@@ -6,6 +6,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from sendkit import (
     NOW,
     config_with,
@@ -217,3 +218,36 @@ def test_stop_reply_opts_the_number_out(ns: Settings, tmp_path: Path) -> None:
     assert got[second["request_id"]]["reason"] == "opted_out"
     assert len(sim.submits()) == 1
     assert settle(cfg, topics.DEAD_LETTERS, idle=0.5, timeout=2) == []
+
+
+@pytest.mark.parametrize("concat", ["udh", "sar"])
+def test_a_long_reply_is_recorded_segment_by_segment_and_a_segment_reading_stop_opts_nobody_out(
+        ns: Settings, tmp_path: Path, concat: str) -> None:
+    """Regression: the segments of a concatenated reply were recorded as replies of their
+    own, without their place, and each was read as a STOP on its own: a customer whose long
+    message happened to leave "STOP" alone in its last segment was opted out. Now each
+    segment carries its reference and place (analytics joins them: the `replies` view), and
+    a segment is never read as a STOP."""
+    cfg = daytime(ns, tmp_path)
+    number = phone(51)
+    opt_in(cfg, [number])
+    sentence = "Please call me back about order 12345, the courier did not come today. "
+    text = (sentence * 5)[:306] + "STOP"  # three segments of 153: the last one is "STOP"
+    with simulator(tmp_path) as sim, sender(cfg, sim, tmp_path):
+        deadline = time.monotonic() + 60
+        while sim.sessions() < 1:
+            assert time.monotonic() < deadline, "the sender did not bind"
+            time.sleep(0.1)
+        sim.mo(number, "SHOPRU", text, concat=concat)
+        inbound = wait_for(cfg, topics.INBOUND, 3)
+        later = marketing(phone=number, text="Ещё одна акция. Отписка: STOP")
+        publish_requests(cfg, [later])
+        got = outcomes(cfg, 1)
+    changes = settle(cfg, topics.CONSENT, idle=1.0, timeout=10)
+    assert not [m.record for m in changes if m.record and m.record["status"] == "opt_out"]
+    assert got[later["request_id"]]["status"] == "submitted"
+    segments = sorted((m.record for m in inbound), key=lambda r: r["segment"])
+    assert [(r["segment"], r["segments"]) for r in segments] == [(1, 3), (2, 3), (3, 3)]
+    assert len({r["part_ref"] for r in segments}) == 1 and segments[0]["part_ref"] is not None
+    assert "".join(r["text"] for r in segments) == text
+    assert len({r["inbound_id"] for r in segments}) == 3

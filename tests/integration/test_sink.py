@@ -257,6 +257,37 @@ def test_every_fact_topic_lands_in_its_table_with_phones_hashed(
     assert conversion == {"revenue_minor": 129_900, "touch": "click"}
 
 
+def test_segments_of_long_replies_are_joined_in_order_in_the_replies_view(
+    ns: Settings, tmp_path: Path
+) -> None:
+    """Each segment of a concatenated reply is a row of `inbound` with its place; the
+    `replies` view gives one row per reply, its text joined in order whatever order the
+    segments came in (and a segment stored twice counted once), `complete` = 0 while one
+    is missing; a reply of one segment (written before segments had a place) is its row."""
+    def segment(n: int, ref: int | None, seg: int, of: int, text: str, sender: str = PHONE
+                ) -> tuple[bytes, dict[str, Any]]:
+        return (sender.encode(), {
+            "inbound_id": f"s{n}", "from_number": sender, "to": "SHOP", "text": text,
+            "received_at_ms": START_MS + n, "gateway": "smpp",
+            "part_ref": ref, "segment": seg, "segments": of})
+    other = "+79160000042"
+    records = [segment(1, 7, 3, 3, "world."), segment(2, 7, 1, 3, "Hello, "),
+               segment(3, 7, 2, 3, "big "), segment(4, 7, 2, 3, "big "),  # stored twice
+               segment(5, 7, 1, 2, "same reference, "),  # another reply: 2 segments
+               segment(6, 7, 1, 2, "another sender ", other)]  # one of two: incomplete
+    kafka_io.publish(ns, topics.INBOUND, records, "inbound_message")
+    kafka_io.publish(ns, topics.INBOUND, [(b"k", FACTS["inbound"][2])], "inbound_message")
+    with stage(ns, ["sink"], tmp_path) as proc:
+        wait_stored(ns, proc, len(records) + 1)
+        assert stop(proc) == 0
+    rows = query(ns, "SELECT reply_id, text, segments, segments_received, complete "
+                     "FROM rassylka.replies ORDER BY reply_id")
+    assert [(r["reply_id"], r["segments"], r["segments_received"], r["complete"])
+            for r in rows] == [("i1", 1, 1, 1), ("s1", 3, 3, 1), ("s5", 2, 1, 0), ("s6", 2, 1, 0)]
+    assert rows[1]["text"] == "Hello, big world."
+    assert rows[0]["text"].startswith("СТОП")
+
+
 def test_poison_records_become_dead_letters_and_the_sink_goes_on(
     ns: Settings, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ import pytest
 from pipeline.analytics.privacy import phone_hash
 from pipeline.analytics.rows import (
     DECISION_COLUMNS,
+    INBOUND_COLUMNS,
     MAPPINGS,
     MESSAGE_COLUMNS,
     PROFILE_COLUMNS,
@@ -86,6 +87,9 @@ SAMPLES = {
         "text": "СТОП 79161234567",
         "received_at_ms": 8,
         "gateway": None,
+        "part_ref": 167,
+        "segment": 2,
+        "segments": 3,
     },
     "consent_change": {
         "phone": "+79161234567",
@@ -150,6 +154,16 @@ def test_required_fields_of_the_avro_schema_are_the_ones_rows_need(schema: str) 
             continue
         # a required field the table does not keep (e.g. gateway_message_ids) may be absent
         assert field["name"] in {"detail", "gateway_message_ids"}
+
+
+def test_a_reply_keeps_its_place_in_a_concatenated_reply_and_a_short_one_has_none() -> None:
+    table, row = to_row("inbound_message", SAMPLES["inbound_message"], KEY)
+    got = dict(zip(INBOUND_COLUMNS, row, strict=True))
+    assert table == "inbound" and (got["part_ref"], got["segment"], got["segments"]) == (167, 2, 3)
+    short = {k: v for k, v in SAMPLES["inbound_message"].items()
+             if k not in {"part_ref", "segment", "segments"}}  # written before the fields
+    got = dict(zip(INBOUND_COLUMNS, to_row("inbound_message", short, KEY)[1], strict=True))
+    assert (got["part_ref"], got["segment"], got["segments"]) == (None, 1, 1)
 
 
 def test_optional_fields_may_be_absent() -> None:

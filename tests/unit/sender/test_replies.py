@@ -73,3 +73,16 @@ def test_an_unmatched_receipt_id_hints_at_the_format_under_which_it_matches() ->
     assert "message_ids: {submit_sm_resp: decimal, deliver_sm: hex}" in book.format_hint("ABCD")
     assert book.format_hint("12") == "" and book.format_hint("msg-1") == ""
     assert book.format_hint("") == ""
+
+
+def test_segments_of_a_long_reply_are_told_apart_even_when_they_read_alike() -> None:
+    """Two segments of one concatenated reply may carry the same text ("ha" * 80): by
+    their text alone the second was taken for a re-delivery of the first, and dropped."""
+    text = "ха" * 35
+    first = InboundBook.key("+79161234567", "SHOPRU", text, None, (7, 1, 2))
+    second = InboundBook.key("+79161234567", "SHOPRU", text, None, (7, 2, 2))
+    assert first != second
+    assert first == InboundBook.key("+79161234567", "SHOPRU", text, None, (7, 1, 2))
+    # a reply of one segment keeps the key it always had (replies read back at start-up)
+    assert InboundBook.key("+7916", "SHOPRU", "STOP", None, None) == \
+        InboundBook.key("+7916", "SHOPRU", "STOP", None)
