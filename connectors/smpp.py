@@ -70,6 +70,7 @@ from connectors.smpp_session import (
     pdu_body,
     read_cstring,
 )
+from pipeline.sms.encoding import decode_payload
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,8 @@ def _now_ms() -> int:
 
 
 def decode_short_message(data: bytes, data_coding: int, esm_class: int) -> str:
-    """Text of an inbound message: UCS-2 for data_coding 8, else 8-bit/GSM-ish ASCII.
+    """Text of an inbound message by its data_coding (`decode_payload`: 0 the SMSC default
+    alphabet, GSM 03.38, as the sender writes it; 8 UCS-2; 1 ASCII; 3 latin-1).
 
     A UDH (``esm_class & 0x40``) is stripped; the segments of a concatenated MO are
     returned one by one, each with its place (`concatenation`), and analytics joins them
@@ -332,9 +334,7 @@ def decode_short_message(data: bytes, data_coding: int, esm_class: int) -> str:
     """
     if esm_class & 0x40 and data:
         data = data[1 + data[0] :]
-    if data_coding == 8:
-        return data.decode("utf-16-be", errors="replace")
-    return data.decode("latin-1")
+    return decode_payload(data_coding, data)
 
 
 def concatenation(data: bytes, esm_class: int, sar: dict[int, bytes]) -> tuple[int, int, int] | None:

@@ -70,6 +70,7 @@ from connectors.smpp_session import (
     pdu_body,
 )
 from pipeline.sender.throttle import TokenBucket
+from pipeline.sms.encoding import encode_sms
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,6 @@ _TLV_MESSAGE_PAYLOAD = 0x0424
 
 # Simulated network error per final state (the receipt's err: field).
 _ERROR_CODES = {"DELIVRD": "000", "UNDELIV": "001", "EXPIRED": "027", "REJECTD": "011"}
-
-# Characters whose GSM-7 default-alphabet byte equals their ASCII byte (unpacked).
-_GSM_ASCII_SAFE = frozenset(
-    " !\"#%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\n\r"
-)
-
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -220,11 +215,15 @@ def _addr(addr: str) -> tuple[str, int, int]:
     return addr, 5, 0
 
 
-def encode_mo_text(text: str) -> tuple[bytes, int]:
-    """(bytes, data_coding): GSM-safe ASCII as-is (dc 0), anything else UCS-2 (dc 8)."""
-    if all(ch in _GSM_ASCII_SAFE for ch in text):
-        return text.encode("ascii"), 0
-    return text.encode("utf-16-be"), 8
+def encode_mo_text(text: str) -> tuple[list[bytes], int]:
+    """(segments, data_coding) of an MO as a handset sends it: GSM 03.38 codes, unpacked,
+    when every character allows it (dc 0: '@' is 0x00, '€' ESC 0x65), else UCS-2 (dc 8);
+    one segment per 153 septets or 67 UTF-16 units when it does not fit one SMS."""
+    try:
+        encoded = encode_sms(text, 0)
+    except ValueError:  # more than 255 segments: only message_payload can carry it
+        return [text.encode("utf-16-be")], 8
+    return encoded.parts, encoded.data_coding
 
 
 def _now_ms() -> int:
@@ -572,7 +571,7 @@ class SmscSimulator:
         until the ESME acknowledges it. Raises ``LookupError`` when no session can receive.
 
         ``concat`` ("udh" or "sar") sends a text longer than one segment as a concatenated
-        MO, as a handset does: segments of 153 characters (67 in UCS-2), each a
+        MO, as a handset does: segments of 153 septets (67 UTF-16 units in UCS-2), each a
         ``deliver_sm`` of its own, the last one first (an SMSC need not keep their order);
         returns their ids, comma-separated, in segment order.
         """
@@ -586,13 +585,11 @@ class SmscSimulator:
         )
         if peer is None:
             raise LookupError("no bound session can receive")
-        body, data_coding = encode_mo_text(text)
-        size = 134 if data_coding == 8 else 153
+        chunks, data_coding = encode_mo_text(text)
         if concat not in (None, "udh", "sar"):
             raise ValueError(f"concat is 'udh' or 'sar', not {concat!r}")
-        if concat is None or len(body) <= (140 if data_coding == 8 else 160):
-            return self._deliver_mo(peer, source, destination, body, data_coding)
-        chunks = [body[i:i + size] for i in range(0, len(body), size)]
+        if concat is None or len(chunks) == 1:
+            return self._deliver_mo(peer, source, destination, b"".join(chunks), data_coding)
         ref = self._rng.randrange(256)
         ids = [""] * len(chunks)
         for seq in range(len(chunks), 0, -1):

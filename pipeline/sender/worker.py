@@ -456,8 +456,8 @@ class SenderWorker:
         self.queue.push(job, request["lane"], request["priority"])
 
     # ------------------------------------------------------------ main loop
-    async def run(self, stop_after_idle_s: float | None = None) -> SenderStats:
-        """Run until SIGTERM/SIGINT (or idle for `stop_after_idle_s`); returns the stats."""
+    async def run(self) -> SenderStats:
+        """Run until SIGTERM/SIGINT (`stop()`); returns the stats."""
         self.store.ensure_topic()
         self.consent.load()
         self.forwards.load(2 * self.uncorrelated_wait_ms + PARK_RECEIPT_AFTER_MS)
@@ -471,17 +471,12 @@ class SenderWorker:
         await self.gateway.start()
         events_task = asyncio.create_task(self._pump_events())
         await asyncio.to_thread(self._connect)
-        last_activity = time.monotonic()
         metrics.set_config_stamp(self.config_stamp)
         try:
             while not self.stopping:
                 self._maybe_reload()
                 self._observe()
                 busy = await self._cycle()
-                if busy:
-                    last_activity = time.monotonic()
-                elif stop_after_idle_s and time.monotonic() - last_activity > stop_after_idle_s:
-                    break
                 await asyncio.sleep(0 if busy else self.cycle_s)
             await self._drain()
         finally:

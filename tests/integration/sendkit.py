@@ -64,6 +64,13 @@ class Simulator:
     def sessions(self) -> int:
         return int(self.health()["sessions"])
 
+    def wait_bound(self, sessions: int = 1, timeout: float = 60.0) -> None:
+        """Wait (bounded) until `sessions` binds are up: an MO needs a bound session."""
+        deadline = time.monotonic() + timeout
+        while self.sessions() < sessions:
+            assert time.monotonic() < deadline, f"fewer than {sessions} binds after {timeout} s"
+            time.sleep(0.1)
+
     def health(self) -> dict[str, Any]:
         """`GET /health`: sessions bound, submits, and what was delivered, refused, ..."""
         url = f"http://127.0.0.1:{self.control_port}/health"

@@ -40,3 +40,11 @@ def test_sar_tlvs_when_there_is_no_udh() -> None:
 def test_anything_else_is_a_message_of_one_segment(body: bytes, esm_class: int,
                                                     sar: dict[int, bytes]) -> None:
     assert concatenation(body, esm_class, sar) is None
+
+
+def test_a_reply_in_the_default_alphabet_reads_as_gsm_03_38() -> None:
+    """Regression: data_coding 0 was read as latin-1, so a reply's '@' (GSM code 0x00)
+    became NUL, '$' a control character and '€' an escape and an 'e'."""
+    assert decode_short_message(b"ivan\x11p\x00mail.ru 5\x02 5\x1be", 0, 0) == "ivan_p@mail.ru 5$ 5€"
+    assert decode_short_message("Café".encode("latin-1"), 0, 0) == "Café"  # not GSM-7: latin-1
+    assert decode_short_message("Стоп".encode("utf-16-be"), 8, 0) == "Стоп"
