@@ -9,6 +9,7 @@ from collections import Counter
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sendkit import (
@@ -100,7 +101,7 @@ def test_a_follower_started_before_its_topic_is_ready_waits_for_it(
     metadata knew the topic got none and failed with "Invalid argument" (offsets asked
     for no partition; 2 tests of 1,415 in a CI run, on topics created just before). It now
     waits until every partition has a leader, and then follows from there."""
-    from pipeline.sender.forwarding import ForwardedReceipts, key_bytes
+    from pipeline.sender.forwarding import ForwardedReceipts
 
     follower = ForwardedReceipts(settings)
     loaded: list[BaseException | None] = []
@@ -120,15 +121,7 @@ def test_a_follower_started_before_its_topic_is_ready_waits_for_it(
         create_topics(settings)
         thread.join(30)
         assert loaded == [None]
-        producer = kafka_io.producer(settings)
-        producer.produce(settings.topic(topics.RECEIPTS_FORWARDED), key=key_bytes(("9z", "DELIVRD")),
-                         value=None)
-        assert producer.flush(30) == 0
-        seen: list[object] = []
-        deadline = time.monotonic() + 15
-        while not seen and time.monotonic() < deadline:
-            seen += follower.poll()
-            time.sleep(0.05)
+        seen = _forward_and_follow(settings, follower, ("9z", "DELIVRD"), None)
         assert seen == [(("9z", "DELIVRD"), None)]
     finally:
         thread.join(30)
@@ -142,21 +135,30 @@ def test_a_receipt_forwarded_while_a_sender_starts_following_is_seen(ns: Setting
     partition ends when nothing was forwarded in the lookback (not at OFFSET_END, which
     the consumer resolves later): a receipt forwarded right after is seen."""
     from connectors.gateway import GatewayReceipt
-    from pipeline.sender.forwarding import ForwardedReceipts, key_bytes, park_value
+    from pipeline.sender.forwarding import ForwardedReceipts, park_value
 
     follower = ForwardedReceipts(ns)
     follower.load(lookback_ms=60_000)
     try:
         receipt = GatewayReceipt("1a2b", "DELIVRD", "000", "+79161234567", int(time.time() * 1000))
-        producer = kafka_io.producer(ns)
-        producer.produce(ns.topic(topics.RECEIPTS_FORWARDED), key=key_bytes(("1a2b", "DELIVRD")),
-                         value=park_value(receipt.received_at_ms, receipt))
-        assert producer.flush(30) == 0
-        seen: list[object] = []
-        deadline = time.monotonic() + 15
-        while not seen and time.monotonic() < deadline:
-            seen += follower.poll()
-            time.sleep(0.05)
+        seen = _forward_and_follow(ns, follower, ("1a2b", "DELIVRD"),
+                                   park_value(receipt.received_at_ms, receipt))
         assert [key for key, _r in seen] == [("1a2b", "DELIVRD")]
     finally:
         follower.close()
+
+
+def _forward_and_follow(settings: Settings, follower: Any, key: tuple[str, str],
+                        value: bytes | None) -> list[Any]:
+    """Write one record to the forwarded receipts; what `follower` sees of it (bounded)."""
+    from pipeline.sender.forwarding import key_bytes
+
+    producer = kafka_io.producer(settings)
+    producer.produce(settings.topic(topics.RECEIPTS_FORWARDED), key=key_bytes(key), value=value)
+    assert producer.flush(30) == 0
+    seen: list[Any] = []
+    deadline = time.monotonic() + 15
+    while not seen and time.monotonic() < deadline:
+        seen += follower.poll()
+        time.sleep(0.05)
+    return seen
