@@ -6,11 +6,16 @@ reaches ClickHouse holds a number in clear.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 
 HASH_BYTES = 16
 _KEEP_HEAD = 4  # country code + operator prefix: +7916...
 _KEEP_TAIL = 2
+_CORE = 10  # the digits a number is written with at home, after its country code or trunk 8/0
+_SEPARATOR = r"[\s\-.()]*"
+_NON_DIGITS = re.compile(r"\D+")
 
 
 def phone_hash(e164: str, key: str | bytes) -> str:
@@ -44,15 +49,34 @@ def mask(e164: str) -> str:
 
 
 def scrub(text: str | None, e164: str) -> str | None:
-    """Free text (a reply, consent evidence) with the given number replaced by its mask."""
+    """Free text (a reply, consent evidence) with the given number replaced by its mask,
+    however it is written there: "+79161234567", "79161234567", "8 (916) 123-45-67",
+    "+7 916 123 45 67" (its last ten digits in order, separators between them allowed,
+    with whatever country code or trunk prefix stands before them)."""
     if not text:
         return text
+    found = _written(e164)
+    if found is None:
+        return text
+    digits, core, masked, written = found
+    # the usual text holds no such digits: answered without a pattern run
+    if core not in text and (len(text) < len(core) or core not in _NON_DIGITS.sub("", text)):
+        return text
+    # "+79161234567" first, then the bare digits ("79161234567") a customer may type.
+    text = text.replace("+" + digits, masked).replace(digits, masked.lstrip("+"))
+    return written.sub(masked, text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _written(e164: str) -> tuple[str, str, str, re.Pattern[str]] | None:
+    """(digits, the last ten of them, the mask, the number as people write it) of `e164`;
+    None for a number too short to look for."""
     digits = _canonical(e164).lstrip("+")
     if len(digits) < 5:
-        return text
-    masked = mask(e164)
-    # "+79161234567" first, then the bare digits ("79161234567") a customer may type.
-    return text.replace("+" + digits, masked).replace(digits, masked.lstrip("+"))
+        return None
+    core = digits[-_CORE:]
+    written = re.compile(rf"(?<!\d)(?:\+?\d{{1,3}}{_SEPARATOR})?{_SEPARATOR.join(core)}(?!\d)")
+    return digits, core, mask(e164), written
 
 
 def _canonical(e164: str) -> str:

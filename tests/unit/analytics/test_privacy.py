@@ -42,3 +42,21 @@ def test_scrub_masks_the_number_in_free_text() -> None:
     assert scrub(text, "+79161234567") == "STOP +7916*****67 / 7916*****67"
     assert scrub(None, "+79161234567") is None
     assert scrub("СТОП", "+79161234567") == "СТОП"
+
+
+@pytest.mark.parametrize("written", [
+    "8 (916) 123-45-67", "+7 916 123 45 67", "8-916-123-45-67", "7(916)1234567", "89161234567",
+    "9161234567", "+7 (916) 123.45.67",
+])
+def test_scrub_masks_the_number_however_the_customer_wrote_it(written: str) -> None:
+    """Regression: only "+79161234567" and "79161234567" were masked; a customer who wrote
+    their number the way people do ("8 (916) 123-45-67") had it stored in clear."""
+    got = scrub(f"Перезвоните мне на {written}, пожалуйста", "+79161234567")
+    assert got is not None and "1234567" not in got.replace("-", "").replace(" ", "")
+    assert got.startswith("Перезвоните мне на ") and got.endswith(", пожалуйста")
+    assert "+7916*****67" in got
+
+
+def test_scrub_leaves_other_numbers_alone() -> None:
+    text = "Заказ 12345, звонил с 8 (916) 765-43-21"
+    assert scrub(text, "+79161234567") == text
