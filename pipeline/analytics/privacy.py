@@ -16,6 +16,8 @@ _KEEP_TAIL = 2
 _CORE = 10  # the digits a number is written with at home, after its country code or trunk 8/0
 _SEPARATOR = r"[\s\-.()]*"
 _NON_DIGITS = re.compile(r"\D+")
+_LAST_RUN = re.compile(r"\+?\d(?:[\d\s\-.()]*\d)?(?=[\s\-.()]*$)")  # digits ending a text
+_FIRST_RUN = re.compile(r"^([\s\-.()]*)(\d(?:[\d\s\-.()]*\d)?)")  # ... and beginning it
 
 
 def phone_hash(e164: str, key: str | bytes) -> str:
@@ -65,6 +67,33 @@ def scrub(text: str | None, e164: str) -> str | None:
     # "+79161234567" first, then the bare digits ("79161234567") a customer may type.
     text = text.replace("+" + digits, masked).replace(digits, masked.lstrip("+"))
     return written.sub(masked, text)
+
+
+def scrub_segment(text: str | None, e164: str) -> str | None:
+    """`scrub` for one segment of a concatenated reply, whose neighbours may hold the rest
+    of the number: digits at the end of the segment that could begin the number, or at
+    its start that could end it (three or more) are masked too. Otherwise "... 8 (916) 12"
+    and "3-45-67 ..." would each pass, and the `replies` view, which joins the segments,
+    would show the number."""
+    text = scrub(text, e164)
+    found = _written(e164)
+    if not text or found is None:
+        return text
+    digits, core, masked, _pattern = found
+
+    def begins_it(run: re.Match[str]) -> str:
+        got = _NON_DIGITS.sub("", run.group())
+        tails = (got[i:] for i in range(len(got) - 2))
+        return masked if any(core.startswith(t) or digits.startswith(t) for t in tails) \
+            else run.group()
+
+    def ends_it(run: re.Match[str]) -> str:
+        got = _NON_DIGITS.sub("", run.group(2))
+        return run.group(1) + masked if any(digits.endswith(got[:i])
+                                            for i in range(3, len(got) + 1)) else run.group()
+
+    text = _LAST_RUN.sub(begins_it, text, count=1)
+    return _FIRST_RUN.sub(ends_it, text, count=1)
 
 
 @functools.lru_cache(maxsize=4096)

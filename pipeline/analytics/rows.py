@@ -32,7 +32,7 @@ from phonenumbers import NumberParseException, PhoneNumberFormat
 from phonenumbers import carrier as _carrier
 
 from connectors.clickhouse import ArrowRows
-from pipeline.analytics.privacy import HASH_BYTES, mask, phone_hash, scrub
+from pipeline.analytics.privacy import HASH_BYTES, mask, phone_hash, scrub, scrub_segment
 from pipeline.errors import PermanentError
 from pipeline.sender.decision import Reject
 from pipeline.sender.numbers import parse_number
@@ -206,7 +206,7 @@ def inbound_row(r: Record, key: str) -> Row:
         phone_hash(sender, key),
         mask(sender),
         r["to"],
-        scrub(r["text"], sender),
+        (scrub_segment if r.get("segments", 1) > 1 else scrub)(r["text"], sender),
         _s(r.get("gateway")),
         int(r["received_at_ms"]),
         r.get("part_ref"),

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.analytics.privacy import mask, phone_hash, scrub
+from pipeline.analytics.privacy import mask, phone_hash, scrub, scrub_segment
 
 
 def test_hash_is_keyed_stable_hex_16_bytes() -> None:
@@ -60,3 +60,21 @@ def test_scrub_masks_the_number_however_the_customer_wrote_it(written: str) -> N
 def test_scrub_leaves_other_numbers_alone() -> None:
     text = "Заказ 12345, звонил с 8 (916) 765-43-21"
     assert scrub(text, "+79161234567") == text
+
+
+@pytest.mark.parametrize("first, second", [
+    ("Перезвоните на 8 (916) 12", "3-45-67, спасибо"),
+    ("Мой номер +7916", "1234567"),
+    ("Мой номер 89161", "234567 жду"),
+])
+def test_a_number_split_between_two_segments_is_masked_in_both(first: str, second: str) -> None:
+    """Each segment of a long reply is stored alone and the `replies` view joins them: a
+    number cut in two by the segment boundary passed `scrub` in both halves and showed whole
+    in the view."""
+    joined = scrub_segment(first, "+79161234567") + scrub_segment(second, "+79161234567")
+    assert "4567" not in joined and "+7916*****67" in joined
+
+
+def test_a_segment_keeps_numbers_that_cannot_be_part_of_the_customers() -> None:
+    for text in ("Заказ 12", "34 шт", "Заказ 12345 готов", "12345 руб"):
+        assert scrub_segment(text, "+79161234567") == text
