@@ -225,10 +225,17 @@ def _config_diff(admin: AdminClient, wanted: dict[str, dict[str, str]],
             raise RuntimeError(f"could not read the configs of topic {resource.name}: {exc}") from exc
         diff = {key: (current[key].value if key in current else None, value)
                 for key, value in wanted[resource.name].items()
-                if key not in current or current[key].value != value}
+                if key not in current or not _same(current[key].value, value)}
         if diff:
             changes[resource.name] = diff
     return changes
+
+
+def _same(described: str | None, wanted: str) -> bool:
+    """A described config is the wanted one; a list ("compact,delete") in any order."""
+    if described is None:
+        return False
+    return sorted(v.strip() for v in described.split(",")) == sorted(wanted.split(","))
 
 
 def ensure_topics(settings: Settings, names: list[str], partitions: int | None = None) -> None:

@@ -106,3 +106,17 @@ def test_a_topic_made_meanwhile_gets_the_catalogs_configs(
     assert result[consent] == "updated: cleanup.policy compact (was delete)"
     assert admin.configs[consent]["cleanup.policy"] == "compact"
     assert result[settings.topic(topics.OUTCOMES)] == "created"
+
+
+def test_a_policy_described_in_another_order_is_the_same_policy(
+        monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """A broker may describe "compact,delete" as "delete,compact": that is no change to
+    make (it used to be set again on every run, and with the wait for the new value it
+    would never have been seen)."""
+    forwarded = settings.topic(topics.RECEIPTS_FORWARDED)
+    admin = LaggingAdmin()
+    _use(monkeypatch, admin)
+    topics.create_topics(settings)
+    admin.configs[forwarded]["cleanup.policy"] = "delete, compact"
+
+    assert topics.create_topics(settings)[forwarded] == "exists"
