@@ -87,6 +87,7 @@ ESME_RX_P_APPN = 0x65
 _TLV_RECEIPTED_MESSAGE_ID = 0x001E
 _TLV_MESSAGE_STATE = 0x0427
 _TLV_MESSAGE_PAYLOAD = 0x0424
+_TLV_SAR_MSG_REF_NUM, _TLV_SAR_TOTAL_SEGMENTS, _TLV_SAR_SEGMENT_SEQNUM = 0x020C, 0x020E, 0x020F
 
 # Simulated network error per final state (the receipt's err: field).
 _ERROR_CODES = {"DELIVRD": "000", "UNDELIV": "001", "EXPIRED": "027", "REJECTD": "011"}
@@ -215,15 +216,16 @@ def _addr(addr: str) -> tuple[str, int, int]:
     return addr, 5, 0
 
 
-def encode_mo_text(text: str) -> tuple[list[bytes], int]:
-    """(segments, data_coding) of an MO as a handset sends it: GSM 03.38 codes, unpacked,
-    when every character allows it (dc 0: '@' is 0x00, '€' ESC 0x65), else UCS-2 (dc 8);
-    one segment per 153 septets or 67 UTF-16 units when it does not fit one SMS."""
+def encode_mo_text(text: str, reference: int = 0) -> tuple[list[bytes], list[bytes], int]:
+    """(segments, their UDHs, data_coding) of an MO as a handset sends it: GSM 03.38
+    codes, unpacked, when every character allows it (dc 0: '@' is 0x00, '€' ESC 0x65),
+    else UCS-2 (dc 8); one segment per 153 septets or 67 UTF-16 units when it does not fit
+    one SMS, as the sender cuts its own (`encode_sms`)."""
     try:
-        encoded = encode_sms(text, 0)
+        encoded = encode_sms(text, reference)
     except ValueError:  # more than 255 segments: only message_payload can carry it
-        return [text.encode("utf-16-be")], 8
-    return encoded.parts, encoded.data_coding
+        return [text.encode("utf-16-be")], [b""], 8
+    return encoded.parts, encoded.udh, encoded.data_coding
 
 
 def _now_ms() -> int:
@@ -585,34 +587,34 @@ class SmscSimulator:
         )
         if peer is None:
             raise LookupError("no bound session can receive")
-        chunks, data_coding = encode_mo_text(text)
         if concat not in (None, "udh", "sar"):
             raise ValueError(f"concat is 'udh' or 'sar', not {concat!r}")
-        if concat is None or len(chunks) == 1:
-            return self._deliver_mo(peer, source, destination, b"".join(chunks), data_coding)
-        ref = self._rng.randrange(256)
-        ids = [""] * len(chunks)
-        for seq in range(len(chunks), 0, -1):
-            place = (ref, len(chunks), seq)
-            ids[seq - 1] = self._deliver_mo(peer, source, destination, chunks[seq - 1],
-                                            data_coding, udh=place if concat == "udh" else None,
-                                            sar=place if concat == "sar" else None)
+        ref = self._rng.randrange(256) if concat else 0
+        parts, udhs, data_coding = encode_mo_text(text, ref)
+        if concat is None or len(parts) == 1:
+            return self._deliver_mo(peer, source, destination, b"".join(parts), data_coding)
+        ids = [""] * len(parts)
+        for seq in range(len(parts), 0, -1):
+            if concat == "udh":
+                ids[seq - 1] = self._deliver_mo(peer, source, destination,
+                                                udhs[seq - 1] + parts[seq - 1], data_coding, 0x40)
+            else:
+                sar = [smpp34.Tlv(_TLV_SAR_MSG_REF_NUM, ref.to_bytes(2, "big")),
+                       smpp34.Tlv(_TLV_SAR_TOTAL_SEGMENTS, bytes([len(parts)])),
+                       smpp34.Tlv(_TLV_SAR_SEGMENT_SEQNUM, bytes([seq]))]
+                ids[seq - 1] = self._deliver_mo(peer, source, destination, parts[seq - 1],
+                                                data_coding, 0, sar)
         return ",".join(ids)
 
     def _deliver_mo(self, peer: _Peer, source: str, destination: str, body: bytes,
-                    data_coding: int, udh: tuple[int, int, int] | None = None,
-                    sar: tuple[int, int, int] | None = None) -> str:
-        """Queue one MO deliver_sm; `udh` / `sar`: (reference, segments, segment)."""
+                    data_coding: int, esm_class: int = 0,
+                    extra: list[smpp34.Tlv] | None = None) -> str:
+        """Queue one MO deliver_sm (`extra`: TLVs besides its SMSC id); returns the id."""
         mo_id = self._new_id()
         src, src_ton, src_npi = _addr(source)
         dst, dst_ton, dst_npi = _addr(destination)
-        tlvs = [smpp34.Tlv(_TLV_RECEIPTED_MESSAGE_ID, mo_id.encode("ascii") + b"\x00")]
-        esm_class = 0
-        if udh is not None:
-            body, esm_class = bytes([5, 0x00, 3, *udh]) + body, 0x40
-        if sar is not None:
-            tlvs += [smpp34.Tlv(0x020C, sar[0].to_bytes(2, "big")),
-                     smpp34.Tlv(0x020E, bytes([sar[1]])), smpp34.Tlv(0x020F, bytes([sar[2]]))]
+        tlvs = [smpp34.Tlv(_TLV_RECEIPTED_MESSAGE_ID, mo_id.encode("ascii") + b"\x00"),
+                *(extra or [])]
         if len(body) > 254:
             tlvs, body = [*tlvs, smpp34.Tlv(_TLV_MESSAGE_PAYLOAD, body)], b""
         pdu = smpp34.DeliverSm(
@@ -715,12 +717,12 @@ class SmscSimulator:
                 body = await request.json()
                 source, dest, text = str(body["from"]), str(body["to"]), str(body["text"])
                 concat = body.get("concat")
-                if concat not in (None, "udh", "sar"):
-                    raise ValueError(concat)
             except (ValueError, KeyError, TypeError, AttributeError):
                 return web.json_response({"error": "want JSON {from, to, text}"}, status=400)
             try:
                 mo_id = await self.inject_mo(source, dest, text, concat=concat)
+            except ValueError:  # a concat other than "udh" or "sar"
+                return web.json_response({"error": "want JSON {from, to, text}"}, status=400)
             except LookupError as exc:
                 return web.json_response({"error": str(exc)}, status=409)
             return web.json_response({"ok": True, "id": mo_id})

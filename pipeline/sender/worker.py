@@ -1144,7 +1144,7 @@ class SenderWorker:
                  acks: list[Callable[[], None]], after_commit: list[Callable[[], None]],
                  published: set[object]) -> None:
         key = InboundBook.key(event.source, event.destination, event.text,
-                              getattr(event, "gateway_ref", None), event.part)
+                              event.gateway_ref, event.part)
         if self.replies.recorded(key, now) or key in published:
             self.stats.inbound_repeated += 1
             _add_ack(acks, event)
@@ -1153,6 +1153,7 @@ class SenderWorker:
         after_commit.append(lambda: self.replies.remember(key, now))
         number = normalise(event.source, "RU", self.policy.allowed_regions | frozenset({"ZZ"}))
         sender = number.e164 if not isinstance(number, Reject) else event.source
+        part_ref, segment, segments = event.part or (None, 1, 1)
         inbound = {
             "inbound_id": key,
             "from_number": sender,
@@ -1160,9 +1161,9 @@ class SenderWorker:
             "text": event.text,
             "received_at_ms": event.received_at_ms,
             "gateway": event.route or getattr(self.gateway, "name", None),
-            "part_ref": event.part[0] if event.part else None,
-            "segment": event.part[1] if event.part else 1,
-            "segments": event.part[2] if event.part else 1,
+            "part_ref": part_ref,
+            "segment": segment,
+            "segments": segments,
         }
         producer.produce(self.settings.topic(topics.INBOUND), key=sender.encode(),
                          value=avro.encode("inbound_message", inbound))

@@ -628,6 +628,8 @@ def test_simulator_process_log_and_control_channel(tmp_path: Path) -> None:
                     assert listed["submits"][0]["message_id"] == res.gateway_message_ids[0]
                     assert listed["submits"][0]["validity_period"] == "261201153000000+"
                     mo = {"from": "+79161234567", "to": "Shop", "text": "СТОП"}
+                    async with http.post(f"{base}/mo", data=json.dumps({**mo, "concat": "x"})) as resp:
+                        assert resp.status == 400  # neither "udh" nor "sar": nothing queued
                     async with http.post(f"{base}/mo", data=json.dumps(mo)) as resp:
                         assert resp.status == 200
                 ev = await wait_event(gw, lambda e: isinstance(e, GatewayInbound))
