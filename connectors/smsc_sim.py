@@ -22,6 +22,10 @@ Run it::
 
     python -m connectors.smsc_sim --port 2775 --control-port 8775 --log /tmp/submits.jsonl
 
+Port 0 (for either) picks a free port; the first line printed, ``smsc_sim listening on
+HOST:PORT control http://HOST:PORT``, says which. A port already taken ends the run with one
+line naming the flag to change.
+
 Control channel (when ``--control-port`` is given): ``POST /mo`` with
 ``{"from": "+7916...", "to": "Shop", "text": "STOP"}`` queues an MO for a bound session
 (409 when none is bound; 200 once it is on its way, before the ESME acknowledged it);
@@ -241,6 +245,8 @@ class SmscSimulator:
         self._rng = random.Random(config.seed)
         self._server: asyncio.Server | None = None
         self._control: Any = None  # aiohttp AppRunner
+        self.port = 0  # the SMPP port bound (set by start; config.port may be 0)
+        self.control_port = 0  # the control channel's port bound, when it runs
         self._peers: set[_Peer] = set()  # every connection, bound or not
         self._sessions: dict[str, _Peer] = {}  # bound ones by session id
         self._connections = 0
@@ -270,9 +276,11 @@ class SmscSimulator:
         c = self.config
         if c.log_path is not None:
             self._log_file = open(c.log_path, "a", encoding="utf-8")
-        self._server = await asyncio.start_server(self._serve, c.host, c.port)
+        # Port 0 asks the system for a free port; a restart keeps the port first bound.
+        self._server = await asyncio.start_server(self._serve, c.host, self.port or c.port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
         if c.control_port is not None:
-            await self._start_control(c.control_port)
+            await self._start_control(self.control_port or c.control_port)
 
     async def stop(self) -> None:
         """Unbind every session, close the listener, drop timers.
@@ -750,6 +758,7 @@ class SmscSimulator:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, self.config.host, port).start()
+        self.control_port = int(runner.addresses[0][1])
         self._control = runner
 
 
@@ -848,9 +857,15 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
 
 async def _run(config: SimConfig) -> None:
     sim = SmscSimulator(config)
-    await sim.start()
-    control = f" control http://{config.host}:{config.control_port}" if config.control_port else ""
-    print(f"smsc_sim listening on {config.host}:{config.port}{control}", flush=True)
+    try:
+        await sim.start()
+    except OSError as exc:
+        await sim.stop()
+        flag = "--control-port" if sim.port else "--port"
+        raise SystemExit(f"smsc_sim: cannot listen ({exc.strerror}): choose another {flag}"
+                         " (0 picks a free port)") from None
+    control = f" control http://{config.host}:{sim.control_port}" if sim.control_port else ""
+    print(f"smsc_sim listening on {config.host}:{sim.port}{control}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -78,30 +79,36 @@ class Simulator:
             return dict(json.loads(resp.read()))
 
 
+LISTENING = re.compile(r"smsc_sim listening on [\d.]+:(\d+) control http://[\d.]+:(\d+)")
+
+
 @contextmanager
-def simulator(tmp_path: Path, *flags: str, port: int | None = None) -> Iterator[Simulator]:
-    """Run the SMSC simulator with `flags` until the block ends."""
-    port = port or free_port()
-    control = free_port()
-    log_path = tmp_path / f"smsc-{port}.jsonl"
-    out = open(tmp_path / f"smsc-{port}.out", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "connectors.smsc_sim", "--port", str(port), "--control-port",
-         str(control), "--log", str(log_path), "--seed", "42", *flags],
-        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    sim = Simulator(port, control, log_path, proc)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            sim.sessions()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("simulator did not start") from None
-            time.sleep(0.1)
+def simulator(tmp_path: Path, *flags: str, port: int | None = None,
+              log: Path | None = None) -> Iterator[Simulator]:
+    """Run the SMSC simulator with `flags` until the block ends.
+
+    It binds `port` (default: a free one it picks itself, so no other process can take the
+    port between choosing and binding it) and a free control port, and says which on its
+    first line. `log` is its submit log (default: a new file in `tmp_path`); a restart that
+    passes the first run's log appends to it.
+    """
+    name = uuid.uuid4().hex[:8]
+    log_path = log or tmp_path / f"smsc-{name}.jsonl"
+    out_path = tmp_path / f"smsc-{name}.out"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "connectors.smsc_sim", "--port", str(port or 0),
+             "--control-port", "0", "--log", str(log_path), "--seed", "42", *flags],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     try:
-        yield sim
+        deadline = time.monotonic() + 60
+        while not (bound := LISTENING.search(out_path.read_text(errors="replace"))):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("simulator did not start: "
+                                   + out_path.read_text(errors="replace")[-2000:])
+            time.sleep(0.05)
+        yield Simulator(int(bound[1]), int(bound[2]), log_path, proc)
     finally:
         stop(proc)
 

@@ -54,7 +54,7 @@ def test_drops_throttling_and_a_disconnect_slow_down_reconnect_and_expire(
                                         expires_at_ms=down_at + 3_000) for i in range(30)]
             publish_requests(cfg, short_lived)
             time.sleep(8.0)
-            with simulator(tmp_path, *flags, port=port) as back:
+            with simulator(tmp_path, *flags, port=port, log=sim.log_path) as back:
                 requests = payments + promos + short_lived
                 # dropped answers stay in doubt until the response timeout (10 s)
                 got = outcomes(cfg, len(requests), timeout=60)
