@@ -13,7 +13,8 @@ The main measurements, in one run, on one broker:
    in turn, and the median of each percentile.
 
 Then Kannel side by side, the restart, the state footprint, the bare Faust floor, the HTTP
-API, campaigns, the scale-out run (`scale_out_run`) and the analytics sink.
+API, campaigns, the scale-out run (`scale_out_run`), transactional latency while a marketing
+flood saturates the route (`flood_latency_run`) and the analytics sink.
 
 The SMSC is the Go build of the simulator (`infra/smsc-bench`, `make smsc-bench`): it
 speaks the same SMPP and writes the same log as `connectors/smsc_sim.py`
@@ -125,12 +126,17 @@ def ceiling(settings: Settings, payloads: list[bytes]) -> float:
     return done / elapsed if elapsed > 0 else float("nan")
 
 
+def _follow(log: SimLog, seen: dict[str, int]) -> dict[str, int]:
+    """Take the simulator's new accepted submits into `seen` (destination -> first at_ms)."""
+    for s in log.read_new():
+        if s["status"] == 0:
+            seen.setdefault(s["destination"], s["at_ms"])
+    return seen
+
+
 def _wait_submits(log: SimLog, count: int, timeout: float, seen: dict[str, int]) -> None:
     deadline = time.monotonic() + timeout
-    while len(seen) < count and time.monotonic() < deadline:
-        for s in log.read_new():
-            if s["status"] == 0:
-                seen.setdefault(s["destination"], s["at_ms"])
+    while len(_follow(log, seen)) < count and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -471,6 +477,122 @@ def scale_out_run(base: Settings, console: Console, events: int) -> dict[str, An
         topics.drop_namespace(settings)
 
 
+FLOOD_ROUTE_RATE = 500
+"""submit_sm/s of the route in the flood run (2 binds x 250): the marketing flood fills it."""
+FLOOD_RATE = 100
+"""Transactional events/s offered while the flood runs."""
+
+
+def _daytime_zone() -> str:
+    """A fixed-offset zone where it is about 13:00 now: the flood's marketing is inside the
+    quiet-hours window whatever the hour the bench runs at."""
+    offset = (13 - time.gmtime().tm_hour + 12) % 24 - 12  # -12 .. 11 hours from UTC
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"  # Etc/GMT-3 is UTC+3
+
+
+def _promotion(i: int, tag: str, zone: str, now: int) -> dict[str, Any]:
+    """A marketing request to `+7916{i}` as a campaign puts it on the marketing lane."""
+    return {"request_id": f"{tag}-m{i}", "event_id": f"{tag}-m{i}", "event_type": "promotion",
+            "event_occurred_at_ms": now, "rule_id": "promotion_discount",
+            "template_id": "promo_discount_a", "variant": "a", "locale": "ru",
+            "customer_id": f"m{i:07d}", "phone": f"+7916{i:07d}", "country": "RU",
+            "time_zone": zone, "lane": "marketing", "priority": 0, "sender_id": "SHOPRU",
+            "text": f"Скидка 20% по купону {i} до воскресенья: https://shop.example.ru/sale "
+                    "Отписка: STOP",
+            "created_at_ms": now, "expires_at_ms": now + 3_600_000, "send_at_ms": None,
+            "dedup_window_s": 86_400, "dedup_by_content": False, "allow_transliteration": False,
+            "campaign_id": f"flood-{tag}", "links": []}
+
+
+def _flood_run(settings: Settings, publisher: Producer, sim_log: SimLog, seen: dict[str, int],
+               flood_first: int, flood_n: int, first: int, rate: int, seconds: int,
+               route_rate: int, tag: str, log_dir: Path) -> dict[str, Any]:
+    """One run of `flood_latency_run`: the backlog, then the measured transactional events."""
+    zone, now = _daytime_zone(), int(time.time() * 1000)
+    numbers = range(flood_first, flood_first + flood_n)
+    flood = {f"7916{i:07d}" for i in numbers}
+    kafka_io.publish(settings, topics.REQUESTS_MARKETING,
+                     ((f"m{i:07d}", _promotion(i, tag, zone, now)) for i in numbers),
+                     "notification_request")
+    if not wait_for(lambda: len(flood & _follow(sim_log, seen).keys()) >= route_rate, 120, 0.05):
+        raise RuntimeError("flood: the marketing backlog did not start within 120 s; "
+                           f"see {log_dir / 'sender0.log'}")
+    began = int(time.time() * 1000)
+    sent_at = _publish_each(publisher, settings, first, rate * seconds, tag, rate)
+    ended = int(time.time() * 1000)
+    wait_for(lambda: sent_at.keys() <= _follow(sim_log, seen).keys(), 120, 0.05)
+    lat = [seen[d] - t for d, t in sent_at.items() if d in seen]
+    window_s = max((ended - began) / 1000, 1e-3)
+    out = {"p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
+           "max": max(lat) if lat else None, "mean": statistics.fmean(lat) if lat else None,
+           "measured": len(lat), "offered": rate * seconds, "offered_rate": rate,
+           "achieved_rate": rate * seconds / window_s,
+           "marketing_per_s": sum(1 for d in flood if began <= seen.get(d, 0) <= ended) / window_s,
+           "marketing_waiting": sum(1 for d in flood if seen.get(d, ended + 1) > ended)}
+    wait_for(lambda: flood <= _follow(sim_log, seen).keys(), 120, 0.1)  # drained for the next
+    return out
+
+
+def flood_latency_run(base: Settings, console: Console, runs: int, seconds: int,
+                      rate: int = FLOOD_RATE, route_rate: int = FLOOD_ROUTE_RATE) -> dict[str, Any]:
+    """Transactional latency while a marketing flood saturates the route.
+
+    A route limited to `route_rate` submit_sm/s; per run, a backlog of marketing requests
+    (opted-in numbers, daytime, under the caps: every one of them is sent) for `seconds` + 4
+    s of the route's rate is put on the marketing lane at once. Once the route is busy with
+    it, payment-due events are published at `rate`/s for `seconds`, through the router as
+    in the other latency runs; per event, publish → accepted submit_sm. Each run also says
+    how many marketing submits went out per second during the window and how many were still
+    waiting when it ended (more than none: the route was saturated throughout).
+    """
+    settings, log_dir, tag = _namespace(base, "flood")
+    flood_n = route_rate * (seconds + 4)
+    measured_n = rate * seconds
+    warm = 100
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        create_topics(settings)
+        sim, _port, sim_log, env = _start_sim(log_dir, 3)
+        procs.append(sim)
+        env["RASSYLKA_RATE_PER_BIND"] = str(route_rate / 2)  # the route's two binds
+        profiles = warm + runs * measured_n
+        kafka_io.publish(settings, topics.PROFILES,
+                         ((f"b{i:07d}", avro.encode("customer_profile", _profile(i)))
+                          for i in range(profiles)))
+        opted_in = int(time.time() * 1000) - 60_000
+        kafka_io.publish(settings, topics.CONSENT, (
+            (f"+7916{i:07d}|marketing",
+             {"phone": f"+7916{i:07d}", "scope": "marketing", "status": "opt_in",
+              "source": "web_form", "changed_at_ms": opted_in, "customer_id": None,
+              "evidence": "bench"}) for i in range(runs * flood_n)), "consent_change")
+        procs.append(start_stage(settings, ["router", "--worker-id", "0"], log_dir / "router0.log"))
+        procs.append(start_stage(settings, ["sender", "--worker-id", "0"], log_dir / "sender0.log",
+                                 env))
+        if not wait_committed_to_end(settings, "router", topics.PROFILES, 180):
+            raise RuntimeError("flood: the router did not read the profiles within 180 s")
+        seen: dict[str, int] = {}
+        publisher = _publisher(settings)
+        _publish_each(publisher, settings, 0, warm, tag)
+        _wait_submits(sim_log, warm, 120, seen)
+        if len(seen) < warm:
+            raise RuntimeError(f"flood warm-up: only {len(seen)} of {warm} reached the simulator")
+        each = [_flood_run(settings, publisher, sim_log, seen, n * flood_n, flood_n,
+                           warm + n * measured_n, rate, seconds, route_rate, tag, log_dir)
+                for n in range(runs)]
+        out = _median_latency(each)
+        out.update(route_rate=route_rate, flood=flood_n,
+                   marketing_per_s=statistics.median(r["marketing_per_s"] for r in each),
+                   marketing_waiting=[r["marketing_waiting"] for r in each],
+                   saturated=all(r["marketing_waiting"] > 0 for r in each))
+        console.log(f"flood: transactional p99 {out['p99']:,.0f} ms at {rate}/s while "
+                    f"marketing took {out['marketing_per_s']:,.0f}/s of the route's {route_rate}/s")
+        return out
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        topics.drop_namespace(settings)
+
+
 def kannel_section(log_dir: Path, port: int, sim_pid: int, sim_log: SimLog, messages: int,
                    result: dict[str, Any]) -> dict[str, Any]:
     """Kannel side by side: the same messages (text, encoding, validity) through bearerbox
@@ -500,12 +622,13 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
               restart: bool = True, campaign_profiles: int = 1_000_000,
               campaign_members: int = 100_000, runs: int = 3, api: bool = True,
               scale_out: bool = True, faust: bool = True, kannel: bool = True,
-              results: Path | None = None) -> int:
+              flood: bool = True, results: Path | None = None) -> int:
     """Run the benchmark; prints a table and writes bench/results/latest.json.
 
     Latency at `rate` and at half of it; throughput `runs` times (the median is reported,
     with each process's CPU per event); then the restart, the state footprint, the
-    ceiling, the bare Faust floor, the HTTP API, campaigns, the scale-out run and the sink.
+    ceiling, the bare Faust floor, the HTTP API, campaigns, the scale-out run, transactional
+    latency under a marketing flood and the sink.
     """
     settings, log_dir, tag = _namespace(base)
     rates = sorted({rate // 2, rate})
@@ -617,6 +740,10 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
         if scale_out:
             with console.status("[bold]scale-out: 2 routers and 2 senders on one set of topics ..."):
                 result["scale_out"] = scale_out_run(base, console, events)
+        if flood:
+            with console.status(f"[bold]flood: {FLOOD_RATE} transactional events/s while "
+                                f"marketing saturates a {FLOOD_ROUTE_RATE}/s route ..."):
+                result["latency_under_flood_ms"] = flood_latency_run(base, console, runs, seconds)
         if sink_records:
             sinks = []
             for n in range(runs):  # single runs vary by half on these shared machines
@@ -672,6 +799,14 @@ def _print(console: Console, r: dict[str, Any], results: Path) -> None:
         table.add_row(f"latency publish → submit_sm at {offered}/s offered, median of {len(each)}",
                       f"p50 {lat['p50']:,.0f} ms, p99 {lat['p99']:,.0f} ms "
                       f"({', '.join(f'{x:,.0f}' for x in each)})")
+    if "latency_under_flood_ms" in r:
+        fl = r["latency_under_flood_ms"]
+        each = fl["p99_runs"]
+        table.add_row(f"latency at {fl['offered_rate']}/s while marketing saturates the route "
+                      f"({fl['route_rate']}/s), median of {len(each)}",
+                      f"p50 {fl['p50']:,.0f} ms, p99 {fl['p99']:,.0f} ms "
+                      f"({', '.join(f'{x:,.0f}' for x in each)}); marketing "
+                      f"{fl['marketing_per_s']:,.0f}/s meanwhile")
     table.add_row("workers (router / sender)", f"{r['routers']} / {r['senders']}")
     if "scale_out" in r:
         so = r["scale_out"]

@@ -282,6 +282,8 @@ def bench(
     scale_out: bool = typer.Option(True, help="Run 2 routers and 2 senders on one set of topics."),
     faust: bool = typer.Option(True, help="Measure a bare Faust agent's consumption floor."),
     kannel: bool = typer.Option(True, help="Run Kannel side by side on the same simulator."),
+    flood: bool = typer.Option(True, help="Transactional latency while a marketing flood "
+                               "saturates the route."),
     api_only: bool = typer.Option(False, "--api-only", help="Only the HTTP API section."),
 ) -> None:
     """Benchmark: throughput, latency percentiles and the ratio to a plain Kafka loop."""
@@ -293,7 +295,7 @@ def bench(
         sys.exit(run_api_bench(settings, console))
     sys.exit(run_bench(settings, console, events, rate, seconds, routers, senders, state_numbers,
                        sink_records, restart, campaign_profiles, campaign_members, runs, api,
-                       scale_out, faust, kannel))
+                       scale_out, faust, kannel, flood))
 
 
 @app.command()

@@ -105,6 +105,13 @@ def receipt_wait_ms(seconds: str | float) -> int:
 # transaction that recorded receipts or replies, i.e. in the gaps an ack must not cross.
 FAULTS = frozenset({"exit_before_commit", "exit_after_commit"})
 PARKED_RESULT_KEEP_MS = 600_000  # answers for partitions away this long are given up
+CONSUME_MAX = 1000  # requests one transaction takes from the lanes
+MARKETING_AHEAD_S = 0.3
+"""Marketing requests queued ahead of the route: this many seconds of its rate (at least
+MARKETING_AHEAD_MIN). Past that, the marketing lane's partitions are paused until half of it
+has gone out: a marketing backlog stays in Kafka, not in one long transaction that a payment
+reminder would wait behind (`test_a_marketing_backlog_is_taken_as_the_route_drains_it`)."""
+MARKETING_AHEAD_MIN = 64
 STATS_EVERY_S = 30.0  # the info line of what the worker did
 
 
@@ -258,6 +265,8 @@ class SenderWorker:
         self.consent = ConsentView(settings)
         self.bucket = TokenBucket(route_rate, max(1.0, route_rate / 10))
         self.queue: PriorityGate[Job] = PriorityGate()
+        self.marketing_ahead = max(MARKETING_AHEAD_MIN, int(route_rate * MARKETING_AHEAD_S))
+        self._marketing_paused: bool | None = None  # as applied; None: apply again
         self.holds: list[tuple[int, int, str]] = []  # (until_ms, partition, request_id)
         self.receipts = ReceiptBook()
         self.replies = InboundBook()
@@ -348,9 +357,11 @@ class SenderWorker:
         except (KafkaException, RuntimeError):
             pass
         self.consumer = self._new_consumer()
+        self._marketing_paused = None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.joined = True
+        self._marketing_paused = None  # new partitions: pause or resume them on the next take
         new = {tp.partition for tp in partitions} - self.owned
         if not new:
             return
@@ -629,7 +640,7 @@ class SenderWorker:
         assert self.producer is not None and self.consumer is not None
         self._finish_failed_transaction()
         producer = self.producer
-        msgs = self.consumer.consume(1000, 0) if consume else []
+        msgs = self._take_requests() if consume else []
         fatal = self._consumer_failed or next(
             (m.error() for m in msgs if m.error() is not None
              and (m.error().fatal() or m.error().code() == KafkaError._FATAL)), None)
@@ -717,6 +728,34 @@ class SenderWorker:
             action()
         return out, acks
 
+    def _take_requests(self) -> list[Any]:
+        """Consume what the lanes hold, marketing only as far as the route has room for it.
+
+        With `marketing_ahead` marketing requests queued, the marketing partitions are
+        paused (librdkafka drops what it fetched of them; the consumer's position stays
+        after the last request taken) until half of those have gone out; meanwhile at most
+        the room left is consumed at once. Transactional requests are never held back.
+        """
+        assert self.consumer is not None
+        queued = self.queue.pending("marketing")
+        if queued >= self.marketing_ahead:
+            self._pace_marketing(pause=True)
+        elif queued <= self.marketing_ahead // 2:
+            self._pace_marketing(pause=False)
+        room = self.marketing_ahead - queued
+        count = CONSUME_MAX if self._marketing_paused else min(CONSUME_MAX, max(room, 100))
+        return self.consumer.consume(count, 0)
+
+    def _pace_marketing(self, pause: bool) -> None:
+        assert self.consumer is not None
+        if pause == self._marketing_paused:
+            return
+        lane = [tp for tp in self.consumer.assignment()
+                if self.lane_topics.get(tp.topic) == "marketing"]
+        if lane:
+            (self.consumer.pause if pause else self.consumer.resume)(lane)
+        self._marketing_paused = pause
+
     def _finish_failed_transaction(self) -> None:
         """Abort a failed transaction and rewind to the last commit, in steps that can be
         retried: with the broker away either step raises, and the next cycle goes on."""
@@ -732,6 +771,8 @@ class SenderWorker:
     def _rewind(self, partitions: set[int]) -> None:
         """After an abort, re-read input from the committed offsets and restore state."""
         assert self.consumer is not None
+        self._marketing_paused = None
+        self._pace_marketing(pause=False)  # a paused partition would resume where it paused
         self._on_revoke(self.consumer, [TopicPartition("", p) for p in partitions])
         committed = self.consumer.committed(self.consumer.assignment(), timeout=30)
         for tp in committed:

@@ -27,7 +27,7 @@ def test_the_bench_runs_every_section_and_counts_each_event_once(settings: Setti
     code = run_bench(replace(settings, config_dir=ROOT / "config"), console, events=300,
                      rate=100, seconds=1, state_numbers=1_000, sink_records=0, restart=True,
                      campaign_profiles=0, runs=2, api=False, scale_out=True, faust=True,
-                     kannel=True, results=results)
+                     kannel=True, flood=True, results=results)
     assert code == 0
     r = json.loads(results.read_text())
     assert r["throughput"]["reached"] == 600 and len(r["throughput"]["runs"]) == 2
@@ -46,10 +46,13 @@ def test_the_bench_runs_every_section_and_counts_each_event_once(settings: Setti
     for stage in ("router", "sender"):
         members = so[f"{stage}_partitions"]
         assert len(members) == 2 and all(members), (stage, members)
+    fl = r["latency_under_flood_ms"]
+    assert fl["measured"] == fl["offered"] == 2 * 100 and len(fl["p99_runs"]) == 2
+    assert fl["saturated"] and fl["marketing_per_s"] > 0  # the flood was there all along
     assert r["state"]["consent"] == 1_000 and r["state"]["ledger"] == 1_000
     assert r["sender_restart_s"] > 0
     text = console.export_text()
-    assert "Rassylka ÷ Kannel" in text and "scale-out" in text
+    assert "Rassylka ÷ Kannel" in text and "scale-out" in text and "saturates the route" in text
 
 
 def test_the_sink_bench_stores_every_row_and_leaves_no_topic_behind(kafka_bootstrap: str) -> None:

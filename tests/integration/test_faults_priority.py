@@ -7,8 +7,10 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from confluent_kafka import TopicPartition
 from sendkit import (
     NOW,
+    check_stream,
     config_with,
     make_request,
     marketing,
@@ -20,6 +22,8 @@ from sendkit import (
     simulator,
 )
 
+from pipeline import topics
+from pipeline.offsets import committed_offsets
 from pipeline.settings import Settings
 
 
@@ -51,3 +55,35 @@ def test_slow_gateway_does_not_hold_back_transactional(ns: Settings, tmp_path: P
     # behind the backlog (~750 submits at ~200/s) would take about 4 s.
     assert waits[-1] < 2_000, f"payments reached the SMSC {waits} ms after publishing"
     assert last_marketing - published_at > waits[-1] + 1_000, "the flood must still be going"
+
+
+def test_a_marketing_backlog_is_taken_as_the_route_drains_it(ns: Settings, tmp_path: Path) -> None:
+    """The sender takes marketing from its lane only as the route makes room for it: a
+    backlog stays in Kafka (not committed as read), not in the sender's queue, where taking
+    it meant transactions of a thousand requests that a payment reminder waited behind."""
+    cfg = replace(ns, config_dir=config_with(tmp_path, ns.config_dir, quiet_hours={},
+                                             frequency_caps={}))
+    flood = [marketing(phone=phone(60_000 + i), text=f"Акция {i}. Отписка: STOP")
+             for i in range(1500)]
+    payments = [make_request(phone=phone(65_000 + i), text=f"Оплатите счёт {i}") for i in range(20)]
+    opt_in(cfg, [r["phone"] for r in flood])
+    lane = cfg.topic(topics.REQUESTS_MARKETING)
+    partitions = [TopicPartition(lane, p) for p in range(cfg.partitions)]
+    # 2 binds x 100 submit_sm/s: the flood is 7.5 s of the route's time; the sender queues
+    # 64 marketing requests ahead of it (MARKETING_AHEAD_MIN) and takes at most 100 at once.
+    with simulator(tmp_path) as sim, sender(cfg, sim, tmp_path, RASSYLKA_RATE_PER_BIND="100"):
+        publish_requests(cfg, flood)
+        deadline = time.monotonic() + 30
+        while len(sim.submits()) < 300:
+            assert time.monotonic() < deadline, "the flood did not start"
+            time.sleep(0.05)
+        taken = sum(o or 0 for o in committed_offsets(
+            cfg.kafka_bootstrap, f"{cfg.app_id}-sender", partitions).values())
+        sent = len([s for s in sim.submits() if s["status"] == 0])
+        # queued (64 + 100 at most) plus on the wire (2 x 2 x 32) plus answers not recorded
+        assert taken - sent < 500, f"{taken} marketing requests taken while {sent} were sent"
+        assert sent < len(flood) - 500, "the flood must still be going"
+        publish_requests(cfg, payments)
+        got = outcomes(cfg, len(flood) + len(payments), timeout=60)
+        submits = sim.submits()
+    check_stream(flood + payments, got, submits)
