@@ -105,13 +105,16 @@ def receipt_wait_ms(seconds: str | float) -> int:
 # transaction that recorded receipts or replies, i.e. in the gaps an ack must not cross.
 FAULTS = frozenset({"exit_before_commit", "exit_after_commit"})
 PARKED_RESULT_KEEP_MS = 600_000  # answers for partitions away this long are given up
-CONSUME_MAX = 1000  # requests one transaction takes from the lanes
-MARKETING_AHEAD_S = 0.3
-"""Marketing requests queued ahead of the route: this many seconds of its rate (at least
-MARKETING_AHEAD_MIN). Past that, the marketing lane's partitions are paused until half of it
-has gone out: a marketing backlog stays in Kafka, not in one long transaction that a payment
-reminder would wait behind (`test_a_marketing_backlog_is_taken_as_the_route_drains_it`)."""
+CONSUME_MAX = 1000  # requests one consume takes from the lanes
+MARKETING_AHEAD_S = 0.2
+"""Marketing requests decided and queued ahead of the route: this many seconds of its rate
+(at least MARKETING_AHEAD_MIN). The rest of a backlog waits undecided in `inbox`, so no
+transaction decides a thousand promotions while a payment reminder waits behind it
+(`test_a_marketing_backlog_is_taken_as_the_route_drains_it`)."""
 MARKETING_AHEAD_MIN = 64
+INBOX_MAX = 2 * CONSUME_MAX
+"""Marketing requests consumed and not decided yet past which the marketing lane is paused
+(until half of them are decided): the rest of a flood stays in Kafka."""
 STATS_EVERY_S = 30.0  # the info line of what the worker did
 
 
@@ -267,6 +270,9 @@ class SenderWorker:
         self.queue: PriorityGate[Job] = PriorityGate()
         self.marketing_ahead = max(MARKETING_AHEAD_MIN, int(route_rate * MARKETING_AHEAD_S))
         self._marketing_paused: bool | None = None  # as applied; None: apply again
+        # marketing requests consumed, not decided yet (their offsets not committed), in
+        # order per lane partition
+        self.inbox: dict[tuple[str, int], deque[Any]] = {}
         self.holds: list[tuple[int, int, str]] = []  # (until_ms, partition, request_id)
         self.receipts = ReceiptBook()
         self.replies = InboundBook()
@@ -373,6 +379,7 @@ class SenderWorker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {tp.partition for tp in partitions}
+        self.inbox = {tp: held for tp, held in self.inbox.items() if tp[1] not in gone}
         if not gone & self.owned:
             return
         self.owned -= gone
@@ -686,7 +693,10 @@ class SenderWorker:
             out = self._take_for_wire(producer, now) if dispatch else []
             self.stats.state_records += self.store.flush(producer)
             if msgs:
-                positions = self.consumer.position(self.consumer.assignment())
+                # up to the first request of each partition still waiting in `inbox`
+                positions = [TopicPartition(tp.topic, tp.partition, self.inbox[key][0].offset())
+                             if (key := (tp.topic, tp.partition)) in self.inbox else tp
+                             for tp in self.consumer.position(self.consumer.assignment())]
                 producer.send_offsets_to_transaction(
                     [tp for tp in positions if tp.offset >= 0],
                     self.consumer.consumer_group_metadata(), 30)
@@ -729,22 +739,38 @@ class SenderWorker:
         return out, acks
 
     def _take_requests(self) -> list[Any]:
-        """Consume what the lanes hold, marketing only as far as the route has room for it.
+        """This transaction's requests: every transactional one consumed, and marketing ones
+        only as far as the route has room for them.
 
-        With `marketing_ahead` marketing requests queued, the marketing partitions are
-        paused (librdkafka drops what it fetched of them; the consumer's position stays
-        after the last request taken) until half of those have gone out; meanwhile at most
-        the room left is consumed at once. Transactional requests are never held back.
+        Consumed marketing requests wait in `inbox`, undecided and uncommitted, until fewer
+        than `marketing_ahead` are queued for the route; a transaction takes at most the
+        room left, in turn from each partition. With INBOX_MAX waiting, the marketing
+        partitions are paused (librdkafka drops what it prefetched of them; the position
+        stays after the last one consumed) until half of those were taken.
         """
         assert self.consumer is not None
-        queued = self.queue.pending("marketing")
-        if queued >= self.marketing_ahead:
+        waiting = sum(len(q) for q in self.inbox.values())
+        if waiting >= INBOX_MAX:
             self._pace_marketing(pause=True)
-        elif queued <= self.marketing_ahead // 2:
+        elif waiting <= INBOX_MAX // 2:
             self._pace_marketing(pause=False)
-        room = self.marketing_ahead - queued
-        count = CONSUME_MAX if self._marketing_paused else min(CONSUME_MAX, max(room, 100))
-        return self.consumer.consume(count, 0)
+        out = []
+        for msg in self.consumer.consume(CONSUME_MAX, 0):
+            if msg.error() is None and self.lane_topics.get(msg.topic()) == "marketing":
+                self.inbox.setdefault((msg.topic(), msg.partition()), deque()).append(msg)
+            else:
+                out.append(msg)
+        room = self.marketing_ahead - self.queue.pending("marketing")
+        while room > 0 and self.inbox:
+            for tp in list(self.inbox):
+                held = self.inbox[tp]
+                out.append(held.popleft())
+                if not held:
+                    del self.inbox[tp]
+                room -= 1
+                if room == 0:
+                    break
+        return out
 
     def _pace_marketing(self, pause: bool) -> None:
         assert self.consumer is not None
@@ -752,8 +778,14 @@ class SenderWorker:
             return
         lane = [tp for tp in self.consumer.assignment()
                 if self.lane_topics.get(tp.topic) == "marketing"]
-        if lane:
-            (self.consumer.pause if pause else self.consumer.resume)(lane)
+        try:
+            if lane:
+                (self.consumer.pause if pause else self.consumer.resume)(lane)
+        except KafkaException as exc:  # mid-rebalance: the next take tries again
+            log.info("sender %s: could not %s the marketing lane (%s)", self.worker_id,
+                     "pause" if pause else "resume", exc.args[0] if exc.args else exc)
+            self._marketing_paused = None
+            return
         self._marketing_paused = pause
 
     def _finish_failed_transaction(self) -> None:
