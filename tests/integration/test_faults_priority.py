@@ -24,6 +24,7 @@ from sendkit import (
 
 from pipeline import topics
 from pipeline.offsets import committed_offsets
+from pipeline.procs import kill
 from pipeline.settings import Settings
 
 
@@ -87,3 +88,27 @@ def test_a_marketing_backlog_is_taken_as_the_route_drains_it(ns: Settings, tmp_p
         got = outcomes(cfg, len(flood) + len(payments), timeout=60)
         submits = sim.submits()
     check_stream(flood + payments, got, submits)
+
+
+def test_a_sender_killed_with_marketing_waiting_undecided_loses_none(ns: Settings,
+                                                                     tmp_path: Path) -> None:
+    """Marketing requests consumed but not decided yet were never committed as read: a
+    sender SIGKILLed with a backlog waiting leaves them to its successor, and every request
+    still ends in exactly one outcome, none sent twice."""
+    cfg = replace(ns, config_dir=config_with(tmp_path, ns.config_dir, quiet_hours={},
+                                             frequency_caps={}))
+    flood = [marketing(phone=phone(70_000 + i), text=f"Акция {i}. Отписка: STOP")
+             for i in range(1200)]
+    opt_in(cfg, [r["phone"] for r in flood])
+    with simulator(tmp_path) as sim:
+        with sender(cfg, sim, tmp_path, RASSYLKA_RATE_PER_BIND="100") as proc:
+            publish_requests(cfg, flood)
+            deadline = time.monotonic() + 30
+            while len(sim.submits()) < 200:
+                assert time.monotonic() < deadline, "the flood did not start"
+                time.sleep(0.05)
+            kill(proc)  # hundreds consumed and waiting, undecided
+        with sender(cfg, sim, tmp_path, RASSYLKA_RATE_PER_BIND="100"):
+            got = outcomes(cfg, len(flood), timeout=90)
+        submits = sim.submits()
+    check_stream(flood, got, submits)
