@@ -522,13 +522,15 @@ class SenderWorker:
             for lane in self.queue.lanes:
                 metrics.QUEUE_DEPTH.labels(lane, route).set(self.queue.pending(lane))
             metrics.IN_FLIGHT.set(len(self.in_flight))
+            metrics.MARKETING_WAITING.set(sum(len(q) for q in self.inbox.values()))
             metrics.THROTTLE_RATE.labels(f"{route}/sender").set(self.bucket.rate_per_s)
             for bind, rate in metrics.gateway_rates(self.gateway).items():
                 metrics.THROTTLE_RATE.labels(bind).set(rate)
         if now >= self._next_stats:
             if self._next_stats:
-                log.info("sender %s: %s; %d queued, %d on the wire", self.worker_id,
-                         self.stats.line(), self.queue.pending(), len(self.in_flight))
+                log.info("sender %s: %s; %d queued, %d on the wire, %d marketing waiting",
+                         self.worker_id, self.stats.line(), self.queue.pending(),
+                         len(self.in_flight), sum(len(q) for q in self.inbox.values()))
             self._next_stats = now + STATS_EVERY_S
 
     def _maybe_reload(self) -> None:

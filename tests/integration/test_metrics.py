@@ -130,6 +130,8 @@ def test_router_and_sender_serve_metrics_health_and_readiness(ns: Settings, tmp_
     assert {s["lane"] for s in series(sender_, "rassylka_queue_depth")} == {
         "transactional", "marketing"}
     assert ("rassylka_in_flight", frozenset()) in sender_
+    assert ("rassylka_marketing_waiting", frozenset()) in sender_
+    assert value(sender_, "rassylka_marketing_waiting") == 0  # no marketing backlog here
     binds = {s["bind"] for s in series(sender_, "rassylka_throttle_rate")}
     assert any(b.endswith("/0") for b in binds) and any(b.endswith("/sender") for b in binds), binds
     assert value(sender_, "rassylka_throttle_rate") > 0
