@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,28 +90,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+LISTENING = re.compile(r"listening on [\d.]+:(\d+) control http://[\d.]+:(\d+)")
+"""The simulator's first line (both builds): its SMPP and control ports."""
+
+
 def start_simulator(log_dir: Path, *flags: str, timeout: float = 20.0,
-                    command: list[str] | None = None) -> tuple[subprocess.Popen[bytes], int, int]:
-    """Run the SMSC simulator with `flags` on free ports; returns (process, SMPP port,
-    control port) once its control channel answers. RuntimeError if it does not start.
+                    command: list[str] | None = None,
+                    port: int = 0) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Run the SMSC simulator with `flags`; returns (process, SMPP port, control port) once
+    it listens. RuntimeError, with its own output, if it does not start.
 
-    `command` runs another build of it taking the same flags (the benchmark's Go one)."""
+    It binds `port` (default 0: a free one it picks itself, so nothing can take the port
+    between choosing and binding it) and a free control port, and says which on its first
+    line. `command` runs another build of it taking the same flags (the benchmark's Go one)."""
     import time
-    import urllib.request
+    import uuid
 
-    port, control = free_port(), free_port()
-    out = open(log_dir / f"smsc-{port}.out", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [*(command or [sys.executable, "-m", "connectors.smsc_sim"]), "--port", str(port),
-         "--control-port", str(control), *flags],
-        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, PARENT_ENV: str(os.getpid())})
+    out_path = log_dir / f"smsc-{uuid.uuid4().hex[:8]}.out"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(
+            [*(command or [sys.executable, "-m", "connectors.smsc_sim"]), "--port", str(port),
+             "--control-port", "0", *flags],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, PARENT_ENV: str(os.getpid())})
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{control}/health", timeout=2).close()
-            return proc, port, control
-        except OSError:
-            time.sleep(0.1)
-    stop(proc)
-    raise RuntimeError(f"the SMSC simulator did not start; see {log_dir}/smsc-{port}.out")
+    while not (bound := LISTENING.search(out_path.read_text(errors="replace"))):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            said = out_path.read_text(errors="replace").strip()[-2000:]
+            raise RuntimeError(f"the SMSC simulator did not start: {said or 'no output'} "
+                               f"(see {out_path})")
+        time.sleep(0.05)
+    return proc, int(bound[1]), int(bound[2])

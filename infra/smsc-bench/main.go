@@ -1964,12 +1964,15 @@ func main() {
 	if err != nil {
 		log.Fatalf("smsc-bench: %v", err)
 	}
+	port := s.ln.Addr().(*net.TCPAddr).Port // port 0 picks a free one: say which
+	controlPort := -1
 	var httpSrv *http.Server
 	if cfg.controlPort >= 0 {
 		cl, err := net.Listen("tcp", net.JoinHostPort(cfg.host, strconv.Itoa(cfg.controlPort)))
 		if err != nil {
 			log.Fatalf("smsc-bench: control channel: %v", err)
 		}
+		controlPort = cl.Addr().(*net.TCPAddr).Port
 		httpSrv = &http.Server{Handler: s.control(), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(cl)
 	}
@@ -1988,10 +1991,10 @@ func main() {
 	go s.housekeeping()
 
 	control := ""
-	if cfg.controlPort >= 0 {
-		control = fmt.Sprintf(" control http://%s:%d", cfg.host, cfg.controlPort)
+	if controlPort >= 0 {
+		control = fmt.Sprintf(" control http://%s:%d", cfg.host, controlPort)
 	}
-	fmt.Printf("smsc-bench listening on %s:%d%s\n", cfg.host, cfg.port, control)
+	fmt.Printf("smsc-bench listening on %s:%d%s\n", cfg.host, port, control)
 
 	if path := os.Getenv("SMSC_BENCH_CPUPROFILE"); path != "" { // for tuning: go tool pprof
 		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -20,8 +18,8 @@ from typing import Any
 from stages import stage
 
 from pipeline import kafka_io, topics
-from pipeline.procs import stop
-from pipeline.settings import ROOT, Settings
+from pipeline.procs import start_simulator, stop
+from pipeline.settings import Settings
 
 
 def free_port() -> int:
@@ -79,36 +77,20 @@ class Simulator:
             return dict(json.loads(resp.read()))
 
 
-LISTENING = re.compile(r"smsc_sim listening on [\d.]+:(\d+) control http://[\d.]+:(\d+)")
-
-
 @contextmanager
 def simulator(tmp_path: Path, *flags: str, port: int | None = None,
               log: Path | None = None) -> Iterator[Simulator]:
     """Run the SMSC simulator with `flags` until the block ends.
 
-    It binds `port` (default: a free one it picks itself, so no other process can take the
-    port between choosing and binding it) and a free control port, and says which on its
-    first line. `log` is its submit log (default: a new file in `tmp_path`); a restart that
-    passes the first run's log appends to it.
+    It binds `port` (default: a free one it picks itself; see `start_simulator`) and a free
+    control port. `log` is its submit log (default: a new file in `tmp_path`); a restart
+    that passes the first run's log appends to it.
     """
-    name = uuid.uuid4().hex[:8]
-    log_path = log or tmp_path / f"smsc-{name}.jsonl"
-    out_path = tmp_path / f"smsc-{name}.out"
-    with open(out_path, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "connectors.smsc_sim", "--port", str(port or 0),
-             "--control-port", "0", "--log", str(log_path), "--seed", "42", *flags],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    log_path = log or tmp_path / f"smsc-{uuid.uuid4().hex[:8]}.jsonl"
+    proc, smpp, control = start_simulator(tmp_path, "--log", str(log_path), "--seed", "42",
+                                          *flags, timeout=60, port=port or 0)
     try:
-        deadline = time.monotonic() + 60
-        while not (bound := LISTENING.search(out_path.read_text(errors="replace"))):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("simulator did not start: "
-                                   + out_path.read_text(errors="replace")[-2000:])
-            time.sleep(0.05)
-        yield Simulator(int(bound[1]), int(bound[2]), log_path, proc)
+        yield Simulator(smpp, control, log_path, proc)
     finally:
         stop(proc)
 
