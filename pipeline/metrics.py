@@ -73,7 +73,7 @@ QUEUE_DEPTH = Gauge(
 IN_FLIGHT = Gauge("rassylka_in_flight", "Submits on the wire without an answer yet.")
 MARKETING_WAITING = Gauge(
     "rassylka_marketing_waiting", "Marketing requests consumed and not decided yet: more "
-    "than the route has room for (a backlog; past 2,000 the rest stays in Kafka).")
+    "than the route has room for (a backlog).")
 THROTTLE_RATE = Gauge(
     "rassylka_throttle_rate", "Submit rate allowed now (parts/s), by bind: `<route>/<n>` for "
     "an SMPP bind, the route for an HTTP route, `<route>/sender` for the sender's own bucket.",

@@ -112,9 +112,6 @@ MARKETING_AHEAD_S = 0.2
 transaction decides a thousand promotions while a payment reminder waits behind it
 (`test_a_marketing_backlog_is_taken_as_the_route_drains_it`)."""
 MARKETING_AHEAD_MIN = 64
-INBOX_MAX = 2 * CONSUME_MAX
-"""Marketing requests consumed and not decided yet past which the marketing lane is paused
-(until half of them are decided): the rest of a flood stays in Kafka."""
 STATS_EVERY_S = 30.0  # the info line of what the worker did
 
 
@@ -269,7 +266,6 @@ class SenderWorker:
         self.bucket = TokenBucket(route_rate, max(1.0, route_rate / 10))
         self.queue: PriorityGate[Job] = PriorityGate()
         self.marketing_ahead = max(MARKETING_AHEAD_MIN, int(route_rate * MARKETING_AHEAD_S))
-        self._marketing_paused: bool | None = None  # as applied; None: apply again
         # marketing requests consumed, not decided yet (their offsets not committed), in
         # order per lane partition
         self.inbox: dict[tuple[str, int], deque[Any]] = {}
@@ -363,11 +359,9 @@ class SenderWorker:
         except (KafkaException, RuntimeError):
             pass
         self.consumer = self._new_consumer()
-        self._marketing_paused = None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.joined = True
-        self._marketing_paused = None  # new partitions: pause or resume them on the next take
         new = {tp.partition for tp in partitions} - self.owned
         if not new:
             return
@@ -746,16 +740,10 @@ class SenderWorker:
 
         Consumed marketing requests wait in `inbox`, undecided and uncommitted, until fewer
         than `marketing_ahead` are queued for the route; a transaction takes at most the
-        room left, in turn from each partition. With INBOX_MAX waiting, the marketing
-        partitions are paused (librdkafka drops what it prefetched of them; the position
-        stays after the last one consumed) until half of those were taken.
+        room left, in turn from each partition. The lane is never paused: librdkafka's
+        pause and resume around rebalances and broker restarts hung a sender in CI.
         """
         assert self.consumer is not None
-        waiting = sum(len(q) for q in self.inbox.values())
-        if waiting >= INBOX_MAX:
-            self._pace_marketing(pause=True)
-        elif waiting <= INBOX_MAX // 2:
-            self._pace_marketing(pause=False)
         out = []
         for msg in self.consumer.consume(CONSUME_MAX, 0):
             if msg.error() is None and self.lane_topics.get(msg.topic()) == "marketing":
@@ -774,22 +762,6 @@ class SenderWorker:
                     break
         return out
 
-    def _pace_marketing(self, pause: bool) -> None:
-        assert self.consumer is not None
-        if pause == self._marketing_paused:
-            return
-        lane = [tp for tp in self.consumer.assignment()
-                if self.lane_topics.get(tp.topic) == "marketing"]
-        try:
-            if lane:
-                (self.consumer.pause if pause else self.consumer.resume)(lane)
-        except KafkaException as exc:  # mid-rebalance: the next take tries again
-            log.info("sender %s: could not %s the marketing lane (%s)", self.worker_id,
-                     "pause" if pause else "resume", exc.args[0] if exc.args else exc)
-            self._marketing_paused = None
-            return
-        self._marketing_paused = pause
-
     def _finish_failed_transaction(self) -> None:
         """Abort a failed transaction and rewind to the last commit, in steps that can be
         retried: with the broker away either step raises, and the next cycle goes on."""
@@ -805,8 +777,6 @@ class SenderWorker:
     def _rewind(self, partitions: set[int]) -> None:
         """After an abort, re-read input from the committed offsets and restore state."""
         assert self.consumer is not None
-        self._marketing_paused = None
-        self._pace_marketing(pause=False)  # a paused partition would resume where it paused
         self._on_revoke(self.consumer, [TopicPartition("", p) for p in partitions])
         committed = self.consumer.committed(self.consumer.assignment(), timeout=30)
         for tp in committed:

@@ -59,9 +59,9 @@ def test_slow_gateway_does_not_hold_back_transactional(ns: Settings, tmp_path: P
 
 
 def test_a_marketing_backlog_is_taken_as_the_route_drains_it(ns: Settings, tmp_path: Path) -> None:
-    """The sender takes marketing from its lane only as the route makes room for it: a
-    backlog stays in Kafka (not committed as read), not in the sender's queue, where taking
-    it meant transactions of a thousand requests that a payment reminder waited behind."""
+    """The sender decides marketing only as the route makes room for it: a backlog waits
+    undecided (not committed as read), not decided into the sender's queue, where taking it
+    meant transactions of a thousand requests that a payment reminder waited behind."""
     cfg = replace(ns, config_dir=config_with(tmp_path, ns.config_dir, quiet_hours={},
                                              frequency_caps={}))
     flood = [marketing(phone=phone(60_000 + i), text=f"Акция {i}. Отписка: STOP")
