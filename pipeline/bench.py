@@ -513,7 +513,7 @@ def _promotion(i: int, tag: str, zone: str, now: int) -> dict[str, Any]:
 
 def _flood_run(settings: Settings, publisher: Producer, sim_log: SimLog, seen: dict[str, int],
                flood_first: int, flood_n: int, first: int, rate: int, seconds: int,
-               route_rate: int, tag: str, log_dir: Path) -> dict[str, Any]:
+               tag: str, log_dir: Path) -> dict[str, Any]:
     """One run of `flood_latency_run`: the backlog, then the measured transactional events."""
     zone, now = _daytime_zone(), int(time.time() * 1000)
     numbers = range(flood_first, flood_first + flood_n)
@@ -584,7 +584,7 @@ def flood_latency_run(base: Settings, console: Console, runs: int, seconds: int,
         if len(seen) < warm:
             raise RuntimeError(f"flood warm-up: only {len(seen)} of {warm} reached the simulator")
         each = [_flood_run(settings, publisher, sim_log, seen, n * flood_n, flood_n,
-                           warm + n * measured_n, rate, seconds, route_rate, tag, log_dir)
+                           warm + n * measured_n, rate, seconds, tag, log_dir)
                 for n in range(runs)]
         out = _median_latency(each)
         out.update(route_rate=route_rate, flood=flood_n,

@@ -516,7 +516,7 @@ class SenderWorker:
             for lane in self.queue.lanes:
                 metrics.QUEUE_DEPTH.labels(lane, route).set(self.queue.pending(lane))
             metrics.IN_FLIGHT.set(len(self.in_flight))
-            metrics.MARKETING_WAITING.set(sum(len(q) for q in self.inbox.values()))
+            metrics.MARKETING_WAITING.set(self.marketing_waiting)
             metrics.THROTTLE_RATE.labels(f"{route}/sender").set(self.bucket.rate_per_s)
             for bind, rate in metrics.gateway_rates(self.gateway).items():
                 metrics.THROTTLE_RATE.labels(bind).set(rate)
@@ -524,7 +524,7 @@ class SenderWorker:
             if self._next_stats:
                 log.info("sender %s: %s; %d queued, %d on the wire, %d marketing waiting",
                          self.worker_id, self.stats.line(), self.queue.pending(),
-                         len(self.in_flight), sum(len(q) for q in self.inbox.values()))
+                         len(self.in_flight), self.marketing_waiting)
             self._next_stats = now + STATS_EVERY_S
 
     def _maybe_reload(self) -> None:
@@ -734,14 +734,20 @@ class SenderWorker:
             action()
         return out, acks
 
+    @property
+    def marketing_waiting(self) -> int:
+        """Marketing requests consumed and not decided yet (in `inbox`)."""
+        return sum(len(held) for held in self.inbox.values())
+
     def _take_requests(self) -> list[Any]:
         """This transaction's requests: every transactional one consumed, and marketing ones
         only as far as the route has room for them.
 
         Consumed marketing requests wait in `inbox`, undecided and uncommitted, until fewer
         than `marketing_ahead` are queued for the route; a transaction takes at most the
-        room left, in turn from each partition. The lane is never paused: librdkafka's
-        pause and resume around rebalances and broker restarts hung a sender in CI.
+        room left, in turn from each partition. The lane is not paused: a sender that paused
+        and resumed it around a rebalance after a broker restart hung in CI, most likely in
+        librdkafka's synchronous pause/resume.
         """
         assert self.consumer is not None
         out = []
