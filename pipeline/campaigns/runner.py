@@ -4,7 +4,8 @@
 ClickHouse (the segment minus the exclusions), gives every member a reproducible phase
 and variant (`model.assign`: hold-out, test with a variant, or rollout), publishes that
 snapshot to `campaigns.audience` and then a `start` command to `campaigns.control`. A
-campaign is started once: a second `start` is refused, so a restart never re-targets.
+campaign is started once: a second `start` is refused, also when two come at the same
+moment (`_commit_start`), so a restart never re-targets.
 
 `CampaignRunner` (CLI `rassylka campaign worker`, one process) follows the commands and
 fans each running campaign out at its pace, inside its sending window in each
@@ -129,10 +130,46 @@ def start_campaign(settings: Settings, campaign: Campaign, variants: tuple[str, 
                 producer.poll(0.1)
     if producer.flush(120):
         raise KafkaException("the audience snapshot was not acknowledged within 120 s")
-    send_command(settings, campaign.id, "start", snapshot=snapshot,
-                 members=len({customer_id for customer_id, _zone in members}),
-                 variants=list(variants), phases=dict(phases))
+    _commit_start(settings, campaign.id, snapshot=snapshot,
+                  members=len({customer_id for customer_id, _zone in members}),
+                  variants=list(variants), phases=dict(phases))
     return dict(phases)
+
+
+def _commit_start(settings: Settings, campaign_id: str, **fields: Any) -> None:
+    """Publish the campaign's start command unless a start is there already, even when
+    another operator starts the same campaign at the same moment.
+
+    Every start of a campaign uses one transactional id. Initialising it fences any other
+    start of that campaign still under way (its commit then fails), and only after that is
+    the control topic read; so of two concurrent starts at most one commits, and a start
+    that commits found none before it
+    (`test_campaigns.py::test_two_operators_starting_a_campaign_at_once_start_it_once`).
+    The audience snapshot of the start that lost stays unreferenced: workers read only the
+    snapshot the start command names."""
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "transactional.id": f"{settings.app_id}-campaign-start-{campaign_id}",
+                         **kafka_io.TRANSACTIONAL_PRODUCER})
+    producer.init_transactions(60)
+    commands = read_latest(settings, topics.CAMPAIGN_CONTROL)
+    if campaign_id in commands:
+        raise CampaignError(f"campaign {campaign_id} was started meanwhile, by another start "
+                            f"({commands[campaign_id].get('command')}); a campaign is started "
+                            f"once: see `rassylka campaign status {campaign_id}`")
+    value = {"command": "start", "at_ms": now_ms(), **fields}
+    try:
+        producer.begin_transaction()
+        producer.produce(settings.topic(topics.CAMPAIGN_CONTROL), key=campaign_id.encode(),
+                         value=json.dumps(value).encode())
+        kafka_io.commit_transaction(producer)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if getattr(error, "fatal", lambda: False)():  # fenced: another start came after
+            raise CampaignError(
+                f"campaign {campaign_id}: another start of it began at the same moment, so "
+                f"this one did not start it; see `rassylka campaign status {campaign_id}`"
+            ) from exc
+        raise
 
 
 # -------------------------------------------------------------------- state

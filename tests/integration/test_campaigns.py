@@ -259,6 +259,40 @@ def test_a_campaign_started_twice_at_once_goes_on_with_its_first_snapshot(
     finish_and_count_once(cfg, tmp_path, sendable)
 
 
+def test_two_operators_starting_a_campaign_at_once_start_it_once(
+        ns: Settings, tmp_path: Path) -> None:
+    """Two starts of one campaign at the same moment. Before, both passed the "already
+    started" check before either start landed, and both operators were told "started":
+    two start commands, two audience snapshots. Now the start command is committed under
+    the campaign's own transactional id, read after fencing any other start: exactly one
+    start succeeds, the other operator gets an error naming the campaign."""
+    cfg = replace(ns, config_dir=campaign_config(tmp_path, ns.config_dir))
+    campaign = load_campaigns(cfg.config_dir)["spring"]
+    members = [(f"c{i:05d}", "Europe/Moscow") for i in range(2000)]
+    go = threading.Barrier(2)
+    results: list[object] = []
+
+    def operator() -> None:
+        go.wait(10)
+        try:
+            results.append(start_campaign(cfg, campaign, ("a", "b"), members))
+        except CampaignError as exc:
+            results.append(exc)
+
+    operators = [threading.Thread(target=operator) for _ in range(2)]
+    for t in operators:
+        t.start()
+    for t in operators:
+        t.join(120)
+    assert len(results) == 2, "both starts answered"
+    errors = [r for r in results if isinstance(r, CampaignError)]
+    assert len(errors) == 1, f"exactly one start refused, got {results}"
+    assert "spring" in str(errors[0])
+    starts = [m for m in kafka_io.read_topic(cfg, topics.CAMPAIGN_CONTROL, None, 5, idle=1.0)
+              if m.key == b"spring"]
+    assert len(starts) == 1, f"one start command on the control topic, got {len(starts)}"
+
+
 def test_campaign_decides_from_the_test_group_and_rolls_out_the_winner(
         ns: Settings, tmp_path: Path) -> None:
     """Through the real router, sender and SMSC simulator: customers of the test group
