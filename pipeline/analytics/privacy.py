@@ -10,9 +10,12 @@ import functools
 import hashlib
 import re
 
+import phonenumbers
+
 HASH_BYTES = 16
 _KEEP_HEAD = 4  # country code + operator prefix: +7916...
 _KEEP_TAIL = 2
+_MIN_NUMBER_DIGITS = 7  # fewer digits in a text: no phone number of any country in it
 _CORE = 10  # the digits a number is written with at home, after its country code or trunk 8/0
 _SEPARATOR = r"[\s\-.()]*"
 _NON_DIGITS = re.compile(r"\D+")
@@ -51,12 +54,22 @@ def mask(e164: str) -> str:
 
 
 def scrub(text: str | None, e164: str) -> str | None:
-    """Free text (a reply, consent evidence) with the given number replaced by its mask,
-    however it is written there: "+79161234567", "79161234567", "8 (916) 123-45-67",
-    "+7 916 123 45 67" (its last ten digits in order, separators between them allowed,
-    with whatever country code or trunk prefix stands before them)."""
+    """Free text (a reply, consent evidence, a profile attribute) with every phone number in
+    it masked.
+
+    The given number is found however it is written there: "+79161234567", "79161234567",
+    "8 (916) 123-45-67", "+7 916 123 45 67" (its last ten digits in order, separators
+    between them allowed, with whatever country code or trunk prefix stands before them).
+    Any other number that phonenumbers finds valid in the text ("звонил с 8 (903)
+    111-22-33", "+44 7911 123456") is masked too, read in the given number's region when
+    written without a country code: a third person's number is no less personal. Digits
+    that are no valid number (an order number, a code, an amount) stay as written."""
     if not text:
         return text
+    return _scrub_others(_scrub_own(text, e164), e164)
+
+
+def _scrub_own(text: str, e164: str) -> str:
     found = _written(e164)
     if found is None:
         return text
@@ -67,6 +80,29 @@ def scrub(text: str | None, e164: str) -> str | None:
     # "+79161234567" first, then the bare digits ("79161234567") a customer may type.
     text = text.replace("+" + digits, masked).replace(digits, masked.lstrip("+"))
     return written.sub(masked, text)
+
+
+def _scrub_others(text: str, e164: str) -> str:
+    if sum(ch.isdigit() for ch in text) < _MIN_NUMBER_DIGITS:  # most texts: no number at all
+        return text
+    out, last = [], 0
+    for match in phonenumbers.PhoneNumberMatcher(text, _region(e164),
+                                                 leniency=phonenumbers.Leniency.VALID):
+        out.append(text[last:match.start])
+        out.append(mask(phonenumbers.format_number(match.number,
+                                                   phonenumbers.PhoneNumberFormat.E164)))
+        last = match.end
+    return "".join(out) + text[last:] if out else text
+
+
+@functools.lru_cache(maxsize=4096)
+def _region(e164: str) -> str:
+    """The region of `e164`, in which numbers written without a country code are read;
+    "ZZ" (only numbers written with one) when it has none."""
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(_canonical(e164))) or "ZZ"
+    except phonenumbers.NumberParseException:
+        return "ZZ"
 
 
 def scrub_segment(text: str | None, e164: str) -> str | None:

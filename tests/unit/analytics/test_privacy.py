@@ -57,9 +57,23 @@ def test_scrub_masks_the_number_however_the_customer_wrote_it(written: str) -> N
     assert "+7916*****67" in got
 
 
-def test_scrub_leaves_other_numbers_alone() -> None:
-    text = "Заказ 12345, звонил с 8 (916) 765-43-21"
+def test_scrub_masks_other_numbers_in_the_text_too() -> None:
+    """Regression: only the customer's own number was masked; a reply naming someone
+    else's ("звонил с 8 (916) 765-43-21") reached ClickHouse with that number in clear."""
+    text = "Заказ 12345, звонил с 8 (916) 765-43-21, а друг с +44 7911 123456"
+    assert scrub(text, "+79161234567") == \
+        "Заказ 12345, звонил с +7916*****21, а друг с +4479******56"
+    # written without a country code: read in the customer's own region
+    assert scrub("тел 9031112233", "+79161234567") == "тел +7903*****33"
+
+
+@pytest.mark.parametrize("text", [
+    "Заказ 12345 готов", "Заказ 1234567890 готов", "ИНН 7707083893", "карта 4276 1234 5678 9012",
+    "код 123456", "на сумму 1 250 000 руб", "+7916*****67 ok",
+])
+def test_scrub_leaves_digits_that_are_no_phone_number(text: str) -> None:
     assert scrub(text, "+79161234567") == text
+    assert scrub(text, "") == text
 
 
 @pytest.mark.parametrize("first, second", [
