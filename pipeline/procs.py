@@ -81,13 +81,46 @@ def with_prefix(settings: Settings, prefix: str, app_id: str) -> Settings:
     return replace(settings, topic_prefix=prefix, app_id=app_id)
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_FREE_PORTS_BELOW = 12_000  # how far below the ephemeral range `free_port` looks
+_picked: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a child process to listen on.
+
+    Taken below the system's ephemeral range when it can. The kernel hands ports of that
+    range to outgoing connections (a Kafka client's, another child's), and one of them
+    could take the port in the moment between this check and the child's bind: the child
+    then fails to start. A port below the range only another explicit bind can take.
+    Random, and never the same port twice in one process.
+    """
+    import random
     import socket
 
-    with socket.socket() as s:
+    low = ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - _FREE_PORTS_BELOW), low)
+        if port in _picked:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _picked.add(port)
+        return port
+    with socket.socket() as s:  # everything down there taken: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def ephemeral_low() -> int:
+    """The first port of the system's ephemeral range (32768 when it cannot be read)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 LISTENING = re.compile(r"listening on [\d.]+:(\d+) control http://[\d.]+:(\d+)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,14 +17,8 @@ from typing import Any
 from stages import stage
 
 from pipeline import kafka_io, topics
-from pipeline.procs import start_simulator, stop
+from pipeline.procs import free_port, start_simulator, stop  # noqa: F401  (tests take free_port from here)
 from pipeline.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

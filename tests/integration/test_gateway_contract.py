@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
@@ -40,6 +39,7 @@ from connectors.http_gateway import HttpGateway, HttpRoute, sign
 from connectors.http_provider_sim import HttpProviderSimulator, ProviderSimConfig
 from connectors.smpp import SmppGateway, SmppRoute
 from connectors.smsc_sim import SimConfig, SmscSimulator
+from pipeline.procs import free_port
 from pipeline.sms.encoding import decode_payload, encode_sms
 
 T = TypeVar("T")
@@ -54,12 +54,6 @@ HTTP_STATUS = {
     "EXPIRED": "expired",
     "REJECTD": "rejected",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -27,15 +26,10 @@ from connectors.gateway import (
 )
 from connectors.smpp import SmppGateway, SmppRoute
 from connectors.smsc_sim import SimConfig, SmscSimulator, read_submit_log
+from pipeline.procs import free_port
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(make: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
