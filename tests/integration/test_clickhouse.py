@@ -46,7 +46,8 @@ def client(chdb_client: Client) -> Client:
 def db(client: Client) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     assert migrate(client, name) == ["001_facts", "002_funnel", "003_redeliveries", "004_segments",
-                                     "005_campaigns", "006_releases", "007_replies"]
+                                     "005_campaigns", "006_releases", "007_replies",
+                                     "008_replies_across_midnight"]
     yield name
     client.command(f"DROP DATABASE IF EXISTS {name}")
 
@@ -173,7 +174,7 @@ def test_migrations_are_idempotent(client: Client, db: str) -> None:
         "orders",
         "schema_migrations",
     } <= tables
-    assert client.command(f"SELECT count() FROM {db}.schema_migrations") == 7
+    assert client.command(f"SELECT count() FROM {db}.schema_migrations") == 8
 
 
 def test_funnel_counts_messages_once_each(client: Client, db: str) -> None:

@@ -288,6 +288,32 @@ def test_segments_of_long_replies_are_joined_in_order_in_the_replies_view(
     assert rows[0]["text"].startswith("СТОП")
 
 
+def test_a_reply_whose_segments_straddle_midnight_is_one_row_of_the_replies_view(
+    ns: Settings, tmp_path: Path
+) -> None:
+    """Regression: the view put a long reply's segments together within a UTC day, so
+    "Hello, " at 23:59:59.5 and "world." at 00:00:00.7 were two incomplete replies. They are
+    one now; the same reference again after more than an hour is another reply."""
+    midnight = START_MS + 86_400_000  # 2024-03-02 00:00 UTC
+
+    def segment(name: str, at_ms: int, seg: int, text: str) -> tuple[bytes, dict[str, Any]]:
+        return (PHONE.encode(), {
+            "inbound_id": name, "from_number": PHONE, "to": "SHOP", "text": text,
+            "received_at_ms": at_ms, "gateway": "smpp", "part_ref": 9, "segment": seg,
+            "segments": 2})
+    records = [segment("m1", midnight - 500, 1, "Hello, "), segment("m2", midnight + 700, 2, "world."),
+               segment("m3", midnight + 3 * 3_600_000, 1, "Later, "),
+               segment("m4", midnight + 3 * 3_600_000 + 900, 2, "again.")]
+    kafka_io.publish(ns, topics.INBOUND, records, "inbound_message")
+    with stage(ns, ["sink"], tmp_path) as proc:
+        wait_stored(ns, proc, len(records))
+        assert stop(proc) == 0
+    rows = query(ns, "SELECT reply_id, text, segments_received, complete "
+                     "FROM rassylka.replies ORDER BY reply_id")
+    assert [(r["reply_id"], r["text"], r["segments_received"], r["complete"]) for r in rows] == [
+        ("m1", "Hello, world.", 2, 1), ("m3", "Later, again.", 2, 1)]
+
+
 def test_poison_records_become_dead_letters_and_the_sink_goes_on(
     ns: Settings, tmp_path: Path
 ) -> None:
