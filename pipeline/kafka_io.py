@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -283,6 +284,49 @@ def abort_transaction(producer: Producer, attempts: int = 3) -> None:
             time.sleep(1.0)
 
 
+SEND_OFFSETS_BOUND_S = TRANSACTION_TIMEOUT_MS / 1000 + 5
+"""Longest `send_offsets` waits for librdkafka: past the transaction timeout the broker has
+aborted the transaction anyway."""
+_stuck: set[int] = set()  # id() of producers left blocked in a transactional call
+
+
+def send_offsets(producer: Producer, offsets: list[TopicPartition], group_metadata: Any,
+                 timeout: float = 30.0, bound_s: float = SEND_OFFSETS_BOUND_S) -> None:
+    """`producer.send_offsets_to_transaction`, returning within `bound_s` whatever happens.
+
+    librdkafka does not check its own timeout while it looks for the group's coordinator,
+    and after a broker restart it can wait there for good (librdkafka #5456 and #5511): a
+    sender sat silent in this call until CI's deadline
+    (`test_zz_faults_broker.py::test_broker_outage_mid_run_costs_no_resend_and_no_false_failure[restart]`,
+    one run in two). So the call runs in a thread of its own. Past `bound_s` this raises a
+    fatal `_TIMED_OUT` and leaves the call blocked in that thread. The caller aborts as
+    after any failed transaction, and `abort_or_renew` replaces the producer without
+    asking it to abort: it would only answer that another call is in progress. The new
+    producer's `init_transactions` fences the old one, and the broker aborts what it left
+    open.
+    """
+    outcome: list[BaseException | None] = []
+    finished = threading.Event()
+
+    def call() -> None:
+        try:
+            producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+        finally:
+            finished.set()
+
+    threading.Thread(target=call, name="send-offsets", daemon=True).start()
+    if not finished.wait(bound_s):
+        _stuck.add(id(producer))  # it stays referenced by its blocked thread: the id is its
+        raise KafkaException(KafkaError(
+            KafkaError._TIMED_OUT, f"send_offsets_to_transaction did not return within "
+            f"{bound_s:.0f} s (librdkafka lost the group coordinator)", fatal=True))
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 def abort_or_renew(producer: Producer, renew: Callable[[], Producer], who: str) -> Producer:
     """Abort `producer`'s open transaction and return the producer to go on with.
 
@@ -301,6 +345,11 @@ def abort_or_renew(producer: Producer, renew: Callable[[], Producer], who: str) 
     Another retriable failure (the broker away) is raised: the caller retries on its next
     cycle.
     """
+    if id(producer) in _stuck:
+        _stuck.discard(id(producer))
+        logging.getLogger(__name__).warning("%s: producer blocked in send_offsets_to_transaction; "
+                                            "starting a new one", who)
+        return renew()
     try:
         abort_transaction(producer, attempts=1)
         return producer

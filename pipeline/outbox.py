@@ -345,9 +345,9 @@ class OutboxWorker:
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
         for (partition, key), value in seen.items():
             self._produce(self.store.topic, key, value, partition)
-        self.producer.send_offsets_to_transaction(
-            [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-            self.consumer.consumer_group_metadata(), 30)
+        kafka_io.send_offsets(self.producer,
+                              [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                              self.consumer.consumer_group_metadata())
         kafka_io.commit_transaction(self.producer)
         for (partition, key), value in seen.items():  # only now: an abort leaves memory as is
             self.store.data.setdefault(partition, {})[key] = value

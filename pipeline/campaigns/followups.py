@@ -196,9 +196,8 @@ class FollowUps:
                 self.producer.produce(topic, key=key, value=value)
             if msgs:
                 positions = self.consumer.position(self.consumer.assignment())
-                self.producer.send_offsets_to_transaction(
-                    [tp for tp in positions if tp.offset >= 0],
-                    self.consumer.consumer_group_metadata(), 30)
+                kafka_io.send_offsets(self.producer, [tp for tp in positions if tp.offset >= 0],
+                                      self.consumer.consumer_group_metadata())
             kafka_io.commit_transaction(self.producer)
             self.sent += len(out)
         except KafkaException as exc:

@@ -453,9 +453,8 @@ class RouterWorker:
         self._source = None
         for (topic, partition), offset in rest.items():  # routed by the next transaction
             self.consumer.seek(TopicPartition(topic, partition, offset))
-        producer.send_offsets_to_transaction(
-            [TopicPartition(t, p, o) for (t, p), o in done.items()],
-            self.consumer.consumer_group_metadata(), 30)
+        kafka_io.send_offsets(producer, [TopicPartition(t, p, o) for (t, p), o in done.items()],
+                              self.consumer.consumer_group_metadata())
         kafka_io.commit_transaction(producer)  # raises if any record was refused
         if self.suspects or self.refused:  # settled by this commit
             for source in [*self.suspects, *self.refused]:

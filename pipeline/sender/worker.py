@@ -693,9 +693,8 @@ class SenderWorker:
                 positions = [TopicPartition(tp.topic, tp.partition, self.inbox[key][0].offset())
                              if (key := (tp.topic, tp.partition)) in self.inbox else tp
                              for tp in self.consumer.position(self.consumer.assignment())]
-                producer.send_offsets_to_transaction(
-                    [tp for tp in positions if tp.offset >= 0],
-                    self.consumer.consumer_group_metadata(), 30)
+                kafka_io.send_offsets(producer, [tp for tp in positions if tp.offset >= 0],
+                                      self.consumer.consumer_group_metadata())
             if self.fault == "exit_before_commit" and acks:
                 producer.flush(10)  # on the broker, inside the open transaction
                 os._exit(137)  # test hook: die with receipts/replies published, not committed

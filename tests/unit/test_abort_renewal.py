@@ -5,6 +5,7 @@ every transaction after it. The follow-ups and the campaign runner used to keep 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -105,3 +106,59 @@ def test_campaign_runner_replaces_a_producer_a_fatal_abort_left(
     runner._save(run, "running", [])
     assert runner.producer is fresh
     assert run.state["cursors"] == {"test": {"z": 3}}, "the state went back to the last commit"
+
+
+class Blocked:
+    """A producer whose `send_offsets_to_transaction` never returns (librdkafka waiting for
+    a group coordinator it lost track of) and whose abort would say a call is in progress."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.aborts = 0
+
+    def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
+        self.release.wait()  # for good, as far as the caller can tell
+
+    def abort_transaction(self, timeout: float | None = None) -> None:
+        self.aborts += 1
+        raise KafkaException(KafkaError(KafkaError._CONFLICT, "Conflicting "
+                                        "send_offsets_to_transaction API call is already in "
+                                        "progress", retriable=True))
+
+
+def test_a_send_offsets_that_never_returns_is_given_up_and_its_producer_replaced() -> None:
+    """Regression: the sender waited in send_offsets_to_transaction for good after a broker
+    restart (librdkafka does not check its timeout there), silent until CI's deadline. Now
+    the call is bounded; the producer is replaced without an abort that would only say
+    another call is in progress (and be retried for ever)."""
+    import time
+
+    blocked = Blocked()
+    started = time.monotonic()
+    with pytest.raises(KafkaException) as raised:
+        kafka_io.send_offsets(blocked, [], None, timeout=30, bound_s=0.3)
+    assert time.monotonic() - started < 5
+    error = raised.value.args[0]
+    assert error.code() == KafkaError._TIMED_OUT and error.fatal()
+    fresh = SimpleNamespace(name="fresh")
+    assert kafka_io.abort_or_renew(blocked, lambda: fresh, "test") is fresh
+    assert blocked.aborts == 0, "no abort asked of a producer blocked in a call"
+    blocked.release.set()
+
+
+def test_send_offsets_returns_and_raises_as_the_producer_does() -> None:
+    class Quick:
+        def __init__(self, error: KafkaError | None) -> None:
+            self.error, self.calls = error, []
+
+        def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
+            self.calls.append((offsets, metadata, timeout))
+            if self.error is not None:
+                raise KafkaException(self.error)
+
+    ok = Quick(None)
+    kafka_io.send_offsets(ok, ["tp"], "meta")
+    assert ok.calls == [(["tp"], "meta", 30.0)]
+    with pytest.raises(KafkaException) as raised:
+        kafka_io.send_offsets(Quick(AWAY), [], None)
+    assert raised.value.args[0].code() == KafkaError._TRANSPORT
