@@ -744,9 +744,9 @@ class SenderWorker:
 
         Consumed marketing requests wait in `inbox`, undecided and uncommitted, until fewer
         than `marketing_ahead` are queued for the route; a transaction takes at most the
-        room left, in turn from each partition. The lane is not paused: a sender that paused
-        and resumed it around a rebalance after a broker restart hung in CI, most likely in
-        librdkafka's synchronous pause/resume.
+        room left, in turn from each partition. The lane is not paused, so the backlog is
+        held in memory. (Pausing it was tried and removed after a CI hang, which turned out
+        to be librdkafka's send_offsets_to_transaction, now bounded: `kafka_io.send_offsets`.)
         """
         assert self.consumer is not None
         out = []
