@@ -346,10 +346,11 @@ def abort_or_renew(producer: Producer, renew: Callable[[], Producer], who: str) 
     cycle.
     """
     if id(producer) in _stuck:
-        _stuck.discard(id(producer))
         logging.getLogger(__name__).warning("%s: producer blocked in send_offsets_to_transaction; "
                                             "starting a new one", who)
-        return renew()
+        renewed = renew()  # the broker away: raises, and the next try comes here again
+        _stuck.discard(id(producer))
+        return renewed
     try:
         abort_transaction(producer, attempts=1)
         return producer

@@ -140,6 +140,11 @@ def test_a_send_offsets_that_never_returns_is_given_up_and_its_producer_replaced
     assert time.monotonic() - started < 5
     error = raised.value.args[0]
     assert error.code() == KafkaError._TIMED_OUT and error.fatal()
+    def away() -> Any:
+        raise KafkaException(AWAY)
+
+    with pytest.raises(KafkaException):  # the broker away: no new producer yet
+        kafka_io.abort_or_renew(blocked, away, "test")
     fresh = SimpleNamespace(name="fresh")
     assert kafka_io.abort_or_renew(blocked, lambda: fresh, "test") is fresh
     assert blocked.aborts == 0, "no abort asked of a producer blocked in a call"
