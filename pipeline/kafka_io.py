@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import threading
 import time
@@ -290,6 +291,27 @@ aborted the transaction anyway."""
 _stuck: set[int] = set()  # id() of producers left blocked in a transactional call
 
 
+class _Caller:
+    """A daemon thread that makes the calls handed to it, one at a time: a transactional
+    stage makes one such call per transaction, so a thread per call would cost its start
+    (about 75 µs of CPU) every time. Given up when a call does not return."""
+
+    def __init__(self) -> None:
+        self.calls: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = \
+            queue.SimpleQueue()
+        threading.Thread(target=self._run, name="send-offsets", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            call, finished = self.calls.get()
+            call()  # catches everything itself
+            finished.set()
+
+
+_caller: _Caller | None = None
+_caller_lock = threading.Lock()
+
+
 def send_offsets(producer: Producer, offsets: list[TopicPartition], group_metadata: Any,
                  timeout: float = 30.0, bound_s: float = SEND_OFFSETS_BOUND_S) -> None:
     """`producer.send_offsets_to_transaction`, returning within `bound_s` whatever happens.
@@ -298,13 +320,14 @@ def send_offsets(producer: Producer, offsets: list[TopicPartition], group_metada
     and after a broker restart it can wait there for good (librdkafka #5456 and #5511): a
     sender sat silent in this call until CI's deadline
     (`test_zz_faults_broker.py::test_broker_outage_mid_run_costs_no_resend_and_no_false_failure[restart]`,
-    one run in two). So the call runs in a thread of its own. Past `bound_s` this raises a
-    fatal `_TIMED_OUT` and leaves the call blocked in that thread. The caller aborts as
-    after any failed transaction, and `abort_or_renew` replaces the producer without
-    asking it to abort: it would only answer that another call is in progress. The new
-    producer's `init_transactions` fences the old one, and the broker aborts what it left
-    open.
+    one run in two). So the call is made by a thread of its own (`_Caller`). Past `bound_s`
+    this raises a fatal `_TIMED_OUT` and leaves the call blocked in that thread; the next
+    call gets a new one. The caller aborts as after any failed transaction, and
+    `abort_or_renew` replaces the producer without asking it to abort: it would only
+    answer that another call is in progress. The new producer's `init_transactions`
+    fences the old one, and the broker aborts what it left open.
     """
+    global _caller
     outcome: list[BaseException | None] = []
     finished = threading.Event()
 
@@ -314,11 +337,16 @@ def send_offsets(producer: Producer, offsets: list[TopicPartition], group_metada
             outcome.append(None)
         except BaseException as exc:  # handed to the caller's thread
             outcome.append(exc)
-        finally:
-            finished.set()
 
-    threading.Thread(target=call, name="send-offsets", daemon=True).start()
+    with _caller_lock:
+        if _caller is None:
+            _caller = _Caller()
+        caller = _caller
+    caller.calls.put((call, finished))
     if not finished.wait(bound_s):
+        with _caller_lock:
+            if _caller is caller:
+                _caller = None  # blocked for good: the next call starts another thread
         _stuck.add(id(producer))  # it stays referenced by its blocked thread: the id is its
         raise KafkaException(KafkaError(
             KafkaError._TIMED_OUT, f"send_offsets_to_transaction did not return within "

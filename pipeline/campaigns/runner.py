@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from pipeline import avro, kafka_io, metrics, topics
 from pipeline.campaigns.decision import DecisionRule, VariantResult, decide
@@ -164,7 +164,7 @@ def _commit_start(settings: Settings, campaign_id: str, **fields: Any) -> None:
         kafka_io.commit_transaction(producer)
     except KafkaException as exc:
         error = exc.args[0] if exc.args else None
-        if getattr(error, "fatal", lambda: False)():  # fenced: another start came after
+        if isinstance(error, KafkaError) and error.fatal():  # fenced: another start came after
             raise CampaignError(
                 f"campaign {campaign_id}: another start of it began at the same moment, so "
                 f"this one did not start it; see `rassylka campaign status {campaign_id}`"

@@ -17,7 +17,7 @@ from typing import Any
 from stages import stage
 
 from pipeline import kafka_io, topics
-from pipeline.procs import free_port, start_simulator, stop  # noqa: F401  (tests take free_port from here)
+from pipeline.procs import start_simulator, stop
 from pipeline.settings import Settings
 
 

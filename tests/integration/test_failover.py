@@ -26,7 +26,6 @@ from typing import Any
 
 import yaml
 from sendkit import (
-    free_port,
     make_request,
     marketing,
     one_outcome_per_request,
@@ -44,6 +43,7 @@ from connectors.routing import RoutingTable, Tariff
 from connectors.smpp import SmppGateway, SmppRoute
 from connectors.smsc_sim import SimConfig, SmscSimulator
 from pipeline import kafka_io, topics
+from pipeline.procs import free_port
 from pipeline.settings import Settings
 
 ESME_RBINDFAIL = 0x0D

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sendkit import config_with, free_port, outcomes, sender, simulator
+from sendkit import config_with, outcomes, sender, simulator
 from stages import profiles_read, stage
 
 from pipeline import kafka_io, topics
-from pipeline.procs import stop
+from pipeline.procs import free_port, stop
 from pipeline.samples import make_profile, order_event
 from pipeline.settings import Settings
 

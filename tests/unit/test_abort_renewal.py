@@ -148,6 +148,11 @@ def test_a_send_offsets_that_never_returns_is_given_up_and_its_producer_replaced
     fresh = SimpleNamespace(name="fresh")
     assert kafka_io.abort_or_renew(blocked, lambda: fresh, "test") is fresh
     assert blocked.aborts == 0, "no abort asked of a producer blocked in a call"
+    # the blocked thread is given up: the next transaction's call is made by another
+    calls: list[Any] = []
+    kafka_io.send_offsets(SimpleNamespace(send_offsets_to_transaction=lambda *a: calls.append(a)),
+                          ["tp"], "meta", bound_s=5)
+    assert calls == [(["tp"], "meta", 30.0)]
     blocked.release.set()
 
 
