@@ -239,12 +239,19 @@ def sender(
     from pipeline import gc_tuning, metrics
     from pipeline.releases import LiveConfig
     from pipeline.sender.setup import build_gateway, load_policy
-    from pipeline.sender.worker import SenderWorker, receipt_wait_ms
+    from pipeline.sender.worker import (
+        MARKETING_WAITING_MAX,
+        SenderWorker,
+        marketing_waiting_max,
+        receipt_wait_ms,
+    )
     from pipeline.topics import CATALOG, create_topics, wait_until_ready
 
     logging.getLogger().setLevel(loglevel.upper())
     settings = _settings()
     wait_ms = receipt_wait_ms(os.environ.get("RASSYLKA_UNCORRELATED_RECEIPT_WAIT_S", "60"))
+    waiting_max = marketing_waiting_max(
+        os.environ.get("RASSYLKA_MARKETING_WAITING_MAX", str(MARKETING_WAITING_MAX)))
     health = metrics.Health()
     metrics.serve(metrics_port, health)
     wait_for_kafka_or_config(settings, lambda s: load_policy(s.config_dir))
@@ -258,7 +265,8 @@ def sender(
         settings, policy, gateway, rate, worker_id=worker_id, live=live,
         max_in_flight=int(os.environ.get("RASSYLKA_MAX_IN_FLIGHT", "1024")),
         uncorrelated_wait_ms=wait_ms,
-        fault=os.environ.get("RASSYLKA_SENDER_FAULT") or None, health=health)
+        fault=os.environ.get("RASSYLKA_SENDER_FAULT") or None, health=health,
+        waiting_max=waiting_max)
     gc_tuning.pace_for_worker()
     stats = asyncio.run(worker.run())
     console.print(f"sender {worker_id} stopped: {stats}", highlight=False)

@@ -101,6 +101,23 @@ def receipt_wait_ms(seconds: str | float) -> int:
             hint=f"set it to {MIN_UNCORRELATED_RECEIPT_WAIT_MS // 1000} or more, or unset it "
                  f"(default {UNCORRELATED_RECEIPT_WAIT_MS // 1000})")
     return ms
+
+
+def marketing_waiting_max(raw: str | int) -> int:
+    """RASSYLKA_MARKETING_WAITING_MAX as a count; ConfigError unless a whole number >= 1."""
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ConfigError(
+            [f"RASSYLKA_MARKETING_WAITING_MAX={raw} is not a whole number of at least 1: it is "
+             "how many marketing requests a sender holds consumed and undecided before it "
+             "pauses the marketing lane"],
+            hint=f"set it to a count such as {MARKETING_WAITING_MAX}, or unset it")
+    return count
+
+
 # Test hooks (RASSYLKA_SENDER_FAULT): die right before / right after committing a
 # transaction that recorded receipts or replies, i.e. in the gaps an ack must not cross.
 FAULTS = frozenset({"exit_before_commit", "exit_after_commit"})
@@ -112,6 +129,12 @@ MARKETING_AHEAD_S = 0.2
 transaction decides a thousand promotions while a payment reminder waits behind it
 (`test_a_marketing_backlog_is_taken_as_the_route_drains_it`)."""
 MARKETING_AHEAD_MIN = 64
+MARKETING_WAITING_MAX = 20_000
+"""Marketing requests held in `inbox` before the sender pauses the marketing lane; it
+resumes at half as many. This bounds the memory a campaign's backlog takes: at most this
+plus one consume (CONSUME_MAX), besides librdkafka's prefetch
+(`test_a_marketing_backlog_held_in_memory_is_bounded`). The two levels are far apart because
+each pause drops the lane's prefetched records, which are fetched again on resume."""
 STATS_EVERY_S = 30.0  # the info line of what the worker did
 
 
@@ -147,6 +170,8 @@ class SenderStats:
     receipts_claimed: int = 0  # forwarded by another sender, recorded here
     inbound: int = 0
     inbound_repeated: int = 0
+    marketing_waiting_peak: int = 0  # the most marketing requests held undecided at once
+    lane_pauses: int = 0  # times the marketing lane was paused for a full inbox
     redelivered_requests: int = 0  # requests delivered again: no second outcome
     answers_kept: int = 0  # answers recorded after the partition came back
     resent_in_doubt: int = 0
@@ -232,7 +257,8 @@ class SenderWorker:
                  cycle_s: float = 0.02,
                  uncorrelated_wait_ms: int = UNCORRELATED_RECEIPT_WAIT_MS,
                  fault: str | None = None, live: LiveConfig | None = None,
-                 health: metrics.Health | None = None) -> None:
+                 health: metrics.Health | None = None,
+                 waiting_max: int = MARKETING_WAITING_MAX) -> None:
         self.settings = settings
         self.policy = policy
         # where the policy came from (a config release or config/), stamped on outcomes;
@@ -269,6 +295,9 @@ class SenderWorker:
         # marketing requests consumed, not decided yet (their offsets not committed), in
         # order per lane partition
         self.inbox: dict[tuple[str, int], deque[Any]] = {}
+        self.waiting_max = waiting_max
+        self.lane_paused = False  # the marketing lane, while `inbox` is full
+        self._paused: set[tuple[str, int]] = set()  # its partitions this worker paused
         self.holds: list[tuple[int, int, str]] = []  # (until_ms, partition, request_id)
         self.receipts = ReceiptBook()
         self.replies = InboundBook()
@@ -374,6 +403,7 @@ class SenderWorker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {tp.partition for tp in partitions}
         self.inbox = {tp: held for tp, held in self.inbox.items() if tp[1] not in gone}
+        self._paused = {tp for tp in self._paused if tp[1] not in gone}
         if not gone & self.owned:
             return
         self.owned -= gone
@@ -744,9 +774,8 @@ class SenderWorker:
 
         Consumed marketing requests wait in `inbox`, undecided and uncommitted, until fewer
         than `marketing_ahead` are queued for the route; a transaction takes at most the
-        room left, in turn from each partition. The lane is not paused, so the backlog is
-        held in memory. (Pausing it was tried and removed after a CI hang, which turned out
-        to be librdkafka's send_offsets_to_transaction, now bounded: `kafka_io.send_offsets`.)
+        room left, in turn from each partition. A backlog of more than `waiting_max` pauses
+        the lane (`_bound_inbox`), so what is held in memory is bounded.
         """
         assert self.consumer is not None
         out = []
@@ -755,6 +784,8 @@ class SenderWorker:
                 self.inbox.setdefault((msg.topic(), msg.partition()), deque()).append(msg)
             else:
                 out.append(msg)
+        waiting = self.marketing_waiting
+        self.stats.marketing_waiting_peak = max(self.stats.marketing_waiting_peak, waiting)
         room = self.marketing_ahead - self.queue.pending("marketing")
         while room > 0 and self.inbox:
             for tp in list(self.inbox):
@@ -763,9 +794,46 @@ class SenderWorker:
                 if not held:
                     del self.inbox[tp]
                 room -= 1
+                waiting -= 1
                 if room == 0:
                     break
+        self._bound_inbox(waiting)
         return out
+
+    def _bound_inbox(self, waiting: int) -> None:
+        """Pause the marketing lane once `waiting_max` requests wait in `inbox`; resume it
+        when half as many are left.
+
+        librdkafka keeps a paused partition paused across a rewind (a seek) and may or may
+        not across a rebalance, so both directions act on every marketing partition
+        assigned now, not on a remembered list: while full, any not paused yet is paused;
+        once drained (or emptied by a rewind or a revoke), all of them are resumed. A
+        resume fetches from the position, the record after the last one consumed, so
+        nothing is skipped or read twice.
+        """
+        assert self.consumer is not None
+        if waiting >= self.waiting_max:
+            lane = [tp for tp in self.consumer.assignment()
+                    if self.lane_topics.get(tp.topic) == "marketing"
+                    and (tp.topic, tp.partition) not in self._paused]
+            if lane:
+                self.consumer.pause(lane)
+                self._paused.update((tp.topic, tp.partition) for tp in lane)
+            if not self.lane_paused:
+                self.lane_paused = True
+                self.stats.lane_pauses += 1
+                log.info("sender %s: %d marketing requests waiting undecided (at most %d): "
+                         "marketing lane paused until %d are left", self.worker_id, waiting,
+                         self.waiting_max, self.waiting_max // 2)
+        elif self.lane_paused and waiting <= self.waiting_max // 2:
+            lane = [tp for tp in self.consumer.assignment()
+                    if self.lane_topics.get(tp.topic) == "marketing"]
+            if lane:
+                self.consumer.resume(lane)
+            self._paused.clear()
+            self.lane_paused = False
+            log.info("sender %s: %d marketing requests waiting: marketing lane resumed",
+                     self.worker_id, waiting)
 
     def _finish_failed_transaction(self) -> None:
         """Abort a failed transaction and rewind to the last commit, in steps that can be

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from dataclasses import replace
@@ -25,6 +26,7 @@ from sendkit import (
 from pipeline import topics
 from pipeline.offsets import committed_offsets
 from pipeline.procs import kill
+from pipeline.sender.worker import CONSUME_MAX
 from pipeline.settings import Settings
 
 
@@ -112,3 +114,31 @@ def test_a_sender_killed_with_marketing_waiting_undecided_loses_none(ns: Setting
             got = outcomes(cfg, len(flood), timeout=90)
         submits = sim.submits()
     check_stream(flood, got, submits)
+
+
+def test_a_marketing_backlog_held_in_memory_is_bounded(ns: Settings, tmp_path: Path) -> None:
+    """A campaign's backlog is not read into memory whole: past RASSYLKA_MARKETING_WAITING_MAX
+    requests waiting undecided, the sender pauses the marketing lane and resumes it at half
+    as many. Before, it consumed the whole backlog (about 3,500 of these 4,000 at once), and
+    a campaign of millions would have been held in its memory. Every request still ends in
+    exactly one outcome, none sent twice, across the pauses."""
+    cfg = replace(ns, config_dir=config_with(tmp_path, ns.config_dir, quiet_hours={},
+                                             frequency_caps={}))
+    flood = [marketing(phone=phone(80_000 + i), text=f"Акция {i}. Отписка: STOP")
+             for i in range(4000)]
+    opt_in(cfg, [r["phone"] for r in flood])
+    most = 400
+    # 2 binds x 400 submit_sm/s: the flood is 5 s of the route's time
+    with simulator(tmp_path) as sim:
+        with sender(cfg, sim, tmp_path, RASSYLKA_RATE_PER_BIND="400",
+                    RASSYLKA_MARKETING_WAITING_MAX=str(most)):
+            publish_requests(cfg, flood)
+            got = outcomes(cfg, len(flood), timeout=90)
+            submits = sim.submits()
+    check_stream(flood, got, submits)
+    log = next(tmp_path.glob("sender-*.log")).read_text(errors="replace")
+    peak = int(re.search(r"marketing_waiting_peak=(\d+)", log).group(1))
+    pauses = int(re.search(r"lane_pauses=(\d+)", log).group(1))
+    # one consume (CONSUME_MAX) can land on top of a full inbox before the pause
+    assert most <= peak < most + CONSUME_MAX, f"{peak} marketing requests held at once"
+    assert pauses >= 1 and log.count("marketing lane resumed") >= 1, log[-3000:]
