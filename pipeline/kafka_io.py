@@ -136,6 +136,14 @@ class Received:
     schema: str | None
 
 
+# The longest a worker's fetch waits for records. It paces only the polling of a quiet
+# input: the broker answers a waiting read_committed fetch as soon as a commit makes records
+# readable, so it adds no latency (measured by `make bench` at 20/s offered: p50 22 ms with
+# 100, 20 ms with 10). At 10 ms, a sixth of the broker's requests in a throughput run were
+# empty fetches; 100 cut its CPU per event from 70 to 61 µs.
+FETCH_WAIT_MAX_MS = 100
+
+
 def producer(settings: Settings, **extra: Any) -> Producer:
     """An idempotent producer for `settings`' cluster."""
     conf = {

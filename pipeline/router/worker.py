@@ -328,7 +328,7 @@ class RouterWorker:
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
             "max.poll.interval.ms": 120_000,
-            "fetch.wait.max.ms": 10,
+            "fetch.wait.max.ms": kafka_io.FETCH_WAIT_MAX_MS,
             "enable.partition.eof": False,
         })
         consumer.subscribe([*self.schema_of, self.profiles_topic],

@@ -365,7 +365,7 @@ class SenderWorker:
             "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": 1_000,
             "max.poll.interval.ms": 120_000,
-            "fetch.wait.max.ms": 10,
+            "fetch.wait.max.ms": kafka_io.FETCH_WAIT_MAX_MS,
             "error_cb": self._on_consumer_error,
         })
         consumer.subscribe(list(self.lane_topics), on_assign=self._on_assign,
