@@ -800,6 +800,11 @@ class SenderWorker:
         self._bound_inbox(waiting)
         return out
 
+    def _marketing_assigned(self) -> list[TopicPartition]:
+        assert self.consumer is not None
+        return [tp for tp in self.consumer.assignment()
+                if self.lane_topics.get(tp.topic) == "marketing"]
+
     def _bound_inbox(self, waiting: int) -> None:
         """Pause the marketing lane once `waiting_max` requests wait in `inbox`; resume it
         when half as many are left.
@@ -813,9 +818,8 @@ class SenderWorker:
         """
         assert self.consumer is not None
         if waiting >= self.waiting_max:
-            lane = [tp for tp in self.consumer.assignment()
-                    if self.lane_topics.get(tp.topic) == "marketing"
-                    and (tp.topic, tp.partition) not in self._paused]
+            lane = [tp for tp in self._marketing_assigned()
+                    if (tp.topic, tp.partition) not in self._paused]
             if lane:
                 self.consumer.pause(lane)
                 self._paused.update((tp.topic, tp.partition) for tp in lane)
@@ -826,8 +830,7 @@ class SenderWorker:
                          "marketing lane paused until %d are left", self.worker_id, waiting,
                          self.waiting_max, self.waiting_max // 2)
         elif self.lane_paused and waiting <= self.waiting_max // 2:
-            lane = [tp for tp in self.consumer.assignment()
-                    if self.lane_topics.get(tp.topic) == "marketing"]
+            lane = self._marketing_assigned()
             if lane:
                 self.consumer.resume(lane)
             self._paused.clear()

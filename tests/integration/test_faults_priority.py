@@ -137,8 +137,9 @@ def test_a_marketing_backlog_held_in_memory_is_bounded(ns: Settings, tmp_path: P
             submits = sim.submits()
     check_stream(flood, got, submits)
     log = next(tmp_path.glob("sender-*.log")).read_text(errors="replace")
-    peak = int(re.search(r"marketing_waiting_peak=(\d+)", log).group(1))
-    pauses = int(re.search(r"lane_pauses=(\d+)", log).group(1))
+    stats = re.search(r"marketing_waiting_peak=(\d+), lane_pauses=(\d+)", log)
+    assert stats, f"the sender's stats line is missing: {log[-2000:]}"
+    peak, pauses = int(stats.group(1)), int(stats.group(2))
     # one consume (CONSUME_MAX) can land on top of a full inbox before the pause
     assert most <= peak < most + CONSUME_MAX, f"{peak} marketing requests held at once"
     assert pauses >= 1 and log.count("marketing lane resumed") >= 1, log[-3000:]
