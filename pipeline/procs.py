@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -84,6 +85,7 @@ def with_prefix(settings: Settings, prefix: str, app_id: str) -> Settings:
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _FREE_PORTS_BELOW = 12_000  # how far below the ephemeral range `free_port` looks
 _picked: set[int] = set()
+_ports_rng = random.Random()  # its own: a test that seeds `random` neither moves nor repeats it
 
 
 def free_port() -> int:
@@ -95,12 +97,11 @@ def free_port() -> int:
     then fails to start. A port below the range only another explicit bind can take.
     Random, and never the same port twice in one process.
     """
-    import random
     import socket
 
     low = ephemeral_low()
     for _ in range(200):
-        port = random.randrange(max(1024, low - _FREE_PORTS_BELOW), low)
+        port = _ports_rng.randrange(max(1024, low - _FREE_PORTS_BELOW), low)
         if port in _picked:
             continue
         with socket.socket() as s:

@@ -9,7 +9,8 @@ ALTER TABLE {db}.inbound ADD COLUMN IF NOT EXISTS segments UInt8 DEFAULT 1 AFTER
 -- order, one row per reply (a reply of one segment is its row). complete = 0 while a
 -- segment is missing. Segments belong together by sender, recipient, reference and count
 -- within a UTC day: a handset reuses a reference after 256 (8-bit) long messages, so a
--- reply whose segments straddle midnight shows as two incomplete rows.
+-- reply whose segments straddled midnight showed as two incomplete rows. Replaced by
+-- 008_replies_across_midnight.sql (an hour's gap, not the day, starts another reply).
 CREATE VIEW IF NOT EXISTS {db}.replies AS
 SELECT
     r_id AS reply_id, r_sender_hash AS sender_hash, r_sender_masked AS sender_masked,
