@@ -40,7 +40,7 @@ from confluent_kafka import Consumer, Producer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import avro, kafka_io, topics
+from pipeline import avro, kafka_io, progress, topics
 from pipeline.bench_procs import CpuMeter, SimLog, faust_floor, group_spread, listener_pid, wait_for
 from pipeline.fast_smsc import start_fast_simulator
 from pipeline.offsets import wait_committed_to_end
@@ -650,7 +650,7 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
                               "events": events, "routers": routers,
                               "senders": senders, "rates": rates}
     try:
-        with console.status("[bold]setting up ...") as status:
+        with progress.status(console, "[bold]setting up ...") as status:
             create_topics(settings)
             sim, port, sim_log, env = _start_sim(log_dir, 1)
             procs.append(sim)
@@ -737,27 +737,28 @@ def run_bench(base: Settings, console: Console, events: int = 20_000, rate: int 
             stop(proc)
         # The sections below need no pipeline worker: they run with the workers stopped,
         # so their idle polling does not share the cores with what is measured.
-        with console.status("[bold]HTTP API and campaigns ...") as status:
-            if api:
-                status.update("[bold]HTTP API: single and batch requests until their 202 ...")
+        if api:
+            with progress.status(console, "[bold]HTTP API: single and batch requests until "
+                                          "their 202 ..."):
                 result["api"] = api_section(settings, log_dir, console)
-            if campaign_profiles:
-                status.update(f"[bold]campaigns: audience of {campaign_profiles:,} profiles, "
-                              f"fan-out of {campaign_members:,} ...")
+        if campaign_profiles:
+            with progress.status(console, f"[bold]campaigns: audience of {campaign_profiles:,} "
+                                          f"profiles, fan-out of {campaign_members:,} ..."):
                 result["campaigns"] = campaign_bench(settings, campaign_profiles, campaign_members,
                                                      console)
         if scale_out:
-            with console.status("[bold]scale-out: 2 routers and 2 senders on one set of topics ..."):
+            with progress.status(console, "[bold]scale-out: 2 routers and 2 senders on one set "
+                                          "of topics ..."):
                 result["scale_out"] = scale_out_run(base, console, events)
         if flood:
-            with console.status(f"[bold]flood: {FLOOD_RATE} transactional events/s while "
-                                f"marketing saturates a {FLOOD_ROUTE_RATE}/s route ..."):
+            with progress.status(console, f"[bold]flood: {FLOOD_RATE} transactional events/s "
+                                          f"while marketing saturates a {FLOOD_ROUTE_RATE}/s route ..."):
                 result["latency_under_flood_ms"] = flood_latency_run(base, console, runs, seconds)
         if sink_records:
             sinks = []
             for n in range(runs):  # single runs vary by half on these shared machines
-                with console.status(f"[bold]analytics {n + 1}/{runs}: the sink stores "
-                                    f"{sink_records:,} rows ..."):
+                with progress.status(console, f"[bold]analytics {n + 1}/{runs}: the sink "
+                                              f"stores {sink_records:,} rows ..."):
                     sinks.append(sink_throughput(sink_records))
             result["sink"] = sorted(sinks, key=lambda x: x["steady_rows_per_s"])[len(sinks) // 2]
             result["sink"]["runs"] = [x["steady_rows_per_s"] for x in sinks]

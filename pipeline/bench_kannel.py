@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline import progress
 from pipeline.bench_procs import SimLog
 from pipeline.procs import free_port, stop
 
@@ -526,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         for n in range(a.runs):
-            with console.status(f"[bold]Kannel run {n + 1}/{a.runs}: {a.messages:,} messages ..."):
+            with progress.status(console,
+                                 f"[bold]Kannel run {n + 1}/{a.runs}: {a.messages:,} messages ..."):
                 r = kannel_bench(
                     log_dir / f"run{n + 1}",
                     port,

@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import demo_doors as doors_demo
-from pipeline import kafka_io, topics
+from pipeline import kafka_io, progress, topics
 from pipeline.campaigns import demo as campaign_demo
 from pipeline.kafka_io import Received
 from pipeline.offsets import wait_committed_to_end
@@ -80,7 +80,7 @@ def run_demo(base: Settings, console: Console) -> int:
         return proc
 
     try:
-        with console.status("[bold]creating topics ...") as status:
+        with progress.status(console, "[bold]creating topics ...") as status:
             create_topics(settings)
             console.log(f"topics created with prefix [cyan]{settings.topic_prefix}[/cyan] "
                         f"on {settings.kafka_bootstrap}")
